@@ -1,0 +1,115 @@
+"""The ScalaBL Pyro program.
+
+One root :class:`~pyro.nn.PyroModule` holds the peft model as a plain
+``nn.Module`` (the Hugging Face model is never converted to PyroModules).
+For every adapted layer ``l`` it samples
+
+    s_l ~ N(0, sigma_p^2 I_r)            (site ``s.<module path>``)
+
+hands the draws to the layers (forward hooks, see ``adapters.py``), computes
+the class scores of the batch, records them with ``pyro.deterministic`` and
+observes the labels under a Categorical likelihood inside a data plate of the
+full data-set size, so the log-likelihood is scaled by ``N / B``.
+
+Vectorised particles (``Trace_ELBO(vectorize_particles=True)``) and parallel
+``Predictive`` give ``s`` a leading sample dimension; the model folds those
+samples into the batch (each input row uses its own sample) so Hugging Face
+forwards never see an extra dimension.
+
+``prior_scale=None`` switches the prior off (an improper flat prior): with a
+point-mass guide that is plain maximum-likelihood LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.nn import PyroModule
+
+from scalabl_pyro.adapters import SubspaceLoRA
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.formats import TaskBatch
+from scalabl_pyro.scoring import class_scores
+
+
+class ScalaBLModel(PyroModule):
+    """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood."""
+
+    def __init__(
+        self, subspace: SubspaceLoRA, *, prior_scale: float | None = 1.0, num_data: int | None = None
+    ) -> None:
+        super().__init__(name="scalabl")
+        if prior_scale is not None and not prior_scale > 0:
+            raise ScalaBLError(f"prior_scale must be > 0 (or None for no prior), got {prior_scale}")
+        self.subspace = subspace
+        self.lm = subspace.peft_model  # registers the peft model as a plain submodule
+        self.head = subspace.head
+        self.prior_scale = prior_scale
+        self.num_data = num_data
+        self.last_log_likelihood: torch.Tensor | None = None  # data-scaled, detached
+
+    @property
+    def site_names(self) -> list[str]:
+        """Latent sample sites, one per adapted layer."""
+        return self.subspace.site_names
+
+    def prior(self, name: str) -> dist.Distribution:
+        """The prior of one site: N(0, sigma_p^2 I_r), or flat if there is no prior."""
+        r = self.subspace.rank
+        device = self.subspace.init_values[name].device
+        if self.prior_scale is None:
+            return dist.ImproperUniform(constraints.real, (), (r,))
+        zero = torch.zeros(r, device=device)
+        return dist.Normal(zero, self.prior_scale).to_event(1)
+
+    def sample_latents(self) -> dict[str, torch.Tensor]:
+        """The latent sample statements (also the guides' prototype)."""
+        return {name: pyro.sample(name, self.prior(name)) for name in self.site_names}
+
+    def scores(self, batch: TaskBatch, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores for the batch under the given latents.
+
+        Each latent has shape (r,) or (*lead, r); with a leading shape the
+        result is (*lead', B, C) where lead' drops a trailing plate-placeholder
+        dimension of size 1 (the data plate's slot), so it broadcasts against
+        Pyro's particle / sample plates.
+        """
+        first = next(iter(latents.values()))
+        lead = tuple(first.shape[:-1])
+        if not lead:
+            self.subspace.set_latents(latents)
+            return class_scores(self.subspace, batch)
+        out_lead = lead[:-1] if lead[-1] == 1 and len(lead) > 1 else lead
+        copies = math.prod(lead)
+        rows = batch.num_rows
+        folded = {
+            name: v.reshape(copies, -1).repeat_interleave(rows, dim=0) for name, v in latents.items()
+        }
+        self.subspace.set_latents(folded)
+        s = class_scores(self.subspace, batch, copies=copies)
+        return s.reshape(*out_lead, batch.batch_size, batch.num_classes)
+
+    def forward(self, batch: TaskBatch | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Sample the latents; with a batch, score it and observe its labels."""
+        latents = self.sample_latents()
+        if batch is None:
+            return latents
+        scores = self.scores(batch, latents)
+        n = self.num_data if self.num_data is not None else batch.batch_size
+        if n < batch.batch_size:
+            raise ScalaBLError(
+                f"num_data={n} is smaller than the batch ({batch.batch_size}); set num_data to "
+                "the size of the training set"
+            )
+        with pyro.plate("data", n, subsample=batch.indices):
+            pyro.deterministic("class_scores", scores, event_dim=1)
+            obs = pyro.sample("obs", dist.Categorical(logits=scores), obs=batch.labels)
+        ll = dist.Categorical(logits=scores.detach()).log_prob(obs)
+        ll = ll.reshape(-1, batch.batch_size).mean(dim=0)  # average over particles
+        self.last_log_likelihood = ll.sum() * (n / batch.batch_size)
+        return scores
