@@ -43,7 +43,12 @@ from pathlib import Path
 from scalabl_pyro.data import normalize as nz
 from scalabl_pyro.data.examples import MCDataset, MCExample
 from scalabl_pyro.data.hub import RowNormalizer, rows_to_dataset
-from scalabl_pyro.data.registry import canonical_split, check_task, mmlu_subject, unknown_split_error
+from scalabl_pyro.data.registry import (
+    canonical_split,
+    check_task,
+    mmlu_subject,
+    unknown_split_error,
+)
 from scalabl_pyro.errors import ScalaBLError
 
 SPLIT_VARIANTS: dict[str, str] = {
@@ -83,18 +88,25 @@ def embedded_spec(name: str) -> EmbeddedSpec:
     key = check_task(name)
     subject = mmlu_subject(key)
     if subject is not None:
-        return EmbeddedSpec("/".join(MMLU_DIR + (subject,)), nz.mmlu_row, ("validation", "test", "dev"))
+        return EmbeddedSpec(
+            "/".join(MMLU_DIR + (subject,)), nz.mmlu_row, ("validation", "test", "dev")
+        )
     if key in ("arc_easy", "arc_challenge", "openbookqa"):
         return EmbeddedSpec(key, nz.olmo_mc_doc, ("train", "validation", "test"))
     if key == "boolq":
         return EmbeddedSpec(
-            "boolq", nz.olmo_boolq_doc, ("train", "validation"), nz.BOOLQ_ANSWER_TOKENS,
+            "boolq",
+            nz.olmo_boolq_doc,
+            ("train", "validation"),
+            nz.BOOLQ_ANSWER_TOKENS,
             split_note="BoolQ has no labelled test split",
-        )  # fmt: skip
+        )
     return EmbeddedSpec(
-        "winogrande", nz.olmo_winogrande_doc, ("train", "validation"),
+        "winogrande",
+        nz.olmo_winogrande_doc,
+        ("train", "validation"),
         split_note="the embedded copy has no WinoGrande test split",
-    )  # fmt: skip
+    )
 
 
 def embedded_splits(name: str) -> tuple[str, ...]:

@@ -16,7 +16,12 @@ from typing import Any
 
 from scalabl_pyro.data import normalize as nz
 from scalabl_pyro.data.examples import MCDataset, MCExample
-from scalabl_pyro.data.registry import canonical_split, check_task, mmlu_subject, unknown_split_error
+from scalabl_pyro.data.registry import (
+    canonical_split,
+    check_task,
+    mmlu_subject,
+    unknown_split_error,
+)
 from scalabl_pyro.errors import ScalaBLError
 
 RowNormalizer = Callable[[Mapping[str, Any], int, str], MCExample]
@@ -56,9 +61,12 @@ def hub_spec(name: str) -> HubSpec:
         )
     # winogrande_s / winogrande_m / winogrande_xl are hub configs of the same name
     return HubSpec(
-        "allenai/winogrande", key, nz.winogrande_row, ("train", "validation"),
+        "allenai/winogrande",
+        key,
+        nz.winogrande_row,
+        ("train", "validation"),
         split_note=_WINOGRANDE_NOTE,
-    )  # fmt: skip
+    )
 
 
 def hub_splits(name: str) -> tuple[str, ...]:
@@ -83,7 +91,9 @@ def rows_to_dataset(
         except (KeyError, TypeError, IndexError, ValueError) as err:
             if isinstance(err, ScalaBLError):
                 raise
-            what = f"field {err.args[0]!r}" if isinstance(err, KeyError) else f"a valid field ({err})"
+            what = (
+                f"field {err.args[0]!r}" if isinstance(err, KeyError) else f"a valid field ({err})"
+            )
             raise ScalaBLError(
                 f"{origin}: row {i + 1} lacks {what} expected in the {name} layout; "
                 "the source may have changed format, try another source"
@@ -118,5 +128,6 @@ def load_hub(name: str, split: str = "train", *, data_files: str | Path | None =
                 f"could not load {where} split {split!r} from the Hugging Face hub "
                 f"({type(err).__name__}); check the connection or use source='embedded'"
             ) from err
-    return rows_to_dataset(key, split, rows, spec.normalizer, origin=origin,
-                           answer_tokens=spec.answer_tokens)  # fmt: skip
+    return rows_to_dataset(
+        key, split, rows, spec.normalizer, origin=origin, answer_tokens=spec.answer_tokens
+    )

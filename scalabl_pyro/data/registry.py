@@ -103,7 +103,9 @@ def order_splits(splits: set[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(s for s in SPLIT_ORDER if s in splits)
 
 
-def unknown_split_error(name: str, split: str, available: tuple[str, ...], note: str = "") -> ScalaBLError:
+def unknown_split_error(
+    name: str, split: str, available: tuple[str, ...], note: str = ""
+) -> ScalaBLError:
     """The one-line error for a split a data set does not have."""
     extra = f" ({note})" if note else ""
     return ScalaBLError(
