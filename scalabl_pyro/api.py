@@ -36,7 +36,7 @@ from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.1.0"
+from scalabl_pyro import __version__
 
 
 class ScalaBL:

