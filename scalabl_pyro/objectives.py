@@ -51,20 +51,29 @@ class KLScale(Messenger):
             msg["scale"] = self.weight * msg["scale"]
 
 
-def blob_cyclic_weight(step: int, num_data: int, batch_size: int) -> float:
-    """BLoB's cyclic KL weight, expressed for an ELBO whose likelihood is scaled to N.
+def blob_cycle_length(num_data: int, batch_size: int) -> int:
+    """BLoB's cycle length ``M = floor(100 N^(pi/8) / b)`` (at least 1)."""
+    return max(1, math.floor(100 * num_data ** (math.pi / 8) / batch_size))
 
-    BLoB weights the KL of minibatch ``i`` of a cycle of ``M`` by
-    ``pi_i = 2^i / (2^(M+1) - 1)``, ``i = ((t-1) mod M) + 1``,
-    ``M = floor(100 N^(pi/8) / b)``, with a per-batch (unscaled) likelihood.
-    Our likelihood is scaled by N/B so the whole-data KL has weight 1 per step;
-    the equivalent weight is ``M * pi_i`` (its average over a cycle is ~1).
+
+def blob_cyclic_weight(
+    step: int, num_data: int, batch_size: int, *, elbo_scaled: bool = True
+) -> float:
+    """BLoB's cyclic KL weight for optimizer step ``step`` (1-based).
+
+    BLoB weights the KL at step ``t`` by ``pi_i = 2^i / (2^(M+1) - 1)`` with
+    ``i = ((t-1) mod M) + 1`` and ``M = floor(100 N^(pi/8) / b)``: the weights
+    of one cycle sum to ~1, and almost all of it falls on the last few steps.
+    That raw ``pi_i`` is what the reference objective uses
+    (``elbo_scaled=False``). Our ELBO scales the likelihood by N/B so the
+    whole-data KL has weight 1 every step; there the equivalent weight is
+    ``M * pi_i`` (average ~1 over a cycle), the default.
     """
-    m = max(1, math.floor(100 * num_data ** (math.pi / 8) / batch_size))
+    m = blob_cycle_length(num_data, batch_size)
     i = ((step - 1) % m) + 1 if step >= 1 else 1
     # 2^i / (2^(M+1) - 1) computed in log space (M is in the hundreds)
     log_pi = (i - (m + 1)) * math.log(2.0) - math.log1p(-(2.0 ** -(m + 1)))
-    return m * math.exp(log_pi)
+    return (m if elbo_scaled else 1) * math.exp(log_pi)
 
 
 @dataclass(frozen=True)
@@ -83,14 +92,17 @@ class KLSchedule:
                 f"unknown KL schedule {self.kind!r}; choose one of {', '.join(KL_SCHEDULES)}"
             )
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, *, elbo_scaled: bool = True) -> float:
+        """Weight at ``step``; ``elbo_scaled=False`` gives BLoB's raw cyclic pi (reference)."""
         if self.kind == "constant":
             return self.weight
         if self.kind == "linear":
             if self.warmup_steps <= 0:
                 return self.weight
             return self.weight * min(1.0, step / self.warmup_steps)
-        return self.weight * blob_cyclic_weight(step, self.num_data, self.batch_size)
+        return self.weight * blob_cyclic_weight(
+            step, self.num_data, self.batch_size, elbo_scaled=elbo_scaled
+        )
 
 
 def make_elbo(family: str, num_particles: int = 1) -> ELBO:
@@ -167,6 +179,7 @@ __all__ = [
     "KL_SCHEDULES",
     "OBJECTIVES",
     "analytic_kl",
+    "blob_cycle_length",
     "blob_cyclic_weight",
     "elbo_loss",
     "gaussian_kl",

@@ -213,7 +213,7 @@ class Trainer:
         t = self.step_count + 1
         pyro.set_rng_seed(cfg.seed * 1_000_003 + t)
         self.model.train()
-        w = self.kl_schedule(t)
+        w = self.kl_schedule(t, elbo_scaled=cfg.objective == "elbo")
         loss_sum = nll_sum = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         if self.kl_optimizer is not None:
