@@ -45,8 +45,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # the reference objective, made visible within a short run.
     "reference_const": (
         {"guide": "mean_field"},
-        {"objective": "reference", "kl_schedule": "constant", "kl_weight": 0.01,
-         "reference_kl_lr": 0.1},
+        {
+            "objective": "reference",
+            "kl_schedule": "constant",
+            "kl_weight": 0.01,
+            "reference_kl_lr": 0.1,
+        },
     ),
 }
 
@@ -63,8 +67,12 @@ def run(args: argparse.Namespace) -> dict:
         base, tok = load_base_model(args.model, dtype=args.dtype)
         sbl = ScalaBL(ScalaBLConfig(base_model=args.model, dtype=args.dtype, **mcfg), base, tok)
         train_cfg = TrainConfig(
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr, var_lr=args.var_lr,
-            progress=not args.no_progress, **tcfg,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            var_lr=args.var_lr,
+            progress=not args.no_progress,
+            **tcfg,
         )
         hist = sbl.fit(train, train_cfg)
         t_train = time.perf_counter() - t0
@@ -84,7 +92,9 @@ def run(args: argparse.Namespace) -> dict:
             mean_pred = sbl.predict(val, mode="mean", progress=False)
             row["posterior_mean_metrics"] = mean_pred.metrics()
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("variant", "acc", "ece", "nll", "brier")}), flush=True)
+        print(
+            json.dumps({k: row[k] for k in ("variant", "acc", "ece", "nll", "brier")}), flush=True
+        )
         _write(args.out, args, rows)
     return _write(args.out, args, rows)
 
@@ -115,7 +125,10 @@ def _write(out: str, args: argparse.Namespace, rows: list[dict]) -> dict:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, path)
-    md = ["| variant | ACC | ECE % | NLL | Brier | mean sigma | s/step |", "|---|---|---|---|---|---|---|"]
+    md = [
+        "| variant | ACC | ECE % | NLL | Brier | mean sigma | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         sig = "-" if r["mean_posterior_scale"] is None else f"{r['mean_posterior_scale']:.3f}"
         md.append(

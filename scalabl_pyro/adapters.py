@@ -116,6 +116,11 @@ class SubspaceLoRA:
             )
         torch.manual_seed(seed)
         if peft_model is None:
+            if any(isinstance(m, LoraLayer) for m in base_model.modules()):
+                raise ScalaBLError(
+                    "this base model already carries LoRA layers (peft adapts a model in "
+                    "place); load a fresh base model for each ScalaBL instance"
+                )
             self._check_targets(base_model, targets)
             config = LoraConfig(
                 r=rank,
@@ -172,7 +177,9 @@ class SubspaceLoRA:
             leaf = path.rsplit(".", 1)[-1]
             if leaf in found:
                 found[leaf].append(module)
-        names = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, nn.Linear)})
+        names = sorted(
+            {p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
         for t, mods in found.items():
             if not mods:
                 raise ScalaBLError(

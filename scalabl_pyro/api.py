@@ -117,7 +117,10 @@ class ScalaBL:
             config = replace(config, base_model=base_model)
         config = replace(config, device=device, dtype=dtype)
         model, tok = load_base_model(
-            config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code
+            config.base_model,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=config.trust_remote_code,
         )
         return cls.from_parts(path, config, model, tok)
 
@@ -132,7 +135,9 @@ class ScalaBL:
         """Load a checkpoint onto an already loaded base model (tests, custom loading)."""
         path = Path(path)
         meta = ckpt.read_config(path)
-        peft_model = PeftModel.from_pretrained(base_model, path / ckpt.ADAPTER_DIR, is_trainable=True)
+        peft_model = PeftModel.from_pretrained(
+            base_model, path / ckpt.ADAPTER_DIR, is_trainable=True
+        )
         obj = cls(config, base_model, tokenizer, peft_model=peft_model)
         expected = meta.get("site_names")
         if expected is not None and expected != obj.model.site_names:

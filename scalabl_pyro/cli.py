@@ -18,15 +18,21 @@ EXIT_USAGE = 2
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
-                   help="embedded alias (smollm2-135m), local directory, or hub id")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded alias (smollm2-135m), local directory, or hub id",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
-    p.add_argument("--data", default="arc_easy",
-                   help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local file")
+    p.add_argument(
+        "--data",
+        default="arc_easy",
+        help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local file",
+    )
     p.add_argument("--split", default=split)
     p.add_argument("--limit", type=int, default=None, help="random subset of this many examples")
     p.add_argument("--source", default="auto", help="auto, embedded or hub")
@@ -57,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "train")
     p.add_argument("--output", required=True, help="checkpoint directory")
     p.add_argument("--format", dest="task_format", default="choice", choices=("choice", "letter"))
-    p.add_argument("--guide", default="mean_field",
-                   help="mean_field, full_rank, low_rank, block, delta, mle")
+    p.add_argument(
+        "--guide", default="mean_field", help="mean_field, full_rank, low_rank, block, delta, mle"
+    )
     p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated module names")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
@@ -110,8 +117,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     overrides = {
         k: v
-        for k, v in {"steps": args.steps, "eval_limit": args.eval_limit,
-                     "num_samples": args.samples}.items()
+        for k, v in {
+            "steps": args.steps,
+            "eval_limit": args.eval_limit,
+            "num_samples": args.samples,
+        }.items()
         if v is not None
     }
     overrides["output_dir"] = args.output
@@ -128,21 +138,34 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     train = load_task(args.data, args.split, source=args.source, limit=args.limit)
     tcfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, var_lr=args.var_lr,
-        grad_accum=args.grad_accum, num_particles=args.particles, objective=args.objective,
-        kl_schedule=args.kl_schedule, kl_warmup_steps=args.kl_warmup_steps,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
-        gradient_checkpointing=args.gradient_checkpointing, progress=not args.no_progress,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        var_lr=args.var_lr,
+        grad_accum=args.grad_accum,
+        num_particles=args.particles,
+        objective=args.objective,
+        kl_schedule=args.kl_schedule,
+        kl_warmup_steps=args.kl_warmup_steps,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.no_progress,
     )
     if args.resume:
         sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
     else:
         mcfg = ScalaBLConfig(
-            base_model=args.model, task_format=args.task_format, guide=args.guide,
+            base_model=args.model,
+            task_format=args.task_format,
+            guide=args.guide,
             target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-            rank=args.rank, alpha=args.alpha,
+            rank=args.rank,
+            alpha=args.alpha,
             prior_scale=None if args.guide == "mle" else args.prior_scale,
-            num_classes=max(train.num_classes, 2), device=args.device, dtype=args.dtype,
+            num_classes=max(train.num_classes, 2),
+            device=args.device,
+            dtype=args.dtype,
             seed=args.seed,
         )
         sbl = ScalaBL.from_base(mcfg)
@@ -162,11 +185,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         sbl = ScalaBL.from_pretrained(args.checkpoint, device=args.device)
     else:
         sbl = ScalaBL.from_base(
-            ScalaBLConfig(base_model=args.model, guide="mle", task_format=args.task_format,
-                          num_classes=max(data.num_classes, 2), device=args.device)
+            ScalaBLConfig(
+                base_model=args.model,
+                guide="mle",
+                task_format=args.task_format,
+                num_classes=max(data.num_classes, 2),
+                device=args.device,
+            )
         )
-    pred = sbl.predict(data, num_samples=args.samples, mode=args.mode,
-                       progress=not args.no_progress)
+    pred = sbl.predict(
+        data, num_samples=args.samples, mode=args.mode, progress=not args.no_progress
+    )
     metrics = pred.metrics()
     print(json.dumps({"data": f"{data.name}/{data.split}", **metrics}, indent=2))
     if args.output:
@@ -187,8 +216,12 @@ def _cmd_data(args: argparse.Namespace) -> None:
     print(f"{ds.name}: splits {', '.join(available_splits(args.data, args.source))}")
     print(f"{ds.split}: {len(ds)} examples, up to {ds.num_classes} choices")
     ex = ds[0]
-    print(json.dumps({"id": ex.id, "question": ex.question, "choices": list(ex.choices),
-                      "label": ex.label}, indent=2))
+    print(
+        json.dumps(
+            {"id": ex.id, "question": ex.question, "choices": list(ex.choices), "label": ex.label},
+            indent=2,
+        )
+    )
 
 
 COMMANDS = {

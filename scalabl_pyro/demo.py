@@ -11,7 +11,6 @@ ECE / NLL / Brier, and writes ``results.json`` and ``reliability.png``.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -95,7 +94,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     rows: list[dict] = []
     preds: dict[str, Prediction] = {}
     histories: dict[str, dict] = {}
-    methods = [("zero-shot", "mle", 0), ("MLE LoRA", "mle", cfg.steps), ("ScalaBL (mean-field)", "mean_field", cfg.steps)]
+    methods = [
+        ("zero-shot", "mle", 0),
+        ("MLE LoRA", "mle", cfg.steps),
+        ("ScalaBL (mean-field)", "mean_field", cfg.steps),
+    ]
     for name, family, steps in methods:
         t0 = time.perf_counter()
         base, tok = load_base_model(cfg.base_model, dtype=cfg.dtype)
@@ -120,8 +123,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         )
         preds[name] = pred
         rows.append(_row(name, pred, time.perf_counter() - t0))
-        print(f"{name}: {rows[-1]['acc']:.3f} acc, {100 * rows[-1]['ece']:.2f} % ECE "
-              f"({rows[-1]['seconds']:.0f} s)")
+        print(
+            f"{name}: {rows[-1]['acc']:.3f} acc, {100 * rows[-1]['ece']:.2f} % ECE "
+            f"({rows[-1]['seconds']:.0f} s)"
+        )
         del sbl, base
     table = format_table(rows)
     print("\n" + table)
@@ -144,6 +149,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "total_seconds": time.perf_counter() - t_start,
     }
     write_json(out / "results.json", results)
-    print(f"\nwrote {out / 'results.json'} and {out / 'reliability.png'} "
-          f"in {results['total_seconds']:.0f} s")
+    print(
+        f"\nwrote {out / 'results.json'} and {out / 'reliability.png'} "
+        f"in {results['total_seconds']:.0f} s"
+    )
     return results

@@ -175,8 +175,7 @@ class LetterFormat(_BaseFormat):
             )
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise ScalaBLError(
-                "chat_template=True but the tokenizer has no chat template; "
-                "use chat_template=False"
+                "chat_template=True but the tokenizer has no chat template; use chat_template=False"
             )
         self.answer_tokens = answer_tokens[:num_classes]
         self.chat_template = chat_template
@@ -275,9 +274,7 @@ class ChoiceFormat(_BaseFormat):
     ) -> None:
         super().__init__(tokenizer, max_length)
         if normalization not in ("sum", "mean"):
-            raise ScalaBLError(
-                f"unknown normalization {normalization!r}; use 'sum' or 'mean'"
-            )
+            raise ScalaBLError(f"unknown normalization {normalization!r}; use 'sum' or 'mean'")
         if "{question}" not in template:
             raise ScalaBLError("the choice template must contain '{question}'")
         self.num_classes = num_classes
@@ -298,7 +295,9 @@ class ChoiceFormat(_BaseFormat):
                     f"for {self.num_classes}; build the format with the data set's num_classes"
                 )
             mask[i, : len(ex.choices)] = True
-            context = self._prefix() + self._encode(self.template.format(question=ex.question.strip()))
+            context = self._prefix() + self._encode(
+                self.template.format(question=ex.question.strip())
+            )
             any_cut = False
             for j, choice in enumerate(ex.choices):
                 cont = self._encode(" " + choice.strip())

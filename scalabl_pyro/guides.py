@@ -26,7 +26,10 @@ The mean-field family uses the analytic KL (``TraceMeanField_ELBO``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide import (
@@ -40,6 +43,42 @@ from pyro.infer.autoguide import (
 )
 
 from scalabl_pyro.errors import ScalaBLError
+
+
+def _is_real(constraint: constraints.Constraint) -> bool:
+    while isinstance(constraint, constraints.independent):
+        constraint = constraint.base_constraint
+    return constraint is constraints.real
+
+
+class AutoMeanFieldNormal(AutoNormal):
+    """``AutoNormal`` whose real-valued sites are sampled from ``Normal(loc, scale)`` directly.
+
+    Pyro's ``AutoNormal`` samples an auxiliary ``<name>_unconstrained`` site and
+    records the latent itself as a ``Delta``; ``TraceMeanField_ELBO`` then finds
+    no closed-form KL(Delta || Normal) pair and falls back to the Monte-Carlo
+    ``log q(s) - log p(s)``. Sampling the (real-support) site directly keeps
+    the same parameters, names and state dict and gives the analytic KL.
+    """
+
+    def forward(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        sites = list(self.prototype_trace.iter_stochastic_nodes())
+        if not all(_is_real(site["fn"].support) for _, site in sites):
+            return super().forward(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        result = {}
+        for name, site in sites:
+            with ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                loc, scale = self._get_loc_and_scale(name)
+                fn = dist.Normal(loc, scale).to_event(self._event_dims[name])
+                result[name] = pyro.sample(name, fn)
+        return result
+
 
 GUIDE_FAMILIES = ("mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 POINT_FAMILIES = ("delta", "mle")
@@ -66,7 +105,7 @@ def build_guide(
     check_family(family)
     init = init_to_value(values={k: v.clone() for k, v in init_values.items()})
     if family == "mean_field":
-        return AutoNormal(model, init_loc_fn=init, init_scale=init_scale)
+        return AutoMeanFieldNormal(model, init_loc_fn=init, init_scale=init_scale)
     if family == "full_rank":
         return AutoMultivariateNormal(model, init_loc_fn=init, init_scale=init_scale)
     if family == "low_rank":

@@ -41,7 +41,11 @@ class ScalaBLModel(PyroModule):
     """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood."""
 
     def __init__(
-        self, subspace: SubspaceLoRA, *, prior_scale: float | None = 1.0, num_data: int | None = None
+        self,
+        subspace: SubspaceLoRA,
+        *,
+        prior_scale: float | None = 1.0,
+        num_data: int | None = None,
     ) -> None:
         super().__init__(name="scalabl")
         if prior_scale is not None and not prior_scale > 0:
@@ -88,7 +92,8 @@ class ScalaBLModel(PyroModule):
         copies = math.prod(lead)
         rows = batch.num_rows
         folded = {
-            name: v.reshape(copies, -1).repeat_interleave(rows, dim=0) for name, v in latents.items()
+            name: v.reshape(copies, -1).repeat_interleave(rows, dim=0)
+            for name, v in latents.items()
         }
         self.subspace.set_latents(folded)
         s = class_scores(self.subspace, batch, copies=copies)

@@ -117,11 +117,7 @@ def make_elbo(family: str, num_particles: int = 1) -> ELBO:
 
 def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p) -> torch.Tensor:
     """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)), elementwise."""
-    return (
-        torch.log(sigma_p / sigma_q)
-        + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2)
-        - 0.5
-    )
+    return torch.log(sigma_p / sigma_q) + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
 def mean_field_params(guide: AutoNormal, name: str) -> tuple[torch.Tensor, torch.Tensor]:

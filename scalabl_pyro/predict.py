@@ -68,7 +68,12 @@ def draw_latents(
     for _ in range(num_samples):
         tr = poutine.trace(guide).get_trace()
         for name, site in tr.nodes.items():
-            if site["type"] == "sample" and name.startswith("s.") and not site["is_observed"]:
+            if (
+                site["type"] == "sample"
+                and name.startswith("s.")
+                and not site["is_observed"]
+                and not site["infer"].get("is_auxiliary")  # e.g. AutoStructured's <name>_aux
+            ):
                 draws.setdefault(name, []).append(site["value"].detach())
     return {k: torch.stack(v) for k, v in draws.items()}
 

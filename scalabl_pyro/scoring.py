@@ -27,7 +27,9 @@ def _scatter_scores(batch: TaskBatch, row_scores: torch.Tensor, copies: int) -> 
     offs = torch.arange(copies, device=row_scores.device).repeat_interleave(r)
     ex = batch.row_example.repeat(copies) + offs * b
     ch = batch.row_choice.repeat(copies)
-    out = torch.full((copies * b, c), float("-inf"), dtype=row_scores.dtype, device=row_scores.device)
+    out = torch.full(
+        (copies * b, c), float("-inf"), dtype=row_scores.dtype, device=row_scores.device
+    )
     return out.index_put((ex, ch), row_scores)
 
 

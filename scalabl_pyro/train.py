@@ -230,6 +230,8 @@ class Trainer:
             (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
         self._check_finite(loss_sum)
+        # the closed-form KL of the parameters this step's loss was computed with
+        exact = analytic_kl(self.model, self.guide) if cfg.objective != "reference" else None
         self._clip_and_step(self.optimizer)
         nll = nll_sum / cfg.grad_accum
         if cfg.objective == "reference":
@@ -242,10 +244,10 @@ class Trainer:
             loss_value = nll + kl_value
         else:
             loss_value = loss_sum / cfg.grad_accum
-            exact = analytic_kl(self.model, self.guide)
-            kl_value = (
-                w * float(exact.detach()) if exact is not None else loss_value - nll * len(self.data)
-            )
+            if exact is not None:
+                kl_value = w * float(exact.detach())
+            else:
+                kl_value = loss_value - nll * len(self.data)
         self.scheduler.step()
         self.step_count = t
         rec = StepRecord(t, loss_value, nll, kl_value, w, self.scheduler.get_last_lr()[0])
@@ -289,8 +291,10 @@ class Trainer:
                     result = {"step": rec.step, **evaluate(rec.step)}
                     self.history.validation.append(result)
                     log.info("validation at step %d: %s", rec.step, result)
-                if checkpoint is not None and cfg.checkpoint_every and (
-                    rec.step % cfg.checkpoint_every == 0
+                if (
+                    checkpoint is not None
+                    and cfg.checkpoint_every
+                    and (rec.step % cfg.checkpoint_every == 0)
                 ):
                     checkpoint(rec.step)
         finally:

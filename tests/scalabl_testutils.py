@@ -11,22 +11,23 @@ from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data.examples import MCDataset, MCExample
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
-# The tiny models are far too small for intra-op threading to pay off, and on a
-# busy 2-core machine OpenMP spin-waits make every op ~100x slower; one thread
-# also makes the floating-point results independent of the machine's load.
-torch.set_num_threads(1)
-
 COLORS = ("red", "blue", "green", "yellow")
 
 
-def toy_dataset(n: int = 8, num_choices: int = 3, label: int | None = None) -> MCDataset:
+def toy_dataset(
+    n: int = 8,
+    num_choices: int = 3,
+    label: int | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> MCDataset:
     """``n`` short questions over the same choices (label cycles unless fixed)."""
+    choices = choices or COLORS[:num_choices]
     ex = [
         MCExample(
             f"q{i}",
             f"Which colour is item {i}?",
-            COLORS[:num_choices],
-            i % num_choices if label is None else label,
+            choices,
+            i % len(choices) if label is None else label,
         )
         for i in range(n)
     ]
