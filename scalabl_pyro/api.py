@@ -23,6 +23,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from scalabl_pyro import __version__
 from scalabl_pyro import checkpoint as ckpt
 from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.config import ScalaBLConfig
@@ -36,7 +37,6 @@ from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
 
 log = logging.getLogger(__name__)
 
-from scalabl_pyro import __version__
 
 
 class ScalaBL:
