@@ -117,6 +117,7 @@ class _BaseFormat:
             )
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.num_classes = 0  # set by the subclass
         self.truncated_total = 0
 
     def _encode(self, text: str) -> list[int]:
@@ -126,6 +127,19 @@ class _BaseFormat:
         bos = getattr(self.tokenizer, "bos_token_id", None)
         add_bos = bool(getattr(self.tokenizer, "add_bos_token", False))
         return [bos] if (bos is not None and add_bos) else []
+
+    def _class_mask(self, examples: Sequence[MCExample]) -> torch.Tensor:
+        """(B, C) mask of each example's real choices; checks they fit the format."""
+        _check_examples(examples)
+        mask = torch.zeros((len(examples), self.num_classes), dtype=torch.bool)
+        for i, ex in enumerate(examples):
+            if len(ex.choices) > self.num_classes:
+                raise ScalaBLError(
+                    f"example {ex.id!r} has {len(ex.choices)} choices but the format was built "
+                    f"for {self.num_classes}; build the format with the data set's num_classes"
+                )
+            mask[i, : len(ex.choices)] = True
+        return mask
 
     def _report_truncation(self, n: int, total: int) -> None:
         if n:
@@ -225,16 +239,9 @@ class LetterFormat(_BaseFormat):
         self, examples: Sequence[MCExample], indices: Sequence[int] | None = None
     ) -> TaskBatch:
         """Tokenize a list of examples into a left-padded batch."""
-        _check_examples(examples)
+        mask = self._class_mask(examples)
         seqs, truncated = [], 0
-        mask = torch.zeros((len(examples), self.num_classes), dtype=torch.bool)
-        for i, ex in enumerate(examples):
-            if len(ex.choices) > self.num_classes:
-                raise ScalaBLError(
-                    f"example {ex.id!r} has {len(ex.choices)} choices but the format was built "
-                    f"for {self.num_classes}; build the format with the data set's num_classes"
-                )
-            mask[i, : len(ex.choices)] = True
+        for ex in examples:
             text = self.prompt(ex)
             ids = self._prefix() * (not self.chat_template) + self._encode(text)
             if len(ids) > self.max_length:
@@ -285,16 +292,9 @@ class ChoiceFormat(_BaseFormat):
         self, examples: Sequence[MCExample], indices: Sequence[int] | None = None
     ) -> TaskBatch:
         """One left-padded row per (example, choice): context then answer tokens."""
-        _check_examples(examples)
+        mask = self._class_mask(examples)
         seqs, targets, row_ex, row_ch, truncated = [], [], [], [], 0
-        mask = torch.zeros((len(examples), self.num_classes), dtype=torch.bool)
         for i, ex in enumerate(examples):
-            if len(ex.choices) > self.num_classes:
-                raise ScalaBLError(
-                    f"example {ex.id!r} has {len(ex.choices)} choices but the format was built "
-                    f"for {self.num_classes}; build the format with the data set's num_classes"
-                )
-            mask[i, : len(ex.choices)] = True
             context = self._prefix() + self._encode(
                 self.template.format(question=ex.question.strip())
             )

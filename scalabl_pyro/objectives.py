@@ -135,12 +135,7 @@ def reverse_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor:
         )
     if model.prior_scale is None:
         raise ScalaBLError("the reference objective needs a prior; set prior_scale > 0")
-    total = 0.0
-    for name in model.site_names:
-        mu, sigma = mean_field_params(guide, name)
-        sp = torch.as_tensor(model.prior_scale, dtype=sigma.dtype, device=sigma.device)
-        total = total + gaussian_kl(torch.zeros_like(mu), sp, mu, sigma).sum()
-    return total
+    return _sum_site_kl(model, guide, reverse=True)
 
 
 def mean_nll(model: ScalaBLModel, guide: AutoGuide, batch: TaskBatch) -> torch.Tensor:
@@ -155,12 +150,19 @@ def analytic_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
     """KL(q || p) in closed form for a mean-field guide with a prior, else None."""
     if not isinstance(guide, AutoNormal) or model.prior_scale is None:
         return None
-    total = 0.0
+    return _sum_site_kl(model, guide, reverse=False)
+
+
+def _sum_site_kl(model: ScalaBLModel, guide: AutoNormal, *, reverse: bool) -> torch.Tensor:
+    """Sum over sites of KL(q || p) (or KL(p || q) with ``reverse``) for N(0, sigma_p^2) priors."""
+    terms = []
     for name in model.site_names:
         mu, sigma = mean_field_params(guide, name)
         sp = torch.as_tensor(model.prior_scale, dtype=sigma.dtype, device=sigma.device)
-        total = total + gaussian_kl(mu, sigma, torch.zeros_like(mu), sp).sum()
-    return total
+        zero = torch.zeros_like(mu)
+        kl = gaussian_kl(zero, sp, mu, sigma) if reverse else gaussian_kl(mu, sigma, zero, sp)
+        terms.append(kl.sum())
+    return torch.stack(terms).sum()
 
 
 def elbo_loss(loss_fn, batch: TaskBatch, kl_weight: float) -> torch.Tensor:
