@@ -3,10 +3,10 @@
 * Letter format: the decoder's last-position hidden state times the output
   head's rows for the answer tokens (plus the subspace head delta if
   ``lm_head`` is adapted). No full-vocabulary logits are computed.
-* Choice format: one forward pass over all (question, choice) rows; only the
-  last ``K + 1`` positions' logits are kept (``logits_to_keep``), since with
-  left padding every answer token lies there; a class score is the summed (or
-  mean) log-probability of the answer tokens, in float32.
+* Choice format: one decoder pass over all (question, choice) rows; the output
+  head is applied only to the hidden states that predict answer tokens (a 2-D
+  matmul of P x d by d x V), and a class score is the summed (or mean)
+  log-probability of the answer tokens, in float32.
 
 ``copies`` folds several posterior samples into the batch: the inputs are
 tiled ``copies`` times and the result has shape (copies * B, C).
@@ -48,15 +48,19 @@ def class_scores(subspace: SubspaceLoRA, batch: TaskBatch, copies: int = 1) -> t
         logits = logits.float()
         mask = batch.class_mask.repeat(copies, 1)
         return logits.masked_fill(~mask, float("-inf"))
-    # choice scoring
+    # choice scoring: hidden states only at the positions that predict answer tokens
     assert tmask is not None
-    k = int(tmask.sum(dim=1).max())
-    out = model(input_ids=ids, attention_mask=att, logits_to_keep=k + 1)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # predicts the last k tokens
-    targets = ids[:, -k:]
-    tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    m = tmask[:, -k:].to(tok_lp.dtype)
-    row = (tok_lp * m).sum(dim=1)
+    decoder = model.get_base_model().get_decoder()
+    hidden = decoder(input_ids=ids, attention_mask=att).last_hidden_state  # (R', T, d)
+    predicts = tmask[:, 1:]  # position t predicts token t + 1
+    h = hidden[:, :-1][predicts]  # (P, d): a 2-D matmul below, not a (R', T, V) one
+    targets = ids[:, 1:][predicts]
+    logits = model.get_output_embeddings()(h).float()
+    tok_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(predicts)[predicts]
+    row = torch.zeros(ids.shape[0], dtype=tok_lp.dtype, device=tok_lp.device).index_add(
+        0, rows, tok_lp
+    )
     if batch.normalization == "mean":
-        row = row / m.sum(dim=1)
+        row = row / tmask.sum(dim=1).to(row.dtype)
     return _scatter_scores(batch, row, copies)
