@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import check_family
@@ -36,7 +36,6 @@ class ScalaBLConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_family(self.guide)

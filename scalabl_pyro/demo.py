@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,6 @@ class DemoConfig:
     seed: int = 0
     output_dir: str = "demo_output"
     progress: bool = True
-    extra_train: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
@@ -89,7 +88,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         var_lr=cfg.var_lr,
         seed=cfg.seed,
         progress=cfg.progress,
-        **cfg.extra_train,
     )
     rows: list[dict] = []
     preds: dict[str, Prediction] = {}

@@ -81,7 +81,6 @@ class AutoMeanFieldNormal(AutoNormal):
 
 
 GUIDE_FAMILIES = ("mean_field", "full_rank", "low_rank", "block", "delta", "mle")
-POINT_FAMILIES = ("delta", "mle")
 
 
 def check_family(family: str) -> str:

@@ -246,7 +246,9 @@ class Trainer:
             loss_value = loss_sum / cfg.grad_accum
             if exact is not None:
                 kl_value = w * float(exact.detach())
-            else:
+            elif self.model.prior_scale is None:
+                kl_value = 0.0  # no prior and a point mass: there is no KL term
+            else:  # Monte-Carlo estimate: what the loss holds beyond the likelihood
                 kl_value = loss_value - nll * len(self.data)
         self.scheduler.step()
         self.step_count = t
