@@ -118,10 +118,13 @@ def predict(
     s_total = next(iter(latents.values())).shape[0]
     out_lp, labels, masks = [], [], []
     n = len(data)
+    # Batch examples of similar length together (less padding), then restore the order.
+    order = sorted(range(n), key=lambda i: _text_length(data[i]))
     bar = tqdm(total=n, disable=not progress, desc="predict", dynamic_ncols=True, leave=False)
     for start in range(0, n, batch_size):
-        exs = [data[i] for i in range(start, min(n, start + batch_size))]
-        batch = fmt.encode(exs, indices=list(range(start, start + len(exs)))).to(device)
+        idx = order[start : start + batch_size]
+        exs = [data[i] for i in idx]
+        batch = fmt.encode(exs, indices=idx).to(device)
         chunk = max(1, min(s_total, max_rows // max(batch.num_rows, 1)))
         parts = []
         for s0 in range(0, s_total, chunk):
@@ -136,15 +139,22 @@ def predict(
     width = max(t.shape[-1] for t in out_lp)
     out_lp = [_pad_classes(t, width) for t in out_lp]
     masks = [_pad_classes(m, width, fill=False) for m in masks]
-    slp = torch.cat(out_lp, dim=1)  # (S, N, C)
+    inverse = torch.empty(n, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(n)
+    slp = torch.cat(out_lp, dim=1)[:, inverse]  # (S, N, C) in data order
     bma = torch.logsumexp(slp, dim=0) - math.log(slp.shape[0])
     probs = bma.exp()
     return Prediction(
         probs=probs.numpy(),
         sample_log_probs=slp.numpy(),
-        labels=torch.cat(labels).numpy(),
-        class_mask=torch.cat(masks).numpy(),
+        labels=torch.cat(labels)[inverse].numpy(),
+        class_mask=torch.cat(masks)[inverse].numpy(),
     )
+
+
+def _text_length(ex) -> int:
+    """Characters of the longest (question + choice) text: a proxy for its token count."""
+    return len(ex.question) + max(len(c) for c in ex.choices)
 
 
 def _pad_classes(t: torch.Tensor, width: int, fill=float("-inf")) -> torch.Tensor:

@@ -241,3 +241,30 @@ def test_train_config_validation():
         TrainConfig(objective="map")
     with pytest.raises(ScalaBLError, match="lr"):
         TrainConfig(lr=0.0)
+
+
+def test_prediction_is_in_data_order_whatever_the_length_sorting():
+    """predict() batches by length internally; results must follow the data's order."""
+    from scalabl_pyro.data.examples import MCDataset, MCExample
+
+    sbl = make_scalabl(guide="mean_field")
+    randomize_lora(sbl.subspace)
+    exs = [
+        MCExample(
+            str(i),
+            "Which? " * (7 - i) + str(i),
+            ("a whale", "a rock", "a star")[: 2 + i % 2],
+            i % 2,
+        )
+        for i in range(7)
+    ]
+    data = MCDataset("toy", "validation", exs)
+    pred = sbl.predict(data, num_samples=3, batch_size=2, progress=False)
+    assert pred.labels.tolist() == [e.label for e in exs]
+    assert pred.class_mask.sum(1).tolist() == [len(e.choices) for e in exs]
+    # each example alone gives the same probabilities as inside the sorted batches
+    for i in (0, 3, 6):
+        single = sbl.predict(data[i : i + 1], num_samples=3, progress=False)
+        np.testing.assert_allclose(
+            single.probs[0], pred.probs[i, : single.probs.shape[1]], atol=1e-5
+        )
