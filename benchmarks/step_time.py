@@ -35,7 +35,7 @@ from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.formats import make_format
 from scalabl_pyro.loading import load_base_model
 from scalabl_pyro.scoring import class_scores
-from scalabl_pyro.train import Trainer
+from scalabl_pyro.train import Trainer, batch_indices
 
 METHODS = ("lora", "mle", "scalabl")
 
@@ -52,11 +52,12 @@ class PlainLoRAStep:
         self.train, self.device, self.bs = train, device, args.batch_size
 
     def __call__(self, i: int) -> None:
-        idx = list(range(i * self.bs, (i + 1) * self.bs))
+        idx = batch_indices(len(self.train), self.bs, 0, i)  # the Trainer's batches
         batch = self.fmt.encode([self.train[j] for j in idx], indices=idx).to(self.device)
         self.opt.zero_grad()
         scores = class_scores(self.sub, batch)
         torch.nn.functional.cross_entropy(scores, batch.labels).backward()
+        torch.nn.utils.clip_grad_norm_(self.sub.lora_parameters(), 1.0)
         self.opt.step()
 
 
@@ -102,8 +103,9 @@ def time_interleaved(args, train, device) -> dict[str, list[float]]:
     return times
 
 
-def peak_memory_child(method: str, args) -> float:
-    """Peak memory (MiB) of a child process running only ``method``."""
+def peak_memory_child(method: str, args) -> dict[str, float]:
+    """Memory (MiB) of a child process running only ``method``: RSS once the model is
+    loaded, and the peak RSS during the training steps (Linux: VmHWM reset via clear_refs)."""
     cmd = [
         sys.executable,
         __file__,
@@ -121,7 +123,14 @@ def peak_memory_child(method: str, args) -> float:
         str(args.batch_size),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _proc_status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def child(args) -> None:
@@ -130,12 +139,25 @@ def child(args) -> None:
     run = _make(args.child, args, train, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        loaded = torch.cuda.memory_allocated() / 2**20
+    else:
+        loaded = _proc_status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
     for i in range(args.steps):
         run(i)
     if device.type == "cuda":
-        print(torch.cuda.max_memory_allocated() / 2**20)
+        peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peak = _proc_status_mib("VmHWM")
+    print(
+        json.dumps(
+            {
+                "after_load": loaded,
+                "peak_during_steps": peak,
+                "lifetime_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

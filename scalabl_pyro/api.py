@@ -38,7 +38,6 @@ from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
 log = logging.getLogger(__name__)
 
 
-
 class ScalaBL:
     """A LoRA-adapted causal LM with a Gaussian posterior over its subspace latents."""
 

@@ -116,6 +116,23 @@ class TrainHistory:
         return cls([StepRecord(**s) for s in d.get("steps", [])], list(d.get("validation", [])))
 
 
+def batch_indices(num_data: int, batch_size: int, seed: int, micro: int) -> list[int]:
+    """Indices of micro-batch number ``micro`` in the deterministic data stream.
+
+    Epoch ``e`` visits the data in the order of a permutation seeded by
+    ``seed * 7919 + e``; batches run across epoch boundaries.
+    """
+    start = micro * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, pos = divmod(start + len(out), num_data)
+        gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+        perm = torch.randperm(num_data, generator=gen).tolist()
+        take = min(batch_size - len(out), num_data - pos)
+        out += perm[pos : pos + take]
+    return out
+
+
 class Trainer:
     """Optimises one ScalaBL model + guide on one training set."""
 
@@ -185,17 +202,7 @@ class Trainer:
 
     # ------------------------------------------------------------------- data
     def _batch_indices(self, micro: int) -> list[int]:
-        """Indices of micro-batch number ``micro`` in the deterministic data stream."""
-        n, b = len(self.data), self.config.batch_size
-        start = micro * b
-        out: list[int] = []
-        while len(out) < b:
-            epoch, pos = divmod(start + len(out), n)
-            gen = torch.Generator().manual_seed(self.config.seed * 7919 + epoch)
-            perm = torch.randperm(n, generator=gen).tolist()
-            take = min(b - len(out), n - pos)
-            out += perm[pos : pos + take]
-        return out
+        return batch_indices(len(self.data), self.config.batch_size, self.config.seed, micro)
 
     def _batch(self, micro: int):
         idx = self._batch_indices(micro)
