@@ -43,7 +43,7 @@ class DemoConfig:
     lr: float = 1e-3
     var_lr: float = 1e-2
     prior_scale: float = 1.0
-    eval_limit: int | None = 300
+    eval_limit: int | None = 200
     num_samples: int = 10
     seed: int = 0
     output_dir: str = "demo_output"

@@ -17,6 +17,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SCALABL_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel is a separate process: keep it to one thread beside the other xdist worker
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
