@@ -26,6 +26,7 @@ import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
 from scalabl_pyro.loading import load_base_model
+from scalabl_pyro.predict import posterior_spread
 
 # name -> (ScalaBLConfig overrides, TrainConfig overrides)
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
             "train_seconds": t_train,
             "seconds_per_step": t_train / args.steps,
             "final_kl": hist.steps[-1].kl,
-            "mean_posterior_scale": _mean_scale(sbl),
+            "mean_posterior_scale": posterior_spread(sbl.guide)["mean_std_s"],
             "model_config": mcfg,
             "train_config": tcfg,
         }
@@ -97,16 +98,6 @@ def run(args: argparse.Namespace) -> dict:
         )
         _write(args.out, args, rows)
     return _write(args.out, args, rows)
-
-
-def _mean_scale(sbl: ScalaBL) -> float | None:
-    """Average posterior standard deviation of s (None for point masses)."""
-    from scalabl_pyro.predict import draw_latents
-
-    if sbl.config.guide in ("mle", "delta"):
-        return None
-    draws = draw_latents(sbl.guide, 64, seed=123)
-    return float(torch.cat([v.std(0) for v in draws.values()]).mean())
 
 
 def _write(out: str, args: argparse.Namespace, rows: list[dict]) -> dict:
@@ -130,7 +121,7 @@ def _write(out: str, args: argparse.Namespace, rows: list[dict]) -> dict:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        sig = "-" if r["mean_posterior_scale"] is None else f"{r['mean_posterior_scale']:.3f}"
+        sig = f"{r['mean_posterior_scale']:.3f}"
         md.append(
             f"| {r['variant']} | {r['acc']:.3f} | {100 * r['ece']:.2f} | {r['nll']:.3f} | "
             f"{r['brier']:.3f} | {sig} | {r['seconds_per_step']:.2f} |"

@@ -25,7 +25,7 @@ from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data import load_task
 from scalabl_pyro.loading import load_base_model
 from scalabl_pyro.plots import reliability_diagram
-from scalabl_pyro.predict import Prediction
+from scalabl_pyro.predict import Prediction, posterior_spread
 from scalabl_pyro.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,14 @@ class DemoConfig:
         return cls(**base)
 
 
-def _row(name: str, pred: Prediction, seconds: float) -> dict:
-    return {"method": name, **pred.metrics(), "num_samples": pred.num_samples, "seconds": seconds}
+def _row(name: str, pred: Prediction, seconds: float, sbl: ScalaBL) -> dict:
+    return {
+        "method": name,
+        **pred.metrics(),
+        "num_samples": pred.num_samples,
+        "seconds": seconds,
+        "posterior": posterior_spread(sbl.guide),
+    }
 
 
 def format_table(rows: list[dict]) -> str:
@@ -120,7 +126,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             val, num_samples=cfg.num_samples if family == "mean_field" else 1, progress=cfg.progress
         )
         preds[name] = pred
-        rows.append(_row(name, pred, time.perf_counter() - t0))
+        rows.append(_row(name, pred, time.perf_counter() - t0, sbl))
         print(
             f"{name}: {rows[-1]['acc']:.3f} acc, {100 * rows[-1]['ece']:.2f} % ECE "
             f"({rows[-1]['seconds']:.0f} s)"

@@ -79,6 +79,17 @@ def draw_latents(
 
 
 @torch.no_grad()
+def posterior_spread(guide: AutoGuide, num_samples: int = 64, seed: int = 123) -> dict[str, float]:
+    """Mean |posterior mean| and mean posterior std of ``s`` over all latent dims (Monte Carlo)."""
+    if isinstance(guide, AutoDelta):
+        point = torch.cat([v.flatten() for v in posterior_point(guide).values()])
+        return {"mean_abs_s": float(point.abs().mean()), "mean_std_s": 0.0}
+    draws = draw_latents(guide, num_samples, seed)
+    flat = torch.cat([v.reshape(num_samples, -1) for v in draws.values()], dim=1)
+    return {"mean_abs_s": float(flat.mean(0).abs().mean()), "mean_std_s": float(flat.std(0).mean())}
+
+
+@torch.no_grad()
 def posterior_point(guide: AutoGuide) -> dict[str, torch.Tensor]:
     """Posterior median of each site (the mean for Gaussian guides)."""
     return {k: v.detach() for k, v in guide.median().items() if k.startswith("s.")}

@@ -268,3 +268,14 @@ def test_prediction_is_in_data_order_whatever_the_length_sorting():
         np.testing.assert_allclose(
             single.probs[0], pred.probs[i, : single.probs.shape[1]], atol=1e-5
         )
+
+
+@pytest.mark.parametrize("family,std", [("mean_field", 0.05), ("full_rank", 0.05), ("mle", 0.0)])
+def test_posterior_spread_reports_initial_scale(family, std):
+    from scalabl_pyro.predict import posterior_spread
+
+    sbl = make_scalabl(guide=family)
+    spread = posterior_spread(sbl.guide, num_samples=400)
+    assert spread["mean_std_s"] == pytest.approx(std, abs=0.006)
+    init = torch.cat(list(sbl.subspace.init_values.values()))
+    assert spread["mean_abs_s"] == pytest.approx(float(init.abs().mean()), rel=0.05)
