@@ -34,6 +34,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "elbo": ({"guide": "mean_field"}, {}),
     "elbo_prior0.1": ({"guide": "mean_field", "prior_scale": 0.1}, {}),
     "elbo_init0.3": ({"guide": "mean_field", "init_scale": 0.3}, {}),
+    # A tempered ELBO: the KL weighted 100x (equivalently the likelihood down-weighted),
+    # which widens the posterior where the data are weak.
+    "elbo_kl100": ({"guide": "mean_field"}, {"kl_weight": 100.0}),
     "elbo_kl_linear": ({"guide": "mean_field"}, {"kl_schedule": "linear", "kl_warmup_steps": 100}),
     "elbo_full_rank": ({"guide": "full_rank"}, {}),
     # The official recipe. NB: its cycle is M = floor(100 N^(pi/8) / b) = 518 steps for
