@@ -14,6 +14,7 @@ prediction (``predict.py``), checkpoint files (``checkpoint.py``).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -153,8 +154,6 @@ class ScalaBL:
                 obj.subspace.head.lora_A.copy_(head["lora_A"])
                 obj.subspace.head.lora_B.copy_(head["lora_B"])
         if (path / ckpt.HISTORY_FILE).is_file():
-            import json
-
             obj.history = TrainHistory.from_dict(json.loads((path / ckpt.HISTORY_FILE).read_text()))
         if "train_config" in meta:
             obj.train_config = TrainConfig(**meta["train_config"])
