@@ -45,10 +45,15 @@ from pyro.infer.autoguide import (
 from scalabl_pyro.errors import ScalaBLError
 
 
-def _is_real(constraint: constraints.Constraint) -> bool:
+def _base_constraint(constraint: constraints.Constraint) -> constraints.Constraint:
+    """The constraint under any ``independent`` wrappers."""
     while isinstance(constraint, constraints.independent):
         constraint = constraint.base_constraint
-    return constraint is constraints.real
+    return constraint
+
+
+def _is_real(constraint: constraints.Constraint) -> bool:
+    return _base_constraint(constraint) is constraints.real
 
 
 class AutoMeanFieldNormal(AutoNormal):
@@ -140,17 +145,12 @@ def expected_num_parameters(family: str, num_layers: int, rank: int, low_rank: i
 
 def _free_size(value: torch.Tensor, constraint: constraints.Constraint) -> int:
     """Free parameters of one constrained tensor (triangular factors count once)."""
-    base = constraint
-    while isinstance(base, constraints.independent):
-        base = base.base_constraint
+    base = _base_constraint(constraint)
     n = value.shape[-1] if value.dim() >= 2 else 0
     batch = value.numel() // max(n * n, 1) if n else 1
-    if base in (constraints.unit_lower_cholesky,):
+    if base is constraints.unit_lower_cholesky:
         return batch * n * (n - 1) // 2
-    if isinstance(base, type(constraints.lower_cholesky)) or base in (
-        constraints.lower_cholesky,
-        constraints.softplus_lower_cholesky,
-    ):
+    if base in (constraints.lower_cholesky, constraints.softplus_lower_cholesky):
         return batch * n * (n + 1) // 2
     return value.numel()
 
