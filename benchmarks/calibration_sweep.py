@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
             "train_seconds": t_train,
             "seconds_per_step": t_train / args.steps,
             "final_kl": hist.steps[-1].kl,
-            "mean_posterior_scale": posterior_spread(sbl.guide)["mean_std_s"],
+            "mean_posterior_scale": posterior_spread(sbl.model, sbl.guide)["mean_std_s"],
             "model_config": mcfg,
             "train_config": tcfg,
         }

@@ -6,11 +6,18 @@ Every adapted linear layer computes
 
 where ``A`` (r x d_in) and ``B`` (d_out x r) are peft's LoRA factors and ``s``
 (r,) is the layer's latent subspace variable, supplied for each forward pass
-by the Pyro model. ``s`` enters through a forward hook on peft's ``lora_A``
-module (its output ``A x`` is multiplied by ``s``); nothing in peft or
-transformers is patched. ``s`` may be one vector per layer (shared by the
-batch) or one vector per input row, which is how posterior samples are folded
-into the batch dimension.
+by the Pyro model inside a scope (:meth:`LatentFamily.use`). ``s`` enters
+through a forward hook on peft's ``lora_A`` module (its output ``A x`` is
+multiplied by ``s``); nothing in peft or transformers is patched. ``s`` may
+be one vector per layer (shared by the batch) or one vector per input row,
+which is how posterior samples are folded into the batch dimension. Outside
+any scope the hook applies the family's point (the posterior mean once a
+guide is attached), so the peft model on its own is the posterior-mean model.
+
+Export: :meth:`SubspaceLoRA.adapter_state` folds ``diag(s)`` into ``B``
+(``B' = B diag(mu)``), giving a plain peft adapter whose output is the
+posterior-mean model's; the answer-token head becomes an ordinary ``lm_head``
+LoRA whose ``B`` is zero outside the answer rows.
 
 Initialisation follows the reference code: peft draws a random ``A``; its thin
 SVD ``U S Vh`` gives ``A = Vh`` (orthonormal rows) and the initial posterior
@@ -24,15 +31,20 @@ delta is ever built.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import copy
+import math
+from collections.abc import Mapping, Sequence
 
+import pyro.distributions as dist
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from pyro.distributions import constraints
 from torch import nn
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.latents import Draws, LatentFamily
+from scalabl_pyro.rng import model_devices, seeded
 
 SITE_PREFIX = "s."
 HEAD_SITE = "s.lm_head"
@@ -74,11 +86,14 @@ class SubspaceClassHead(nn.Module):
         return base + self.scaling * (low @ self.lora_B.T)
 
 
-class SubspaceLoRA:
+class SubspaceLoRA(LatentFamily):
     """peft LoRA adapters with an r-dimensional latent ``s`` per adapted layer.
 
-    Owns the hooks of one peft model; two instances never share state. Use
-    :meth:`set_latents` (or the :meth:`use` context) before a forward pass.
+    Owns the hooks of one peft model; two instances never share state. The
+    prior is ``N(prior_loc, prior_scale^2 I_r)`` per site (``prior_loc`` 0 unless
+    given; ``prior_scale=None`` is a flat prior, for maximum likelihood). Random
+    initialisation (peft's draw of ``A``) runs under a local seed: the global
+    generators are untouched.
     """
 
     def __init__(
@@ -93,12 +108,18 @@ class SubspaceLoRA:
         adapt_head: bool = False,
         svd_init: bool = True,
         seed: int = 0,
+        prior_scale: float | None = 1.0,
         peft_model: PeftModel | None = None,
     ) -> None:
+        super().__init__()
         if rank < 1:
             raise ScalaBLError(f"LoRA rank must be >= 1, got {rank}")
+        if prior_scale is not None and not prior_scale > 0:
+            raise ScalaBLError(f"prior_scale must be > 0 (or None for no prior), got {prior_scale}")
         self.rank = rank
         self.alpha = float(alpha)
+        self.prior_scale = prior_scale
+        self.prior_loc: dict[str, torch.Tensor] = {}
         targets = [t for t in target_modules if t != "lm_head"]
         if "lm_head" in target_modules:
             adapt_head = True
@@ -114,7 +135,6 @@ class SubspaceLoRA:
                 "lm_head alone cannot be adapted; add at least one linear target "
                 "(e.g. q_proj,v_proj,lm_head)"
             )
-        torch.manual_seed(seed)
         if peft_model is None:
             if any(isinstance(m, LoraLayer) for m in base_model.modules()):
                 raise ScalaBLError(
@@ -122,53 +142,46 @@ class SubspaceLoRA:
                     "place); load a fresh base model for each ScalaBL instance"
                 )
             self._check_targets(base_model, targets)
-            config = LoraConfig(
-                r=rank,
-                lora_alpha=alpha,
-                lora_dropout=dropout,
-                target_modules=list(targets),
-                bias="none",
-                init_lora_weights=True,
-            )
-            peft_model = get_peft_model(base_model, config)
-        self.peft_model: PeftModel = peft_model
         self.target_modules = tuple(targets)
         self.layers: dict[str, nn.Module] = {}
+        self.paths: dict[str, str] = {}  # site name -> module path in the peft model
         self.init_values: dict[str, torch.Tensor] = {}
-        self._latents: Mapping[str, torch.Tensor] | None = None
         self._handles = []
-        for path, module in peft_model.named_modules():
-            if isinstance(module, LoraLayer) and "default" in getattr(module, "lora_A", {}):
-                name = site_name(path)
-                self.layers[name] = module
-                lora_a = module.lora_A["default"]
-                if svd_init:
-                    with torch.no_grad():
-                        w = lora_a.weight.float()
-                        _, svals, vh = torch.linalg.svd(w, full_matrices=False)
-                        lora_a.weight.copy_(vh.to(lora_a.weight.dtype))
-                    self.init_values[name] = svals.detach().clone()
-                else:
-                    self.init_values[name] = torch.ones(rank)
-                self._handles.append(lora_a.register_forward_hook(self._make_hook(name)))
         self.head: SubspaceClassHead | None = None
-        if adapt_head:
-            assert class_token_ids is not None  # checked above
-            head_w = base_model.get_output_embeddings().weight
-            self.head = SubspaceClassHead(head_w, class_token_ids, rank, alpha)
-            self.head.to(head_w.device)
-            if svd_init:
-                with torch.no_grad():
-                    _, svals, vh = torch.linalg.svd(self.head.lora_A, full_matrices=False)
-                    self.head.lora_A.copy_(vh)
-                self.init_values[HEAD_SITE] = svals.detach().clone()
-            else:
-                self.init_values[HEAD_SITE] = torch.ones(rank)
+        with seeded(seed, model_devices(base_model)):
+            if peft_model is None:
+                config = LoraConfig(
+                    r=rank,
+                    lora_alpha=alpha,
+                    lora_dropout=dropout,
+                    target_modules=list(targets),
+                    bias="none",
+                    init_lora_weights=True,
+                )
+                peft_model = get_peft_model(base_model, config)
+            self.peft_model: PeftModel = peft_model
+            for path, module in peft_model.named_modules():
+                if isinstance(module, LoraLayer) and "default" in getattr(module, "lora_A", {}):
+                    name = site_name(path)
+                    self.layers[name] = module
+                    self.paths[name] = path
+                    lora_a = module.lora_A["default"]
+                    self.init_values[name] = _svd_init_(lora_a.weight) if svd_init else None
+                    self._handles.append(lora_a.register_forward_hook(self._make_hook(name)))
+            if adapt_head:
+                assert class_token_ids is not None  # checked above
+                head_w = base_model.get_output_embeddings().weight
+                self.head = SubspaceClassHead(head_w, class_token_ids, rank, alpha)
+                self.head.to(head_w.device)
+                self.init_values[HEAD_SITE] = _svd_init_(self.head.lora_A) if svd_init else None
         if not self.init_values:
             raise ScalaBLError(
                 f"no LoRA layer was created for targets {list(target_modules)}; "
                 "check the module names of this model"
             )
+        for name, v in self.init_values.items():
+            if v is None:
+                self.init_values[name] = torch.ones(rank)
 
     @staticmethod
     def _check_targets(model: nn.Module, targets: Sequence[str]) -> None:
@@ -193,57 +206,50 @@ class SubspaceLoRA:
                     f"nn.Linear layers only (choose from: {', '.join(names)})"
                 )
 
-    # ------------------------------------------------------------------ latents
-    @property
-    def site_names(self) -> list[str]:
-        """Pyro site names, one per adapted layer (head last)."""
-        return list(self.init_values)
+    # ---------------------------------------------------------------- prior
+    def prior(self, name: str) -> dist.Distribution:
+        """``N(prior_loc, prior_scale^2 I_r)`` for one site, or flat without a prior."""
+        r = self.rank
+        device = self.init_values[name].device
+        if self.prior_scale is None:
+            return dist.ImproperUniform(constraints.real, (), (r,))
+        loc = self.prior_loc.get(name)
+        if loc is None:
+            return dist.Normal(torch.zeros(r, device=device), self.prior_scale).to_event(1)
+        loc = loc.to(device)
+        return dist.Normal(loc, self.prior_scale * (1.0 + loc)).to_event(1)
 
-    @property
-    def num_latents(self) -> int:
-        """Total latent dimension D = r * number of adapted layers."""
-        return self.rank * len(self.init_values)
+    def set_reference_prior_quirk(self, initial_scales: Mapping[str, torch.Tensor]) -> None:
+        """The official code's effective prior ``N(u, ((1 + u) sigma_p)^2)`` per site.
 
+        In the official implementation the prior's mean buffer aliases the
+        tensor that the posterior-scale initialisation later fills in place, so
+        each layer's prior is centred on its own initial sigma draw ``u``
+        (~0.04) with scale ``1 + u``. It moves the reverse KL by about 1 %;
+        this switch reproduces it for exact comparisons.
+        """
+        self.prior_loc = {k: v.detach().clone().float() for k, v in initial_scales.items()}
+
+    def initial_scales(self, high: float, seed: int) -> dict[str, torch.Tensor]:
+        """Per-site initial posterior scales ``~ U[high / sqrt 2, high]`` (the official draw)."""
+        gen = torch.Generator().manual_seed(int(seed) * 104_729 + 17)
+        low = high / math.sqrt(2.0)
+        return {
+            name: low + (high - low) * torch.rand(self.rank, generator=gen)
+            for name in self.site_names
+        }
+
+    # ---------------------------------------------------------------- hooks
     def _make_hook(self, name: str):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-            if self._latents is None:
-                raise RuntimeError(
-                    "subspace latents are not set; run the model through ScalaBLModel or "
-                    "inside SubspaceLoRA.use(latents)"
-                )
-            s = self._latents[name]
+            s = self.current(name)
             if s.dim() == 2:  # one vector per row: (rows, r) -> (rows, 1, ..., r)
                 s = s.view(s.shape[0], *([1] * (output.dim() - 2)), s.shape[1])
-            return output * s.to(output.dtype)
+            return output * s.to(device=output.device, dtype=output.dtype)
 
         return hook
 
-    def set_latents(self, latents: Mapping[str, torch.Tensor] | None) -> None:
-        """Set ``s`` for every layer: each (r,) or (rows, r). Stays set (for
-        gradient-checkpoint recomputation) until replaced."""
-        if latents is not None:
-            missing = [n for n in self.layers if n not in latents]
-            if missing:
-                raise ScalaBLError(f"latents missing for sites {missing[:3]}...")
-        self._latents = latents
-
-    def latent(self, name: str) -> torch.Tensor:
-        """The currently set ``s`` of one site."""
-        if self._latents is None:
-            raise RuntimeError("subspace latents are not set")
-        return self._latents[name]
-
-    @contextlib.contextmanager
-    def use(self, latents: Mapping[str, torch.Tensor]) -> Iterator[None]:
-        """Temporarily set the latents (restores the previous ones on exit)."""
-        previous = self._latents
-        self.set_latents(latents)
-        try:
-            yield
-        finally:
-            self._latents = previous
-
-    # --------------------------------------------------------------- parameters
+    # ----------------------------------------------------------- parameters
     def lora_parameters(self) -> list[nn.Parameter]:
         """Trainable LoRA factors (A and B of every layer, and of the head)."""
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
@@ -255,8 +261,126 @@ class SubspaceLoRA:
         """Number of point-estimated LoRA parameters."""
         return sum(p.numel() for p in self.lora_parameters())
 
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The unfolded LoRA factors (peft's state-dict keys, plus ``head.lora_A/B``)."""
+        state = dict(get_peft_model_state_dict(self.peft_model))
+        if self.head is not None:
+            state["head.lora_A"] = self.head.lora_A
+            state["head.lora_B"] = self.head.lora_B
+        return {k: v.detach() for k, v in state.items()}
+
+    def lora_shapes(self) -> dict[str, list[int]]:
+        """Shapes of :meth:`lora_state` (for compatibility checks before loading tensors)."""
+        return {k: list(v.shape) for k, v in self.lora_state().items()}
+
+    @torch.no_grad()
+    def load_lora_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy factors saved by :meth:`lora_state` into this model (shapes must match)."""
+        own = self._lora_tensors()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ScalaBLError(
+                f"LoRA factors do not match this model (missing {missing[:2]}, unexpected "
+                f"{unexpected[:2]}); load them on the base model and targets they were made for"
+            )
+        for k, dst in own.items():
+            src = state[k]
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ScalaBLError(
+                    f"LoRA factor {k} has shape {tuple(src.shape)}, this model needs "
+                    f"{tuple(dst.shape)}; load it on the base model it was trained on"
+                )
+            dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
+
+    def _lora_tensors(self) -> dict[str, torch.Tensor]:
+        """The live parameter tensors behind :meth:`lora_state`, by the same keys."""
+        out = {}
+        for name, path in self.paths.items():
+            layer = self.layers[name]
+            out[f"{path}.lora_A.weight"] = layer.lora_A["default"].weight
+            out[f"{path}.lora_B.weight"] = layer.lora_B["default"].weight
+        if self.head is not None:
+            out["head.lora_A"] = self.head.lora_A
+            out["head.lora_B"] = self.head.lora_B
+        return out
+
+    # --------------------------------------------------------------- export
+    @torch.no_grad()
+    def adapter_state(self, point: Draws) -> tuple[dict[str, torch.Tensor], LoraConfig]:
+        """A plain peft adapter equal to this model at ``point``: ``B' = B diag(s)``.
+
+        The answer-token head becomes an ``lm_head`` LoRA with the full
+        vocabulary's rows, zero outside the answer tokens. Returns peft's
+        state-dict keys (as ``save_pretrained`` writes them) and the config.
+        """
+        state: dict[str, torch.Tensor] = {}
+        for name, path in self.paths.items():
+            layer = self.layers[name]
+            s = point[name].detach().float().cpu()
+            a = layer.lora_A["default"].weight.detach().float().cpu()
+            b = layer.lora_B["default"].weight.detach().float().cpu()
+            state[f"{path}.lora_A.weight"] = a.clone()
+            state[f"{path}.lora_B.weight"] = b * s[None, :]
+        config = copy.deepcopy(self.peft_model.peft_config["default"])
+        if self.head is not None:
+            s = point[HEAD_SITE].detach().float().cpu()
+            vocab = self.peft_model.get_output_embeddings().weight.shape[0]
+            full_b = torch.zeros(vocab, self.rank)
+            full_b[self.head.class_token_ids.cpu()] = self.head.lora_B.detach().float().cpu() * s
+            head_path = _head_path(self.peft_model)
+            state[f"{head_path}.lora_A.weight"] = self.head.lora_A.detach().float().cpu().clone()
+            state[f"{head_path}.lora_B.weight"] = full_b
+            config.target_modules = sorted({*config.target_modules, "lm_head"})
+        config.inference_mode = True
+        return state, config
+
+    @torch.no_grad()
+    def merge_and_unload(self, point: Draws) -> nn.Module:
+        """The base model with the point model merged into its weights.
+
+        Like peft's ``merge_and_unload``, this consumes the adapters: the hooks
+        are removed and the returned module is the base model itself (no
+        copy, so a 7B model is not held twice). A tied output head is untied
+        before the answer-row delta is added, so the input embeddings stay
+        the base model's.
+        """
+        for name, layer in self.layers.items():
+            b = layer.lora_B["default"].weight
+            b.mul_(point[name].to(device=b.device, dtype=b.dtype)[None, :])
+        self.remove_hooks()
+        merged = self.peft_model.merge_and_unload()
+        if self.head is not None:
+            head = merged.get_output_embeddings()
+            w = head.weight.detach().clone()
+            s = point[HEAD_SITE].to(self.head.lora_B.device)
+            delta = self.head.scaling * (self.head.lora_B * s) @ self.head.lora_A
+            w[self.head.class_token_ids] += delta.to(w.dtype)
+            head.weight = nn.Parameter(w, requires_grad=False)
+            merged.config.tie_word_embeddings = False
+            if hasattr(merged.config, "get_text_config"):
+                merged.config.get_text_config().tie_word_embeddings = False
+        return merged
+
     def remove_hooks(self) -> None:
         """Detach the hooks (the peft model then computes plain LoRA with s = 1)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _svd_init_(weight: torch.Tensor) -> torch.Tensor:
+    """Replace a random LoRA-A draw by ``Vh`` of its thin SVD; return the singular values."""
+    with torch.no_grad():
+        _, svals, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        weight.copy_(vh.to(weight.dtype))
+    return svals.detach().clone()
+
+
+def _head_path(peft_model: PeftModel) -> str:
+    """Module path of the output head inside the peft model (peft's state-dict prefix)."""
+    head = peft_model.get_output_embeddings()
+    for path, module in peft_model.named_modules():
+        if module is head:
+            return path
+    raise ScalaBLError("the base model has no output head to export the answer-token head to")

@@ -7,21 +7,20 @@
     print(sbl.evaluate(load_task("arc_easy", "validation"), num_samples=10))
     sbl.save_pretrained("runs/arc-easy")
 
-The class wires the pieces together and delegates: the Pyro model
-(``model.py``), the guide (``guides.py``), training (``train.py``),
-prediction (``predict.py``), checkpoint files (``checkpoint.py``).
+The class wires the pieces together and delegates: the latent family
+(``adapters.py``), the Pyro model (``model.py``), the guide (``guides.py``),
+training (``train.py``), prediction (``predict.py``), checkpoints
+(``checkpoint.py``). ``merge_and_unload()`` and ``export_adapter()`` give a
+plain Hugging Face model / peft adapter equal to the posterior-mean model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-import pyro
 import torch
-from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl_pyro import __version__
@@ -32,25 +31,29 @@ from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat, make_format
 from scalabl_pyro.guides import build_guide, count_free_parameters
-from scalabl_pyro.model import ScalaBLModel
-from scalabl_pyro.predict import Prediction, predict
+from scalabl_pyro.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.predict import Prediction, posterior_point, predict
+from scalabl_pyro.rng import model_devices, seeded
 from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
 
 log = logging.getLogger(__name__)
 
 
 class ScalaBL:
-    """A LoRA-adapted causal LM with a Gaussian posterior over its subspace latents."""
+    """A LoRA-adapted causal LM with a Gaussian posterior over its subspace latents.
+
+    Outside training and prediction the adapted peft model computes the
+    posterior-mean model (``ScalaBL.subspace.peft_model(...)`` is a plain
+    forward). No call changes global state: seeds are local, Pyro settings
+    are entered as a context.
+    """
 
     def __init__(
         self,
         config: ScalaBLConfig,
         base_model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        *,
-        peft_model: PeftModel | None = None,
     ) -> None:
-        pyro.settings.set(module_local_params=True)
         self.config = config
         self.tokenizer = tokenizer
         self.device = next(base_model.parameters()).device
@@ -64,24 +67,30 @@ class ScalaBL:
             dropout=config.dropout,
             target_modules=config.target_modules,
             class_token_ids=class_ids,
-            svd_init=peft_model is None,
             seed=config.seed,
-            peft_model=peft_model,
+            prior_scale=config.prior_scale,
         )
-        self.model = ScalaBLModel(self.subspace, prior_scale=config.prior_scale)
-        self.guide = build_guide(
-            config.guide,
-            self.model,
-            self.subspace.init_values,
-            init_scale=config.init_scale,
-            low_rank=config.guide_rank,
-        )
-        with torch.no_grad():
-            self.guide()  # build the variational parameters now
+        init_scales = self.subspace.initial_scales(config.init_scale, config.seed)
+        if config.reference_prior_quirk:
+            self.subspace.set_reference_prior_quirk(init_scales)
+        with pyro_settings(), seeded(config.seed, model_devices(base_model)):
+            self.model = ScalaBLModel(self.subspace)  # PyroModules are built under the settings
+            self.guide = build_guide(
+                config.guide,
+                self.model,
+                self.subspace.init_values,
+                init_scale=config.init_scale,
+                low_rank=config.guide_rank,
+                init_scales=init_scales,
+            )
+            with torch.no_grad():
+                self.guide()  # build the variational parameters now
         self.guide.to(self.device)
+        self.subspace.set_point_provider(self.posterior_mean)
         self.history = TrainHistory()
         self.train_config: TrainConfig | None = None
         self._trainer: Trainer | None = None
+        self._merged = False
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -107,12 +116,11 @@ class ScalaBL:
         device: str = "auto",
         dtype: str = "auto",
     ) -> ScalaBL:
-        """Rebuild a saved model: base model + peft adapter + guide (+ head)."""
+        """Rebuild a saved model: base model + LoRA factors + guide (+ head)."""
         from scalabl_pyro.loading import load_base_model
 
-        path = Path(path)
-        meta = ckpt.read_config(path)
-        config = ScalaBLConfig.from_dict(meta["config"])
+        checkpoint = ckpt.Checkpoint(path)
+        config = ScalaBLConfig.from_dict(checkpoint.meta["config"])
         if base_model is not None:
             config = replace(config, base_model=base_model)
         config = replace(config, device=device, dtype=dtype)
@@ -122,7 +130,7 @@ class ScalaBL:
             device=device,
             trust_remote_code=config.trust_remote_code,
         )
-        return cls.from_parts(path, config, model, tok)
+        return cls.from_checkpoint(checkpoint, config, model, tok)
 
     @classmethod
     def from_parts(
@@ -133,32 +141,39 @@ class ScalaBL:
         tokenizer: PreTrainedTokenizerBase,
     ) -> ScalaBL:
         """Load a checkpoint onto an already loaded base model (tests, custom loading)."""
-        path = Path(path)
-        meta = ckpt.read_config(path)
-        peft_model = PeftModel.from_pretrained(
-            base_model, path / ckpt.ADAPTER_DIR, is_trainable=True
-        )
-        obj = cls(config, base_model, tokenizer, peft_model=peft_model)
-        expected = meta.get("site_names")
-        if expected is not None and expected != obj.model.site_names:
-            raise ScalaBLError(
-                f"{path}: the checkpoint's latent sites do not match this base model "
-                f"({len(expected)} vs {len(obj.model.site_names)}); load it on the base model "
-                f"it was trained on ({meta['config'].get('base_model')})"
-            )
-        state = ckpt.load_tensors(path / ckpt.GUIDE_FILE)
-        obj.guide.load_state_dict({k: v.to(obj.device) for k, v in state.items()})
-        if obj.subspace.head is not None:
-            head = ckpt.load_tensors(path / ckpt.HEAD_FILE)
-            with torch.no_grad():
-                obj.subspace.head.lora_A.copy_(head["lora_A"])
-                obj.subspace.head.lora_B.copy_(head["lora_B"])
-        if (path / ckpt.HISTORY_FILE).is_file():
-            obj.history = TrainHistory.from_dict(json.loads((path / ckpt.HISTORY_FILE).read_text()))
-        if "train_config" in meta:
-            obj.train_config = TrainConfig(**meta["train_config"])
-        obj.model.num_data = meta.get("num_data")
+        return cls.from_checkpoint(ckpt.Checkpoint(path), config, base_model, tokenizer)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: ckpt.Checkpoint,
+        config: ScalaBLConfig,
+        base_model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> ScalaBL:
+        """Build on ``base_model`` and restore the checkpoint's parameters and history."""
+        obj = cls(config, base_model, tokenizer)
+        obj.load_parameters(checkpoint)
+        obj.history = TrainHistory.from_dict(checkpoint.history())
+        if "train_config" in checkpoint.meta:
+            obj.train_config = TrainConfig(**checkpoint.meta["train_config"])
+        obj.model.num_data = checkpoint.meta.get("num_data")
         return obj
+
+    def load_parameters(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Copy a checkpoint's LoRA factors and guide into this model (checked first)."""
+        self._check_alive()
+        checkpoint.check_compatible(self.model.site_names, self.subspace.lora_shapes())
+        self.subspace.load_lora_state(checkpoint.lora())
+        state = checkpoint.guide_state()
+        try:
+            self.guide.load_state_dict({k: v.to(self.device) for k, v in state.items()})
+        except RuntimeError as e:
+            raise ScalaBLError(
+                f"{checkpoint.path / ckpt.GUIDE_FILE} does not fit the {self.config.guide} guide "
+                f"of this model ({str(e).splitlines()[0]}); load it with the config it was saved "
+                "with"
+            ) from e
 
     # -------------------------------------------------------------- formats
     def _letter_format(self, num_classes: int) -> TaskFormat:
@@ -202,10 +217,26 @@ class ScalaBL:
         """Train LoRA factors and the variational posterior on ``train`` (SVI).
 
         With ``output_dir`` a checkpoint is written every
-        ``config.checkpoint_every`` steps and at the end; ``resume=True``
-        continues from the optimizer state saved there.
+        ``config.checkpoint_every`` steps and at the end. ``resume=True``
+        restores the parameters *and* the optimizer state saved there (a
+        freshly built model resumes exactly), or refuses if there is nothing
+        to resume from.
         """
+        self._check_alive()
         config = config or TrainConfig()
+        checkpoint = None
+        if resume:
+            if output_dir is None:
+                raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
+            if not (Path(output_dir) / ckpt.CONFIG_FILE).is_file():
+                raise ScalaBLError(
+                    f"{output_dir} holds no checkpoint to resume; train without resume first"
+                )
+            checkpoint = ckpt.Checkpoint(output_dir)
+            if checkpoint.trainer_state() is None:
+                raise ScalaBLError(
+                    f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
+                )
         self.train_config = config
         trainer = Trainer(
             self.model,
@@ -217,15 +248,10 @@ class ScalaBL:
             self.device,
         )
         self._trainer = trainer
-        if resume:
-            if output_dir is None:
-                raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
-            state = ckpt.load_trainer_state(output_dir)
-            if state is None:
-                raise ScalaBLError(
-                    f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
-                )
-            trainer.load_state_dict(state, self.history)
+        if checkpoint is not None:
+            self.load_parameters(checkpoint)
+            history = TrainHistory.from_dict(checkpoint.history())
+            trainer.load_state_dict(checkpoint.trainer_state(), history)
         else:
             trainer.history = self.history = TrainHistory()
 
@@ -233,12 +259,12 @@ class ScalaBL:
             assert validation is not None
             return self.evaluate(validation, num_samples=eval_samples, progress=False)
 
-        def checkpoint(step: int) -> None:
+        def checkpoint_fn(step: int) -> None:
             if output_dir is not None:
                 self.save_pretrained(output_dir)
 
         try:
-            self.history = trainer.run(evaluate if validation is not None else None, checkpoint)
+            self.history = trainer.run(evaluate if validation is not None else None, checkpoint_fn)
         finally:
             self.history = trainer.history
         if output_dir is not None:
@@ -246,6 +272,10 @@ class ScalaBL:
         return self.history
 
     # ----------------------------------------------------------- prediction
+    def posterior_mean(self) -> dict[str, torch.Tensor]:
+        """The posterior mean (median for point masses) of every latent site."""
+        return posterior_point(self.guide)
+
     def predict(
         self,
         data: MCDataset,
@@ -258,6 +288,7 @@ class ScalaBL:
         progress: bool = True,
     ) -> Prediction:
         """BMA over ``num_samples`` posterior draws (or the posterior mean with mode='mean')."""
+        self._check_alive()
         return predict(
             self.model,
             self.guide,
@@ -276,9 +307,10 @@ class ScalaBL:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""
         return self.predict(data, **predict_kwargs).metrics()
 
-    # --------------------------------------------------------------- saving
+    # --------------------------------------------------------------- export
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write a checkpoint directory atomically (see ``checkpoint.py``)."""
+        """Write a checkpoint directory atomically (layout: ``checkpoint.py``)."""
+        self._check_alive()
         meta = {
             "library": "scalabl-pyro",
             "version": __version__,
@@ -286,6 +318,7 @@ class ScalaBL:
             "guide_family": self.config.guide,
             "prior_scale": self.config.prior_scale,
             "site_names": self.model.site_names,
+            "lora_shapes": self.subspace.lora_shapes(),
             "target_modules": list(self.config.target_modules),
             "num_data": self.model.num_data,
             "num_variational_parameters": self.num_variational_parameters,
@@ -296,22 +329,43 @@ class ScalaBL:
             meta["class_token_ids"] = fmt.class_token_ids.tolist()
         if self.train_config is not None:
             meta["train_config"] = self.train_config.to_dict()
-        trainer = self._trainer
+        adapter_state, adapter_config = self.subspace.adapter_state(self.posterior_mean())
+        contents = ckpt.CheckpointContents(
+            meta=meta,
+            lora=self.subspace.lora_state(),
+            guide=self.guide.state_dict(),
+            adapter_state=adapter_state,
+            adapter_config=adapter_config,
+            history=self.history.to_dict(),
+            trainer_state=self._trainer.state_dict() if self._trainer is not None else None,
+        )
+        return ckpt.save_checkpoint(path, contents)
 
-        def fill(tmp: Path) -> None:
-            self.subspace.peft_model.save_pretrained(str(tmp / ckpt.ADAPTER_DIR))
-            ckpt.save_tensors(tmp / ckpt.GUIDE_FILE, self.guide.state_dict())
-            if self.subspace.head is not None:
-                ckpt.save_tensors(
-                    tmp / ckpt.HEAD_FILE,
-                    {"lora_A": self.subspace.head.lora_A, "lora_B": self.subspace.head.lora_B},
-                )
-            ckpt.write_json(tmp / ckpt.CONFIG_FILE, meta)
-            ckpt.write_json(tmp / ckpt.HISTORY_FILE, self.history.to_dict())
-            if trainer is not None:
-                torch.save(trainer.state_dict(), tmp / ckpt.TRAINER_FILE)
+    def export_adapter(self, path: str | Path) -> Path:
+        """Write only the plain peft adapter of the posterior-mean model (for peft users)."""
+        self._check_alive()
+        state, config = self.subspace.adapter_state(self.posterior_mean())
+        return ckpt.write_atomic_dir(path, lambda tmp: ckpt.save_adapter(tmp, state, config))
 
-        return ckpt.write_atomic_dir(path, fill)
+    def merge_and_unload(self) -> PreTrainedModel:
+        """A plain Hugging Face model with the posterior mean merged in, for serving.
+
+        peft's ``merge_and_unload`` semantics: the adapters are consumed (no
+        copy of the base model is made) and this ScalaBL instance cannot be
+        used afterwards; reload a checkpoint to keep working with it.
+        """
+        self._check_alive()
+        point = self.posterior_mean()
+        merged = self.subspace.merge_and_unload(point)
+        self._merged = True
+        return merged
+
+    def _check_alive(self) -> None:
+        if self._merged:
+            raise ScalaBLError(
+                "this ScalaBL was merged into a plain model by merge_and_unload(); load the "
+                "checkpoint again (ScalaBL.from_pretrained) to train or predict"
+            )
 
     # ---------------------------------------------------------- inspection
     @property

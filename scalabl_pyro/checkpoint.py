@@ -1,19 +1,26 @@
-"""Checkpoint files, written atomically.
+"""Checkpoints: what goes in one, how it is written atomically, validated and read back.
 
 A checkpoint directory holds:
 
-* ``adapter/`` — peft's own adapter files (``adapter_model.safetensors`` and
-  ``adapter_config.json``), loadable by peft alone;
+* ``adapter/`` — a plain peft adapter (``adapter_model.safetensors`` +
+  ``adapter_config.json``) with the posterior mean folded in
+  (``B' = B diag(mu)``, the answer-token head as an ``lm_head`` LoRA):
+  ``PeftModel.from_pretrained(base, ckpt / "adapter")`` *is* the
+  posterior-mean model, with peft alone;
+* ``lora.safetensors`` — the unfolded LoRA factors ScalaBL trains (peft's
+  state-dict keys, plus ``head.lora_A`` / ``head.lora_B``);
 * ``guide.safetensors`` — the variational parameters (guide ``state_dict``);
-* ``head.safetensors`` — the answer-token head factors, if ``lm_head`` is adapted;
-* ``scalabl_config.json`` — the :class:`ScalaBLConfig`, guide family, prior,
-  targets, site names, class tokens, library version;
+* ``scalabl_config.json`` — the :class:`ScalaBLConfig`, guide family, site
+  names, the shapes of every LoRA factor (checked against the base model
+  before any tensor is read), class tokens, library version;
 * ``trainer_state.pt`` + ``history.json`` — optimizer/scheduler state, step
   and ELBO history, for exact resume (tensors only: loaded with
   ``weights_only=True``).
 
 The directory is built next to its destination and swapped in with renames,
 so an interrupted save never leaves a half-written checkpoint in place.
+:class:`Checkpoint` reads one: the metadata once, each file on demand, every
+damaged or foreign file reported as one :class:`ScalaBLError` line.
 """
 
 from __future__ import annotations
@@ -22,20 +29,32 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from scalabl_pyro.errors import ScalaBLError
 
 CONFIG_FILE = "scalabl_config.json"
 GUIDE_FILE = "guide.safetensors"
-HEAD_FILE = "head.safetensors"
+LORA_FILE = "lora.safetensors"
 TRAINER_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
 ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+#: Every name a checkpoint directory may hold (``--overwrite`` replaces only these).
+CHECKPOINT_ENTRIES = (
+    CONFIG_FILE,
+    GUIDE_FILE,
+    LORA_FILE,
+    TRAINER_FILE,
+    HISTORY_FILE,
+    ADAPTER_DIR,
+)
 
 
 def write_atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
@@ -71,8 +90,125 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (no pickle)."""
-    return load_file(str(path))
+    """Load a safetensors file (no pickle); a damaged file is one clear error."""
+    if not path.is_file():
+        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for bad headers/data
+        raise ScalaBLError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}); the checkpoint is "
+            "damaged (truncated or overwritten): restore it or train again"
+        ) from e
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Names and shapes in a safetensors header, without reading any tensor data."""
+    if not path.is_file():
+        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise ScalaBLError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}); the checkpoint is "
+            "damaged (truncated or overwritten): restore it or train again"
+        ) from e
+
+
+def save_adapter(path: Path, state: Mapping[str, torch.Tensor], config) -> None:
+    """Write a plain peft adapter directory (weights + ``adapter_config.json``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / ADAPTER_WEIGHTS, dict(state))
+    config.save_pretrained(str(path))
+
+
+@dataclass
+class CheckpointContents:
+    """Everything :func:`save_checkpoint` writes."""
+
+    meta: dict
+    lora: Mapping[str, torch.Tensor]
+    guide: Mapping[str, torch.Tensor]
+    adapter_state: Mapping[str, torch.Tensor]
+    adapter_config: object  # peft LoraConfig
+    history: dict
+    trainer_state: dict | None = None
+
+
+def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
+    """Write a whole checkpoint directory atomically."""
+
+    def fill(tmp: Path) -> None:
+        save_adapter(tmp / ADAPTER_DIR, contents.adapter_state, contents.adapter_config)
+        save_tensors(tmp / LORA_FILE, dict(contents.lora))
+        save_tensors(tmp / GUIDE_FILE, dict(contents.guide))
+        write_json(tmp / CONFIG_FILE, contents.meta)
+        write_json(tmp / HISTORY_FILE, contents.history)
+        if contents.trainer_state is not None:
+            torch.save(contents.trainer_state, tmp / TRAINER_FILE)
+
+    return write_atomic_dir(path, fill)
+
+
+class Checkpoint:
+    """A checkpoint directory opened for reading (metadata read once)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta = read_config(self.path)
+        if self.meta.get("library") != "scalabl-pyro" or "config" not in self.meta:
+            raise ScalaBLError(
+                f"{self.path / CONFIG_FILE} is not a scalabl-pyro checkpoint config; pass the "
+                "directory written by save_pretrained / scalabl train --output"
+            )
+        if "lora_shapes" not in self.meta:
+            raise ScalaBLError(
+                f"{self.path} was written by an older scalabl-pyro (no {LORA_FILE}); "
+                "train it again with this version"
+            )
+
+    def check_compatible(self, site_names: list[str], lora_shapes: Mapping[str, list[int]]) -> None:
+        """Refuse, before any tensor is read, a checkpoint made for another base model."""
+        base = self.meta["config"].get("base_model")
+        if self.meta.get("site_names") != site_names:
+            raise ScalaBLError(
+                f"{self.path}: the checkpoint's latent sites do not match this base model "
+                f"({len(self.meta.get('site_names') or [])} vs {len(site_names)}); load it on the "
+                f"base model it was trained on ({base})"
+            )
+        for source, shapes in (
+            ("config", self.meta["lora_shapes"]),
+            (LORA_FILE, tensor_shapes(self.path / LORA_FILE)),
+        ):
+            if dict(shapes) != dict(lora_shapes):
+                bad = sorted(
+                    k for k in set(shapes) | set(lora_shapes) if shapes.get(k) != lora_shapes.get(k)
+                )
+                raise ScalaBLError(
+                    f"{self.path}: LoRA factor {bad[0]} is {shapes.get(bad[0])} in the "
+                    f"checkpoint's {source} but {lora_shapes.get(bad[0])} on this base model; "
+                    f"load it on the base model it was trained on ({base})"
+                )
+
+    def lora(self) -> dict[str, torch.Tensor]:
+        """The unfolded LoRA factors."""
+        return load_tensors(self.path / LORA_FILE)
+
+    def guide_state(self) -> dict[str, torch.Tensor]:
+        """The guide's state dict."""
+        return load_tensors(self.path / GUIDE_FILE)
+
+    def history(self) -> dict:
+        """The training history (empty if the checkpoint has none)."""
+        f = self.path / HISTORY_FILE
+        if not f.is_file():
+            return {}
+        return _read_json(f)
+
+    def trainer_state(self) -> dict | None:
+        """Optimizer/scheduler state (None if the checkpoint has none)."""
+        return load_trainer_state(self.path)
 
 
 def read_config(path: str | Path) -> dict:
@@ -84,10 +220,17 @@ def read_config(path: str | Path) -> dict:
             f"{path} is not a scalabl-pyro checkpoint (no {CONFIG_FILE}); pass the directory "
             "written by save_pretrained / scalabl train --output"
         )
+    return _read_json(cfg)
+
+
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise ScalaBLError(f"{cfg} is not valid JSON ({e}); the checkpoint is damaged") from e
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScalaBLError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
+    if not isinstance(obj, dict):
+        raise ScalaBLError(f"{path} does not hold a JSON object; the checkpoint is damaged")
+    return obj
 
 
 def load_trainer_state(path: str | Path) -> dict | None:
@@ -95,4 +238,10 @@ def load_trainer_state(path: str | Path) -> dict | None:
     f = Path(path) / TRAINER_FILE
     if not f.is_file():
         return None
-    return torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...
+        raise ScalaBLError(
+            f"{f} could not be read ({type(e).__name__}); the checkpoint is damaged: restore it "
+            "or train again without --resume"
+        ) from e

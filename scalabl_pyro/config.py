@@ -14,7 +14,11 @@ class ScalaBLConfig:
 
     Defaults follow the paper: rank 8, alpha 16, no LoRA dropout, q_proj and
     v_proj targets (add ``"lm_head"`` for the answer-token head, letter format
-    only), prior N(0, 1), mean-field guide with initial scale 0.05.
+    only), prior N(0, 1), mean-field guide with initial scale 0.05. The
+    official code's exact setup is ``guide="log_mean_field"`` (positive mean,
+    log parameters, initial scales ~ U[0.05/sqrt 2, 0.05]) with
+    ``TrainConfig(objective="reference")``; ``reference_prior_quirk=True``
+    adds its accidental prior ``N(u, (1 + u)^2)`` (see ``docs/method.md``).
     """
 
     base_model: str = "smollm2-135m"
@@ -27,6 +31,7 @@ class ScalaBLConfig:
     guide: str = "mean_field"
     guide_rank: int = 4  # rank k of the low_rank family
     init_scale: float = 0.05
+    reference_prior_quirk: bool = False  # the official code's N(u, (1 + u)^2) prior, see adapters
     num_classes: int = 5  # letter format: number of answer tokens
     answer_tokens: tuple[str, ...] | None = None
     chat_template: bool = False
@@ -46,6 +51,10 @@ class ScalaBLConfig:
         self.target_modules = tuple(self.target_modules)
         if self.answer_tokens is not None:
             self.answer_tokens = tuple(self.answer_tokens)
+        if self.reference_prior_quirk and self.prior_scale is None:
+            raise ScalaBLError("reference_prior_quirk needs a prior; set prior_scale > 0")
+        if not self.init_scale > 0:
+            raise ScalaBLError(f"init_scale must be > 0, got {self.init_scale}")
         if self.guide == "mle":
             self.prior_scale = None
         elif self.prior_scale is None:

@@ -63,7 +63,7 @@ def _row(name: str, pred: Prediction, seconds: float, sbl: ScalaBL) -> dict:
         **pred.metrics(),
         "num_samples": pred.num_samples,
         "seconds": seconds,
-        "posterior": posterior_spread(sbl.guide),
+        "posterior": posterior_spread(sbl.model, sbl.guide),
     }
 
 

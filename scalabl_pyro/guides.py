@@ -7,6 +7,8 @@ hundred to ~2,000 even for 7B models), so even a full-rank Gaussian is cheap.
 name           posterior                                        free parameters
 =============  ===============================================  =======================
 mean_field     N(mu_l, diag sigma_l^2) per layer (the paper)    2 D
+log_mean_field mean-field, mu = exp(log mu) > 0, sigma =        2 D
+               exp(log sigma): the official code's parameters
 full_rank      one N(mu, Sigma) over all layers jointly         D + D (D + 1) / 2
 low_rank       N(mu, W W^T + diag d), W is D x k                D (k + 2)
 block          full-rank N per layer, layers independent        L (2 r + r (r + 1) / 2)
@@ -20,11 +22,17 @@ are redundant; the covariance it can express is the same.)
 
 All are Pyro autoguides initialised at the SVD singular values (the initial
 ``s`` of each layer) with initial scale ``init_scale`` (0.05 by default).
-The mean-field family uses the analytic KL (``TraceMeanField_ELBO``).
+The mean-field families use the analytic KL (``TraceMeanField_ELBO``).
+``log_mean_field`` is what the official implementation stores: a positive
+mean through ``log mu`` and ``log sigma``, with initial scales drawn from
+``U[init_scale / sqrt 2, init_scale]``; gradient steps on log-parameters
+shrink ``mu`` far more gently than steps on ``mu`` itself, which matters for
+the reference objective's SGD step on the reverse KL.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 
@@ -41,6 +49,9 @@ from pyro.infer.autoguide import (
     AutoStructured,
     init_to_value,
 )
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import PyroModule
+from torch import nn
 
 from scalabl_pyro.errors import ScalaBLError
 
@@ -85,7 +96,81 @@ class AutoMeanFieldNormal(AutoNormal):
         return result
 
 
-GUIDE_FAMILIES = ("mean_field", "full_rank", "low_rank", "block", "delta", "mle")
+def _deep_getattr(obj, key: str):
+    """Inverse of Pyro's ``deep_setattr`` for dotted site names."""
+    return functools.reduce(getattr, key.split("."), obj)
+
+
+class AutoLogMeanField(AutoGuide):
+    """Mean-field Gaussian ``s ~ N(exp(log_mu), diag exp(log_sigma)^2)`` per site.
+
+    The official ScalaBL code's parameterisation: the mean is positive and
+    both parameters live in log space. ``init_values`` must be positive (the
+    SVD singular values are); ``init_scales`` holds each site's initial sigma.
+    Sites are sampled from ``Normal`` directly, so the KL is analytic.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        init_values: Mapping[str, torch.Tensor],
+        init_scales: Mapping[str, torch.Tensor],
+    ) -> None:
+        super().__init__(model)
+        bad = [k for k, v in init_values.items() if not bool((v > 0).all())]
+        if bad:
+            raise ScalaBLError(
+                f"log_mean_field needs positive initial locations (site {bad[0]!r} has a value "
+                "<= 0); use svd_init or the mean_field family"
+            )
+        self._init_values = {k: v.detach().clone() for k, v in init_values.items()}
+        self._init_scales = {k: v.detach().clone() for k, v in init_scales.items()}
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        self.log_locs = PyroModule()
+        self.log_scales = PyroModule()
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = site["value"].shape
+            loc = self._init_values[name].to(site["value"]).reshape(shape)
+            scale = self._init_scales[name].to(site["value"]).reshape(shape)
+            deep_setattr(self.log_locs, name, nn.Parameter(loc.log()))
+            deep_setattr(self.log_scales, name, nn.Parameter(scale.log()))
+
+    def _get_loc_and_scale(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``exp(log_mu)`` and scale ``exp(log_sigma)`` of one site."""
+        return _deep_getattr(self.log_locs, name).exp(), _deep_getattr(self.log_scales, name).exp()
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        out = {}
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            loc, scale = self._get_loc_and_scale(name)
+            out[name] = pyro.sample(name, dist.Normal(loc, scale).to_event(site["fn"].event_dim))
+        return out
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The posterior mean (= median) of each site."""
+        return {
+            name: self._get_loc_and_scale(name)[0].clone()
+            for name, _ in self.prototype_trace.iter_stochastic_nodes()
+        }
+
+
+GUIDE_FAMILIES = (
+    "mean_field",
+    "log_mean_field",
+    "full_rank",
+    "low_rank",
+    "block",
+    "delta",
+    "mle",
+)
+
+#: Families with a diagonal Gaussian per site (analytic KL, closed-form reverse KL).
+MEAN_FIELD_FAMILIES = ("mean_field", "log_mean_field")
 
 
 def check_family(family: str) -> str:
@@ -104,12 +189,21 @@ def build_guide(
     *,
     init_scale: float = 0.05,
     low_rank: int = 4,
+    init_scales: Mapping[str, torch.Tensor] | None = None,
 ) -> AutoGuide:
-    """An autoguide of the named family for ``model``, initialised at ``init_values``."""
+    """An autoguide of the named family for ``model``, initialised at ``init_values``.
+
+    ``init_scales`` (per-site initial sigma) is used by ``log_mean_field``;
+    without it every site starts at ``init_scale``.
+    """
     check_family(family)
     init = init_to_value(values={k: v.clone() for k, v in init_values.items()})
     if family == "mean_field":
         return AutoMeanFieldNormal(model, init_loc_fn=init, init_scale=init_scale)
+    if family == "log_mean_field":
+        if init_scales is None:
+            init_scales = {k: torch.full_like(v, init_scale) for k, v in init_values.items()}
+        return AutoLogMeanField(model, init_values, init_scales)
     if family == "full_rank":
         return AutoMultivariateNormal(model, init_loc_fn=init, init_scale=init_scale)
     if family == "low_rank":
@@ -135,6 +229,7 @@ def expected_num_parameters(family: str, num_layers: int, rank: int, low_rank: i
     d = num_layers * rank
     return {
         "mean_field": 2 * d,
+        "log_mean_field": 2 * d,
         "full_rank": d + d * (d + 1) // 2,
         "low_rank": d * (low_rank + 2),
         "block": num_layers * (2 * rank + rank * (rank + 1) // 2),

@@ -6,18 +6,26 @@ For every adapted layer ``l`` it samples
 
     s_l ~ N(0, sigma_p^2 I_r)            (site ``s.<module path>``)
 
-hands the draws to the layers (forward hooks, see ``adapters.py``), computes
-the class scores of the batch, records them with ``pyro.deterministic`` and
-observes the labels under a Categorical likelihood inside a data plate of the
-full data-set size, so the log-likelihood is scaled by ``N / B``.
+hands the draws to the layers inside the latent family's scope (nothing stays
+on a module afterwards), computes the class scores of the batch, records
+them with ``pyro.deterministic`` and draws or observes the labels under a
+Categorical likelihood inside a data plate of the full data-set size, so the
+log-likelihood is scaled by ``N / B``.
+
+One program for training and prediction: ``model(batch, labels)`` is what
+the ELBO trains, and ``Predictive(model, guide=guide, num_samples=S,
+parallel=True, return_sites=["class_scores"])(batch)`` (labels left ``None``)
+gives the posterior predictive; ``predict.py`` does exactly that.
 
 Vectorised particles (``Trace_ELBO(vectorize_particles=True)``) and parallel
 ``Predictive`` give ``s`` a leading sample dimension; the model folds those
 samples into the batch (each input row uses its own sample) so Hugging Face
 forwards never see an extra dimension.
 
-``prior_scale=None`` switches the prior off (an improper flat prior): with a
-point-mass guide that is plain maximum-likelihood LoRA.
+Which quantities are random, and their prior, is the latent family's choice
+(``latents.py``); ``prior_scale=None`` there switches the prior off (an
+improper flat prior): with a point-mass guide that is plain
+maximum-likelihood LoRA.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ from collections.abc import Mapping
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from pyro.nn import PyroModule
 
 from scalabl_pyro.adapters import SubspaceLoRA
@@ -36,40 +43,40 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskBatch
 from scalabl_pyro.scoring import class_scores
 
+#: Pyro settings the program runs under (guide parameters are module-local
+#: ``nn.Parameter``s, so a plain torch optimizer trains them). Entered as a
+#: context by every library call, never set for the whole process.
+PYRO_SETTINGS = {"module_local_params": True}
+
+
+def pyro_settings():
+    """The context under which the model and guides are built, trained and run."""
+    return pyro.settings.context(**PYRO_SETTINGS)
+
 
 class ScalaBLModel(PyroModule):
     """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood."""
 
-    def __init__(
-        self,
-        subspace: SubspaceLoRA,
-        *,
-        prior_scale: float | None = 1.0,
-        num_data: int | None = None,
-    ) -> None:
+    def __init__(self, subspace: SubspaceLoRA, *, num_data: int | None = None) -> None:
         super().__init__(name="scalabl")
-        if prior_scale is not None and not prior_scale > 0:
-            raise ScalaBLError(f"prior_scale must be > 0 (or None for no prior), got {prior_scale}")
         self.subspace = subspace
         self.lm = subspace.peft_model  # registers the peft model as a plain submodule
         self.head = subspace.head
-        self.prior_scale = prior_scale
         self.num_data = num_data
-        self.last_log_likelihood: torch.Tensor | None = None  # data-scaled, detached
 
     @property
     def site_names(self) -> list[str]:
         """Latent sample sites, one per adapted layer."""
         return self.subspace.site_names
 
+    @property
+    def prior_scale(self) -> float | None:
+        """The prior scale sigma_p of the latent family (None: flat prior, i.e. MLE)."""
+        return self.subspace.prior_scale
+
     def prior(self, name: str) -> dist.Distribution:
-        """The prior of one site: N(0, sigma_p^2 I_r), or flat if there is no prior."""
-        r = self.subspace.rank
-        device = self.subspace.init_values[name].device
-        if self.prior_scale is None:
-            return dist.ImproperUniform(constraints.real, (), (r,))
-        zero = torch.zeros(r, device=device)
-        return dist.Normal(zero, self.prior_scale).to_event(1)
+        """The prior of one site, as the latent family defines it."""
+        return self.subspace.prior(name)
 
     def sample_latents(self) -> dict[str, torch.Tensor]:
         """The latent sample statements (also the guides' prototype)."""
@@ -86,8 +93,8 @@ class ScalaBLModel(PyroModule):
         first = next(iter(latents.values()))
         lead = tuple(first.shape[:-1])
         if not lead:
-            self.subspace.set_latents(latents)
-            return class_scores(self.subspace, batch)
+            with self.subspace.use(latents):
+                return class_scores(self.subspace, batch)
         out_lead = lead[:-1] if lead[-1] == 1 and len(lead) > 1 else lead
         copies = math.prod(lead)
         rows = batch.num_rows
@@ -95,12 +102,18 @@ class ScalaBLModel(PyroModule):
             name: v.reshape(copies, -1).repeat_interleave(rows, dim=0)
             for name, v in latents.items()
         }
-        self.subspace.set_latents(folded)
-        s = class_scores(self.subspace, batch, copies=copies)
+        with self.subspace.use(folded):
+            s = class_scores(self.subspace, batch, copies=copies)
         return s.reshape(*out_lead, batch.batch_size, batch.num_classes)
 
-    def forward(self, batch: TaskBatch | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Sample the latents; with a batch, score it and observe its labels."""
+    def forward(
+        self, batch: TaskBatch | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Sample the latents; with a batch, score it and draw (or observe) its labels.
+
+        ``labels=None`` leaves ``obs`` unobserved: that is the posterior
+        predictive under ``Predictive``. Training passes ``batch.labels``.
+        """
         latents = self.sample_latents()
         if batch is None:
             return latents
@@ -113,8 +126,5 @@ class ScalaBLModel(PyroModule):
             )
         with pyro.plate("data", n, subsample=batch.indices):
             pyro.deterministic("class_scores", scores, event_dim=1)
-            obs = pyro.sample("obs", dist.Categorical(logits=scores), obs=batch.labels)
-        ll = dist.Categorical(logits=scores.detach()).log_prob(obs)
-        ll = ll.reshape(-1, batch.batch_size).mean(dim=0)  # average over particles
-        self.last_log_likelihood = ll.sum() * (n / batch.batch_size)
+            pyro.sample("obs", dist.Categorical(logits=scores), obs=labels)
         return scores

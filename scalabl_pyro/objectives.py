@@ -14,8 +14,15 @@ the weight) and ``cyclic`` (BLoB's weight, see :func:`blob_cyclic_weight`).
 **Reference objective.** What the official ScalaBL code optimises (for
 comparison with the paper, not one ELBO): per batch, an AdamW step on the
 *mean* NLL of the batch with one posterior sample, then an SGD step on
-``pi_t * KL(p || q)`` — the reverse KL, which for a Gaussian is minimised at
+``pi_i * KL(p || q)`` with learning rate ``0.2 x`` (the AdamW schedule's
+warm-up/decay factor) — the reverse KL, which for a Gaussian is minimised at
 ``sigma^2 = sigma_p^2 + mu^2`` and so gives wide, mass-covering posteriors.
+``pi_i`` is BLoB's raw cyclic weight; its only schedule. See ``train.py``
+for the optimizers and ``guides.AutoLogMeanField`` for the parameters.
+
+**Observing the terms.** The trainer reads the likelihood term off the
+program with :class:`LikelihoodMonitor` (a messenger on the ``obs`` site),
+and the KL in closed form where it exists.
 """
 
 from __future__ import annotations
@@ -31,10 +38,36 @@ from pyro.poutine.messenger import Messenger
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskBatch
+from scalabl_pyro.guides import MEAN_FIELD_FAMILIES, AutoLogMeanField
 from scalabl_pyro.model import ScalaBLModel
+
+_MEAN_FIELD_GUIDES = (AutoNormal, AutoLogMeanField)
 
 KL_SCHEDULES = ("constant", "linear", "cyclic")
 OBJECTIVES = ("elbo", "reference")
+
+
+class LikelihoodMonitor(Messenger):
+    """Record the per-example log-likelihood of the observed ``obs`` site (detached).
+
+    Used around the loss so that training logs what the program computed,
+    not a side channel on the model. Particles and examples are averaged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: list[torch.Tensor] = []
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["is_observed"] and msg["name"] == "obs":
+            self._values.append(msg["fn"].log_prob(msg["value"]).detach().float().mean())
+
+    @property
+    def mean_log_likelihood(self) -> float:
+        """Mean log p(y | x, s) per example over everything recorded (NaN if nothing)."""
+        if not self._values:
+            return float("nan")
+        return float(torch.stack(self._values).mean())
 
 
 class KLScale(Messenger):
@@ -109,7 +142,7 @@ def make_elbo(family: str, num_particles: int = 1) -> ELBO:
     """The ELBO estimator for a guide family (analytic KL for mean-field)."""
     if num_particles < 1:
         raise ScalaBLError(f"num_particles must be >= 1, got {num_particles}")
-    cls = TraceMeanField_ELBO if family == "mean_field" else Trace_ELBO
+    cls = TraceMeanField_ELBO if family in MEAN_FIELD_FAMILIES else Trace_ELBO
     return cls(
         num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
     )
@@ -120,18 +153,18 @@ def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p) -> torch.Tensor:
     return torch.log(sigma_p / sigma_q) + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
-def mean_field_params(guide: AutoNormal, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_field_params(guide: AutoGuide, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Location and scale of one site of a mean-field guide."""
-    # AutoNormal's documented per-site accessor (public since Pyro 1.5 under this name).
+    # AutoNormal's per-site accessor (stable since Pyro 1.5); AutoLogMeanField mirrors it.
     return guide._get_loc_and_scale(name)
 
 
 def reverse_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor:
     """KL(p || q) summed over sites, as the official code computes (mean-field only)."""
-    if not isinstance(guide, AutoNormal):
+    if not isinstance(guide, _MEAN_FIELD_GUIDES):
         raise ScalaBLError(
-            "the reference objective needs the mean_field guide (it uses the closed-form "
-            "reverse KL); use objective='elbo' for other families"
+            "the reference objective needs a mean-field guide (log_mean_field or mean_field; "
+            "it uses the closed-form reverse KL); use objective='elbo' for other families"
         )
     if model.prior_scale is None:
         raise ScalaBLError("the reference objective needs a prior; set prior_scale > 0")
@@ -140,27 +173,28 @@ def reverse_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor:
 
 def mean_nll(model: ScalaBLModel, guide: AutoGuide, batch: TaskBatch) -> torch.Tensor:
     """Mean negative log-likelihood of the batch under one posterior sample."""
-    guide_tr = poutine.trace(guide).get_trace(batch)
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(batch)
+    guide_tr = poutine.trace(guide).get_trace(batch, batch.labels)
+    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(batch, batch.labels)
     site = model_tr.nodes["obs"]
     return -site["fn"].log_prob(site["value"]).mean()
 
 
 def analytic_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
     """KL(q || p) in closed form for a mean-field guide with a prior, else None."""
-    if not isinstance(guide, AutoNormal) or model.prior_scale is None:
+    if not isinstance(guide, _MEAN_FIELD_GUIDES) or model.prior_scale is None:
         return None
     return _sum_site_kl(model, guide, reverse=False)
 
 
-def _sum_site_kl(model: ScalaBLModel, guide: AutoNormal, *, reverse: bool) -> torch.Tensor:
-    """Sum over sites of KL(q || p) (or KL(p || q) with ``reverse``) for N(0, sigma_p^2) priors."""
+def _sum_site_kl(model: ScalaBLModel, guide: AutoGuide, *, reverse: bool) -> torch.Tensor:
+    """Sum over sites of KL(q || p) (KL(p || q) with ``reverse``); diagonal Gaussian priors."""
     terms = []
     for name in model.site_names:
         mu, sigma = mean_field_params(guide, name)
-        sp = torch.as_tensor(model.prior_scale, dtype=sigma.dtype, device=sigma.device)
-        zero = torch.zeros_like(mu)
-        kl = gaussian_kl(zero, sp, mu, sigma) if reverse else gaussian_kl(mu, sigma, zero, sp)
+        prior = model.prior(name).base_dist
+        mp = prior.loc.to(mu).expand_as(mu)
+        sp = prior.scale.to(sigma).expand_as(sigma)
+        kl = gaussian_kl(mp, sp, mu, sigma) if reverse else gaussian_kl(mu, sigma, mp, sp)
         terms.append(kl.sum())
     return torch.stack(terms).sum()
 
@@ -168,13 +202,14 @@ def _sum_site_kl(model: ScalaBLModel, guide: AutoNormal, *, reverse: bool) -> to
 def elbo_loss(loss_fn, batch: TaskBatch, kl_weight: float) -> torch.Tensor:
     """Negative ELBO of one batch with the KL scaled by ``kl_weight``."""
     with KLScale(kl_weight):
-        return loss_fn(batch)
+        return loss_fn(batch, batch.labels)
 
 
 __all__ = [
     "KLScale",
     "KLSchedule",
     "KL_SCHEDULES",
+    "LikelihoodMonitor",
     "OBJECTIVES",
     "analytic_kl",
     "blob_cycle_length",

@@ -1,14 +1,28 @@
 """Posterior predictive: Bayesian model averaging over posterior samples of ``s``.
 
 ``p(y | x, D) ~= 1/S sum_s p(y | x, s_s)``, averaging *probabilities* (log-mean-
-exp of per-sample log-softmax, in float64), not logits. The S samples are
-folded into the batch dimension (each input row uses its own sample) in
-chunks of at most ``max_rows`` model rows, so memory stays bounded. The
-per-sample log-probabilities (S, N, C) are returned too: mutual information,
-PSIS-LOO and the other diagnostics need them.
+exp of per-sample log-softmax, in float64), not logits. The per-sample
+log-probabilities (S, N, C) are returned too: mutual information, PSIS-LOO and
+the other diagnostics need them.
+
+It runs the training program itself, as ``pyro.infer.Predictive`` does:
+
+1. ``Predictive(model, guide=guide, num_samples=S, parallel=True,
+   return_sites=<latent sites>)()`` draws S joint posterior samples once for
+   the whole data set (the model without a batch only samples latents, so
+   this costs no LLM pass);
+2. for each batch, the model runs conditioned on those draws inside a
+   vectorised sample plate (Predictive's parallel path) and the
+   ``class_scores`` site is read off the trace. The model folds the samples
+   into the batch (each input row uses its own sample), in chunks of at most
+   ``max_rows`` model rows so memory stays bounded. Step 2 skips Predictive's
+   two single-sample shape-discovery passes (the plate nesting is known: one
+   data plate), which on an LLM would cost two extra forwards per batch; a
+   test checks it equals ``Predictive(..., return_sites=["class_scores"])``.
 
 ``mode="mean"`` predicts with the posterior mean / median of ``s`` (one
-deterministic pass); point-mass guides always do that.
+deterministic pass); point-mass guides always do that. Randomness comes
+from a local seed: the global generators are untouched.
 """
 
 from __future__ import annotations
@@ -21,14 +35,19 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import Predictive
 from pyro.infer.autoguide import AutoDelta, AutoGuide
 from tqdm.auto import tqdm
 
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskFormat
+from scalabl_pyro.formats import TaskBatch, TaskFormat
 from scalabl_pyro.metrics import classification_metrics
-from scalabl_pyro.model import ScalaBLModel
+from scalabl_pyro.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.rng import model_devices, seeded
+
+#: Name of the vectorised sample plate (Pyro's Predictive uses the same one).
+SAMPLE_PLATE = "_num_predictive_samples"
 
 
 @dataclass
@@ -57,34 +76,28 @@ class Prediction:
 
 @torch.no_grad()
 def draw_latents(
-    guide: AutoGuide, num_samples: int, seed: int | None = 0
+    model: ScalaBLModel, guide: AutoGuide, num_samples: int, seed: int | None = 0
 ) -> dict[str, torch.Tensor]:
-    """``num_samples`` joint draws from the guide: each site (S, r)."""
+    """``num_samples`` joint draws from the guide through ``Predictive``: each site (S, r)."""
     if num_samples < 1:
         raise ScalaBLError(f"num_samples must be >= 1, got {num_samples}")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    draws: dict[str, list[torch.Tensor]] = {}
-    for _ in range(num_samples):
-        tr = poutine.trace(guide).get_trace()
-        for name, site in tr.nodes.items():
-            if (
-                site["type"] == "sample"
-                and name.startswith("s.")
-                and not site["is_observed"]
-                and not site["infer"].get("is_auxiliary")  # e.g. AutoStructured's <name>_aux
-            ):
-                draws.setdefault(name, []).append(site["value"].detach())
-    return {k: torch.stack(v) for k, v in draws.items()}
+    sites = model.site_names
+    with pyro_settings(), seeded(seed, model_devices(model.lm)):
+        draws = Predictive(
+            model, guide=guide, num_samples=num_samples, parallel=True, return_sites=sites
+        )()
+    return {k: draws[k].detach().reshape(num_samples, -1) for k in sites}
 
 
 @torch.no_grad()
-def posterior_spread(guide: AutoGuide, num_samples: int = 64, seed: int = 123) -> dict[str, float]:
+def posterior_spread(
+    model: ScalaBLModel, guide: AutoGuide, num_samples: int = 64, seed: int = 123
+) -> dict[str, float]:
     """Mean |posterior mean| and mean posterior std of ``s`` over all latent dims (Monte Carlo)."""
     if isinstance(guide, AutoDelta):
         point = torch.cat([v.flatten() for v in posterior_point(guide).values()])
         return {"mean_abs_s": float(point.abs().mean()), "mean_std_s": 0.0}
-    draws = draw_latents(guide, num_samples, seed)
+    draws = draw_latents(model, guide, num_samples, seed)
     flat = torch.cat([v.reshape(num_samples, -1) for v in draws.values()], dim=1)
     return {"mean_abs_s": float(flat.mean(0).abs().mean()), "mean_std_s": float(flat.std(0).mean())}
 
@@ -92,7 +105,25 @@ def posterior_spread(guide: AutoGuide, num_samples: int = 64, seed: int = 123) -
 @torch.no_grad()
 def posterior_point(guide: AutoGuide) -> dict[str, torch.Tensor]:
     """Posterior median of each site (the mean for Gaussian guides)."""
-    return {k: v.detach() for k, v in guide.median().items() if k.startswith("s.")}
+    with pyro_settings():
+        return {k: v.detach() for k, v in guide.median().items() if k.startswith("s.")}
+
+
+@torch.no_grad()
+def predictive_scores(
+    model: ScalaBLModel, batch: TaskBatch, latents: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Class scores (S, B, C) of one batch: the model conditioned on S draws in a sample plate.
+
+    ``latents`` holds (S, r) per site. This is ``Predictive``'s parallel path
+    (``poutine.condition`` on a vectorised plate outside the data plate).
+    """
+    num = next(iter(latents.values())).shape[0]
+    shaped = {k: v.reshape(num, 1, -1) for k, v in latents.items()}
+    plate = pyro.plate(SAMPLE_PLATE, num, dim=-2)
+    with pyro_settings():
+        tr = poutine.trace(poutine.condition(plate(model), shaped)).get_trace(batch)
+    return tr.nodes["class_scores"]["value"].reshape(num, batch.batch_size, batch.num_classes)
 
 
 @torch.no_grad()
@@ -119,12 +150,13 @@ def predict(
         raise ScalaBLError(f"{data.name}/{data.split} is empty; nothing to predict")
     if mode not in ("bma", "mean"):
         raise ScalaBLError(f"unknown prediction mode {mode!r}; use 'bma' or 'mean'")
+    was_training = model.training
     model.eval()
     if latents is None:
         if mode == "mean" or isinstance(guide, AutoDelta):
             latents = {k: v[None] for k, v in posterior_point(guide).items()}
         else:
-            latents = draw_latents(guide, num_samples, seed)
+            latents = draw_latents(model, guide, num_samples, seed)
     latents = {k: v.to(device) for k, v in latents.items()}
     s_total = next(iter(latents.values())).shape[0]
     out_lp, labels, masks = [], [], []
@@ -132,21 +164,26 @@ def predict(
     # Batch examples of similar length together (less padding), then restore the order.
     order = sorted(range(n), key=lambda i: _text_length(data[i]))
     bar = tqdm(total=n, disable=not progress, desc="predict", dynamic_ncols=True, leave=False)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        exs = [data[i] for i in idx]
-        batch = fmt.encode(exs, indices=idx).to(device)
-        chunk = max(1, min(s_total, max_rows // max(batch.num_rows, 1)))
-        parts = []
-        for s0 in range(0, s_total, chunk):
-            sub = {k: v[s0 : s0 + chunk] for k, v in latents.items()}
-            scores = model.scores(batch, sub)  # (c, B, C)
-            parts.append(torch.log_softmax(scores.double(), dim=-1).cpu())
-        out_lp.append(torch.cat(parts, dim=0))
-        labels.append(batch.labels.cpu())
-        masks.append(batch.class_mask.cpu())
-        bar.update(len(exs))
-    bar.close()
+    # the program also samples the unobserved labels: keep that off the global generators
+    try:
+        with seeded(seed, model_devices(model.lm)):
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                exs = [data[i] for i in idx]
+                batch = fmt.encode(exs, indices=idx).to(device)
+                chunk = max(1, min(s_total, max_rows // max(batch.num_rows, 1)))
+                parts = []
+                for s0 in range(0, s_total, chunk):
+                    sub = {k: v[s0 : s0 + chunk] for k, v in latents.items()}
+                    scores = predictive_scores(model, batch, sub)  # (c, B, C)
+                    parts.append(torch.log_softmax(scores.double(), dim=-1).cpu())
+                out_lp.append(torch.cat(parts, dim=0))
+                labels.append(batch.labels.cpu())
+                masks.append(batch.class_mask.cpu())
+                bar.update(len(exs))
+    finally:
+        bar.close()
+        model.train(was_training)
     width = max(t.shape[-1] for t in out_lp)
     out_lp = [_pad_classes(t, width) for t in out_lp]
     masks = [_pad_classes(m, width, fill=False) for m in masks]

@@ -34,14 +34,14 @@ def _scatter_scores(batch: TaskBatch, row_scores: torch.Tensor, copies: int) -> 
 
 
 def class_scores(subspace: SubspaceLoRA, batch: TaskBatch, copies: int = 1) -> torch.Tensor:
-    """Class scores (copies * B, C) for the latents currently set on ``subspace``."""
+    """Class scores (copies * B, C) under the latents in scope on ``subspace``."""
     model: nn.Module = subspace.peft_model
     ids, att, tmask = batch.tile_rows(copies)
     if batch.kind == "letter":
         decoder = model.get_base_model().get_decoder()
         hidden = decoder(input_ids=ids, attention_mask=att).last_hidden_state[:, -1]
         if subspace.head is not None:
-            logits = subspace.head(hidden, subspace.latent(HEAD_SITE))
+            logits = subspace.head(hidden, subspace.current(HEAD_SITE))
         else:
             head = model.get_output_embeddings().weight[batch.class_token_ids]
             logits = hidden @ head.T

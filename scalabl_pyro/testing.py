@@ -7,7 +7,6 @@ weights. They let the whole Pyro program run in milliseconds.
 
 from __future__ import annotations
 
-import torch
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
@@ -15,6 +14,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from scalabl_pyro.rng import seeded
 
 _CORPUS = [
     "Question: Which of these is a mammal?\nAnswer: a whale",
@@ -70,8 +71,8 @@ def tiny_model(
         config = Qwen2Config(**common)
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'qwen2'")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    with seeded(seed):  # local seed: the caller's generators are untouched
+        model = AutoModelForCausalLM.from_config(config)
     model.eval()
     return model
 

@@ -1,15 +1,26 @@
 """The training loop: a plain torch optimizer over Pyro's ELBO module.
 
-``pyro.settings.set(module_local_params=True)`` makes the guide's variational
-parameters ordinary ``nn.Parameter``s of the guide module, so
-``loss_fn = elbo(model, guide)`` is an ``nn.Module`` and any torch optimizer,
-scheduler, AMP context or distributed wrapper works. Two parameter groups:
-the LoRA factors (``lr``) and the variational parameters (``var_lr``).
+Under ``module_local_params=True`` (entered as a context, never set for the
+process) the guide's variational parameters are ordinary ``nn.Parameter``s,
+so ``loss_fn = elbo(model, guide)`` is an ``nn.Module`` and any torch
+optimizer, scheduler, AMP context or distributed wrapper works. Two parameter
+groups: the LoRA factors (``lr``) and the variational parameters (``var_lr``).
+
+Gradient clipping is in **per-example units**: the ELBO is at data-set scale
+(``N x`` mean NLL + KL), so its gradient norm grows with N; ``max_grad_norm``
+bounds the norm of the gradient of ``loss / N`` (off by default, as in the
+paper). Every step records that norm, so a threshold can be chosen from data.
+
+The reference objective follows the official code: one AdamW (lr 1e-4, eps
+1e-6, one learning rate for LoRA and variational parameters, no clipping) on
+the batch's mean NLL, then an SGD step on ``pi_i KL(p || q)`` at learning rate
+``reference_kl_lr (0.2) x`` the AdamW schedule's warm-up/decay factor.
 
 Reproducibility and exact resume: the data order of each epoch is a
-permutation drawn from ``seed + epoch``, and every step re-seeds Pyro/torch
-from ``(seed, step)``; so the state to resume is the parameters, the
-optimizer and scheduler states and the step counter.
+permutation drawn from ``seed + epoch``, and every step runs under a local
+seed derived from ``(seed, step)`` (global generators are restored after);
+so the state to resume is the parameters, the optimizer and scheduler states
+and the step counter.
 """
 
 from __future__ import annotations
@@ -20,7 +31,6 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import pyro
 import torch
 from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
@@ -29,15 +39,18 @@ from transformers import get_linear_schedule_with_warmup
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat
-from scalabl_pyro.model import ScalaBLModel
+from scalabl_pyro.guides import MEAN_FIELD_FAMILIES
+from scalabl_pyro.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.objectives import (
     KLSchedule,
+    LikelihoodMonitor,
     analytic_kl,
     elbo_loss,
     make_elbo,
     mean_nll,
     reverse_kl,
 )
+from scalabl_pyro.rng import model_devices, seeded
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +61,19 @@ class TrainConfig:
 
     ``lr`` 1e-4 with 6 % warm-up then linear decay is the paper's recipe for
     7B models over 5,000 steps; a 135M model and a few hundred steps want a
-    larger ``lr`` (the demo uses 1e-3). ``var_lr`` defaults to 10x ``lr``:
-    the ~2r-per-layer variational parameters move little at the LoRA rate.
+    larger ``lr`` (the demo uses 1e-3). Fields left at ``None`` take the
+    objective's default:
+
+    ==================  =======================  ==========================
+    field               ``elbo``                 ``reference`` (official)
+    ==================  =======================  ==========================
+    ``var_lr``          10 x ``lr``              ``lr`` (one AdamW rate)
+    ``adam_eps``        1e-8                     1e-6
+    ``kl_schedule``     ``constant``             ``cyclic`` (its only one)
+    ==================  =======================  ==========================
+
+    ``max_grad_norm`` is in per-example units (the norm of the gradient of
+    the loss divided by the data-set size N); ``None`` (default) is no clipping.
     """
 
     steps: int = 200
@@ -59,13 +83,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
     grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = None
+    adam_eps: float | None = None
     num_particles: int = 1
     objective: str = "elbo"  # "elbo" | "reference"
-    kl_schedule: str = "constant"  # "constant" | "linear" | "cyclic"
+    kl_schedule: str | None = None  # "constant" | "linear" | "cyclic"
     kl_weight: float = 1.0
     kl_warmup_steps: int = 0
-    reference_kl_lr: float = 0.1
+    reference_kl_lr: float = 0.2
     seed: int = 0
     bf16: bool | None = None  # None: on for CUDA, off on CPU
     gradient_checkpointing: bool = False
@@ -81,6 +106,36 @@ class TrainConfig:
             raise ScalaBLError(f"unknown objective {self.objective!r}; use 'elbo' or 'reference'")
         if not self.lr > 0:
             raise ScalaBLError(f"lr must be > 0, got {self.lr}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ScalaBLError(
+                f"max_grad_norm must be > 0 (per-example units) or None, got {self.max_grad_norm}"
+            )
+        if self.objective == "reference" and self.kl_schedule not in (None, "cyclic"):
+            raise ScalaBLError(
+                f"objective='reference' uses BLoB's cyclic KL weight only (got kl_schedule="
+                f"{self.kl_schedule!r}); drop kl_schedule or use objective='elbo'"
+            )
+
+    @property
+    def resolved_var_lr(self) -> float:
+        """Learning rate of the variational parameters (objective default if unset)."""
+        if self.var_lr is not None:
+            return self.var_lr
+        return self.lr if self.objective == "reference" else 10 * self.lr
+
+    @property
+    def resolved_adam_eps(self) -> float:
+        """AdamW's eps (1e-6 for the reference objective, 1e-8 otherwise, unless set)."""
+        if self.adam_eps is not None:
+            return self.adam_eps
+        return 1e-6 if self.objective == "reference" else 1e-8
+
+    @property
+    def resolved_kl_schedule(self) -> str:
+        """The KL schedule (cyclic for the reference objective, constant otherwise, unless set)."""
+        if self.kl_schedule is not None:
+            return self.kl_schedule
+        return "cyclic" if self.objective == "reference" else "constant"
 
     def to_dict(self) -> dict:
         """JSON-serialisable settings."""
@@ -97,6 +152,8 @@ class StepRecord:
     kl: float  # KL term as optimised (weighted)
     kl_weight: float
     lr: float
+    grad_norm: float = float("nan")  # per-example units, before clipping
+    clipped: bool = False
 
 
 @dataclass
@@ -148,10 +205,10 @@ class Trainer:
     ) -> None:
         if len(train_data) == 0:
             raise ScalaBLError("the training split is empty; pass a split with examples")
-        if config.objective == "reference" and family != "mean_field":
+        if config.objective == "reference" and family not in MEAN_FIELD_FAMILIES:
             raise ScalaBLError(
                 "objective='reference' reproduces the official mean-field recipe; "
-                "use guide='mean_field' or objective='elbo'"
+                "use guide='log_mean_field' (or 'mean_field'), or objective='elbo'"
             )
         self.model, self.guide, self.family = model, guide, family
         self.fmt, self.data, self.config, self.device = fmt, train_data, config, device
@@ -159,41 +216,38 @@ class Trainer:
         self.step_count = 0
         self.history = TrainHistory()
         self.bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
-        pyro.settings.set(module_local_params=True)
+        self._devices = model_devices(model.lm)
         if config.gradient_checkpointing:
             lm = model.lm
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             lm.enable_input_require_grads()
-        self.loss_fn = make_elbo(family, config.num_particles)(model, guide)
-        with torch.no_grad():
-            guide()  # create the lazily built variational parameters
+        with pyro_settings(), seeded(config.seed, self._devices):
+            self.loss_fn = make_elbo(family, config.num_particles)(model, guide)
+            with torch.no_grad():
+                guide()  # create the lazily built variational parameters
         self.guide.to(device)
         lora = model.subspace.lora_parameters()
         lora_ids = {id(p) for p in lora}
-        variational = [p for p in guide.parameters() if id(p) not in lora_ids]
-        var_lr = config.var_lr if config.var_lr is not None else 10 * config.lr
+        self.lora_params = lora
+        self.variational_params = [p for p in guide.parameters() if id(p) not in lora_ids]
         total = config.steps
         warmup = int(round(config.warmup_ratio * total))
+        groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay}]
+        if self.variational_params:
+            groups.append(
+                {
+                    "params": self.variational_params,
+                    "lr": config.resolved_var_lr,
+                    "weight_decay": 0.0,
+                }
+            )
+        self.optimizer = torch.optim.AdamW(groups, eps=config.resolved_adam_eps)
+        self.kl_optimizer: torch.optim.Optimizer | None = None
         if config.objective == "reference":
-            self.optimizer = torch.optim.AdamW(
-                [
-                    {"params": lora, "lr": config.lr},
-                    {"params": variational, "lr": var_lr},
-                ],
-                weight_decay=config.weight_decay,
-            )
-            self.kl_optimizer: torch.optim.Optimizer | None = torch.optim.SGD(
-                variational, lr=config.reference_kl_lr
-            )
-        else:
-            groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay}]
-            if variational:
-                groups.append({"params": variational, "lr": var_lr, "weight_decay": 0.0})
-            self.optimizer = torch.optim.AdamW(groups)
-            self.kl_optimizer = None
+            self.kl_optimizer = torch.optim.SGD(self.variational_params, lr=config.reference_kl_lr)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total)
         self.kl_schedule = KLSchedule(
-            config.kl_schedule,
+            config.resolved_kl_schedule,
             config.kl_weight,
             config.kl_warmup_steps,
             num_data=len(train_data),
@@ -213,36 +267,51 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def schedule_factor(self) -> float:
+        """The warm-up/decay factor of the current step (lr now / base lr)."""
+        return self.scheduler.get_last_lr()[0] / self.config.lr
+
     # ------------------------------------------------------------------- step
     def step(self) -> StepRecord:
         """One optimizer step (with gradient accumulation); returns its ELBO terms."""
-        cfg = self.config
         t = self.step_count + 1
-        pyro.set_rng_seed(cfg.seed * 1_000_003 + t)
+        with pyro_settings(), seeded(self.config.seed * 1_000_003 + t, self._devices):
+            rec = self._step(t)
+        self.step_count = t
+        self.history.steps.append(rec)
+        return rec
+
+    def _step(self, t: int) -> StepRecord:
+        cfg = self.config
+        n = len(self.data)
         self.model.train()
-        w = self.kl_schedule(t, elbo_scaled=cfg.objective == "elbo")
-        loss_sum = nll_sum = 0.0
+        reference = cfg.objective == "reference"
+        w = self.kl_schedule(t, elbo_scaled=not reference)
+        lr_now = self.scheduler.get_last_lr()[0]
+        loss_sum = 0.0
+        monitor = LikelihoodMonitor()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.kl_optimizer is not None:
-            self.kl_optimizer.zero_grad(set_to_none=True)
         for k in range(cfg.grad_accum):
             batch = self._batch(self.step_count * cfg.grad_accum + k)
-            with self._autocast():
-                if cfg.objective == "reference":
+            with monitor, self.model.subspace.retained(), self._autocast():
+                if reference:
                     loss = mean_nll(self.model, self.guide, batch)
-                    nll_sum += float(loss.detach())
                 else:
                     loss = elbo_loss(self.loss_fn, batch, w)
-                    nll_sum += -float(self.model.last_log_likelihood) / len(self.data)
-            (loss / cfg.grad_accum).backward()
+                (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
-        self._check_finite(loss_sum)
+        nll = -monitor.mean_log_likelihood
+        self._check_finite(loss_sum / cfg.grad_accum, "loss")
         # the closed-form KL of the parameters this step's loss was computed with
-        exact = analytic_kl(self.model, self.guide) if cfg.objective != "reference" else None
-        self._clip_and_step(self.optimizer)
-        nll = nll_sum / cfg.grad_accum
-        if cfg.objective == "reference":
+        exact = analytic_kl(self.model, self.guide) if not reference else None
+        # gradients of the NLL step: per-example units (reference: already a mean)
+        scale = 1.0 if reference else float(n)
+        grad_norm, clipped = self._clip(scale)
+        self.optimizer.step()
+        if reference:
             assert self.kl_optimizer is not None
+            for group in self.kl_optimizer.param_groups:
+                group["lr"] = cfg.reference_kl_lr * self.schedule_factor()
             self.kl_optimizer.zero_grad(set_to_none=True)
             kl = w * reverse_kl(self.model, self.guide)
             kl.backward()
@@ -256,25 +325,36 @@ class Trainer:
             elif self.model.prior_scale is None:
                 kl_value = 0.0  # no prior and a point mass: there is no KL term
             else:  # Monte-Carlo estimate: what the loss holds beyond the likelihood
-                kl_value = loss_value - nll * len(self.data)
+                kl_value = loss_value - nll * n
+        self._check_parameters_finite(t, loss_value)
         self.scheduler.step()
-        self.step_count = t
-        rec = StepRecord(t, loss_value, nll, kl_value, w, self.scheduler.get_last_lr()[0])
-        self.history.steps.append(rec)
-        return rec
+        return StepRecord(t, loss_value, nll, kl_value, w, lr_now, grad_norm, clipped)
 
-    def _clip_and_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.config.max_grad_norm:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        optimizer.step()
+    def _clip(self, scale: float) -> tuple[float, bool]:
+        """Norm of the gradient in per-example units; clip it at ``max_grad_norm`` if set."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return 0.0, False
+        limit = self.config.max_grad_norm
+        max_norm = float("inf") if limit is None else limit * scale
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) / scale
+        return norm, limit is not None and norm > limit
 
-    def _check_finite(self, loss: float) -> None:
+    def _check_finite(self, loss: float, what: str) -> None:
         if not math.isfinite(loss):
             raise ScalaBLError(
-                f"the loss became {loss} at step {self.step_count + 1}; lower lr / var_lr, "
-                "keep max_grad_norm set, or train in float32 (bf16=False)"
+                f"the {what} became {loss} at step {self.step_count + 1}; lower lr / var_lr, "
+                "set max_grad_norm, or train in float32 (bf16=False)"
             )
+
+    def _check_parameters_finite(self, step: int, loss: float) -> None:
+        """Refuse to go on (and so to save) once an update made a parameter non-finite."""
+        for p in (*self.lora_params, *self.variational_params):
+            if not bool(torch.isfinite(p).all()):
+                raise ScalaBLError(
+                    f"a parameter became non-finite in the update of step {step} (loss {loss:.4g});"
+                    " lower lr / var_lr or set max_grad_norm; nothing from this step was saved"
+                )
 
     # -------------------------------------------------------------------- run
     def run(

@@ -1,0 +1,130 @@
+"""The latent family: which quantities of a LoRA-adapted model are random.
+
+A latent family is the extension point of the Pyro program (as TyXe's
+``Prior`` decides which weights are random, and peft's ``LoraVariant`` adds a
+kind of LoRA without forking the layer). It owns
+
+* its **sites**: names and event shapes of the random quantities;
+* its **prior** per site;
+* its **initialisation** (the guides' initial location);
+* **how draws reach the layers**: only inside :meth:`LatentFamily.use`, a
+  scope that leaves every module exactly as it was when it exits. Outside any
+  scope the layers use the family's *point* (the posterior mean once a guide
+  is attached, the initial values before);
+* its **export**: a plain peft adapter (and a merged model) equal to the
+  point model.
+
+ScalaBL's family is :class:`~scalabl_pyro.adapters.SubspaceLoRA`, an
+r-vector ``s`` per adapted layer; BLoB's Gaussian over ``A`` is a second
+family of the same kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import pyro.distributions as dist
+import torch
+
+from scalabl_pyro.errors import ScalaBLError
+
+Draws = Mapping[str, torch.Tensor]
+
+
+class LatentFamily:
+    """Base class: scoped draws, a point provider and the site bookkeeping.
+
+    Subclasses fill :attr:`init_values` (site name -> initial location) and
+    implement :meth:`prior`, :meth:`adapter_state` and :meth:`merge_and_unload`.
+    """
+
+    init_values: dict[str, torch.Tensor]
+
+    def __init__(self) -> None:
+        self._scopes: list[Draws] = []
+        self._retained: list[Draws | None] = []
+        self._point_fn: Callable[[], Draws] | None = None
+
+    # --------------------------------------------------------------- sites
+    @property
+    def site_names(self) -> list[str]:
+        """Pyro site names, in a fixed order."""
+        return list(self.init_values)
+
+    @property
+    def num_latents(self) -> int:
+        """Total latent dimension D."""
+        return sum(v.numel() for v in self.init_values.values())
+
+    def prior(self, name: str) -> dist.Distribution:
+        """The prior of one site."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- scoping
+    def set_point_provider(self, fn: Callable[[], Draws] | None) -> None:
+        """What the layers use outside any scope (e.g. the guide's posterior mean)."""
+        self._point_fn = fn
+
+    def point(self) -> dict[str, torch.Tensor]:
+        """The point values used outside any scope."""
+        if self._point_fn is None:
+            return dict(self.init_values)
+        return dict(self._point_fn())
+
+    @contextlib.contextmanager
+    def use(self, draws: Draws) -> Iterator[None]:
+        """Run the block with these draws: each site (event,) or (rows, event) for per-row draws.
+
+        Scopes nest; on exit the previous state is back exactly.
+        """
+        missing = [n for n in self.site_names if n not in draws]
+        if missing:
+            raise ScalaBLError(
+                f"draws missing for {len(missing)} latent sites (e.g. {missing[0]!r}); "
+                "pass one tensor per site"
+            )
+        self._scopes.append(draws)
+        try:
+            yield
+        finally:
+            popped = self._scopes.pop()
+            if self._retained and self._retained[-1] is None:
+                self._retained[-1] = popped
+
+    @contextlib.contextmanager
+    def retained(self) -> Iterator[None]:
+        """Keep the draws of a finished :meth:`use` block until this block exits.
+
+        Gradient checkpointing recomputes layer outputs during ``backward()``,
+        after the model's own scope has closed; the trainer wraps forward and
+        backward in this block so that the recomputation sees the same draws.
+        """
+        self._retained.append(None)
+        try:
+            yield
+        finally:
+            self._retained.pop()
+
+    @property
+    def in_scope(self) -> bool:
+        """Whether draws are active (inside :meth:`use` or a retaining block)."""
+        return bool(self._scopes) or any(r is not None for r in self._retained)
+
+    def current(self, name: str) -> torch.Tensor:
+        """The value of one site that a layer should use now."""
+        if self._scopes:
+            return self._scopes[-1][name]
+        for kept in reversed(self._retained):
+            if kept is not None:
+                return kept[name]
+        return self.point()[name]
+
+    # -------------------------------------------------------------- export
+    def adapter_state(self, point: Draws):
+        """A plain peft adapter (state dict, LoraConfig) equal to the model at ``point``."""
+        raise NotImplementedError
+
+    def merge_and_unload(self, point: Draws):
+        """The base model with the point model's weights merged in (consumes the family)."""
+        raise NotImplementedError
