@@ -208,19 +208,37 @@ def test_head_only_target_is_a_clear_error():
         SubspaceLoRA(model, rank=RANK, target_modules=("lm_head",), class_token_ids=torch.arange(3))
 
 
-def test_bad_rank_and_unset_latents_raise():
+def test_draws_are_scoped_and_outside_a_scope_the_point_is_used():
     model, tok = tiny_model_and_tokenizer("llama")
     with pytest.raises(ScalaBLError, match="rank"):
         SubspaceLoRA(model, rank=0)
     sub = SubspaceLoRA(model, rank=RANK)
-    with pytest.raises(RuntimeError, match="latents are not set"), torch.no_grad():
-        sub.peft_model(**_inputs(tok))
-    with pytest.raises(ScalaBLError, match="missing"):
-        sub.set_latents({sub.site_names[0]: torch.ones(RANK)})
-    # use() restores the previous latents
+    randomize_lora(sub)
+    with (
+        pytest.raises(ScalaBLError, match="missing"),
+        sub.use({sub.site_names[0]: torch.ones(RANK)}),
+    ):
+        pass
+    assert not sub.in_scope
     first = {n: torch.ones(RANK) for n in sub.site_names}
     second = {n: torch.zeros(RANK) for n in sub.site_names}
-    sub.set_latents(first)
-    with sub.use(second):
-        assert sub.latent(sub.site_names[0]) is second[sub.site_names[0]]
-    assert sub.latent(sub.site_names[0]) is first[sub.site_names[0]]
+    with sub.use(first):
+        with sub.use(second):
+            assert sub.current(sub.site_names[0]) is second[sub.site_names[0]]
+        assert sub.current(sub.site_names[0]) is first[sub.site_names[0]]
+    assert not sub.in_scope
+    # outside any scope: the point (initial values until a guide provides its mean)
+    with torch.no_grad():
+        plain = sub.peft_model(**_inputs(tok)).logits
+        with sub.use(sub.init_values):
+            scoped = sub.peft_model(**_inputs(tok)).logits
+        torch.testing.assert_close(plain, scoped, rtol=0, atol=0)
+        point = _random_latents(sub, seed=11)
+        sub.set_point_provider(lambda: point)
+        with sub.use(point):
+            want = sub.peft_model(**_inputs(tok)).logits
+        torch.testing.assert_close(sub.peft_model(**_inputs(tok)).logits, want, rtol=0, atol=0)
+    # a failing forward inside a scope leaves nothing behind
+    with pytest.raises(RuntimeError), sub.use(_random_latents(sub, rows=5)), torch.no_grad():
+        sub.peft_model(**_inputs(tok))  # 5 rows of draws for a batch of 2: shape error
+    assert not sub.in_scope

@@ -233,7 +233,7 @@ def test_build_guide_errors():
 
 def test_guides_start_at_the_init_values():
     model = _conjugate_model(*_problem(), prior=True)
-    init = {n: torch.arange(R, dtype=torch.float64) + i for i, n in enumerate(SITES)}
+    init = {n: torch.arange(R, dtype=torch.float64) + i + 0.5 for i, n in enumerate(SITES)}
     for family in GUIDE_FAMILIES:
         m = _conjugate_model(*_problem(), prior=family != "mle") if family == "mle" else model
         guide = build_guide(family, m, init, init_scale=0.01)

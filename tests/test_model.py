@@ -14,7 +14,7 @@ from pyro.poutine.util import site_is_subsample
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.model import ScalaBLModel
+from scalabl_pyro.objectives import LikelihoodMonitor
 from scalabl_pyro.predict import draw_latents, predict
 
 FORMATS = [
@@ -45,7 +45,8 @@ def test_sites_prior_and_scaled_likelihood(config):
     sbl, data, _, batch = _setup(prior_scale=0.7, **config)
     model = sbl.model
     model.num_data = len(data)
-    tr = poutine.trace(model).get_trace(batch)
+    with LikelihoodMonitor() as monitor:
+        tr = poutine.trace(model).get_trace(batch, batch.labels)
     latent_sites = [
         n
         for n, s in tr.nodes.items()
@@ -72,7 +73,11 @@ def test_sites_prior_and_scaled_likelihood(config):
     )
     ll = torch.log_softmax(scores, -1).gather(1, batch.labels[:, None]).sum()
     torch.testing.assert_close(tr.log_prob_sum(), log_prior + 6 / 4 * ll)
-    torch.testing.assert_close(model.last_log_likelihood, 6 / 4 * ll.detach())
+    # what the trainer logs is read off the same program: the mean per-example log-likelihood
+    assert monitor.mean_log_likelihood == pytest.approx(float(ll) / 4, rel=1e-5)
+    # without labels the program draws them (the posterior predictive)
+    free = poutine.trace(poutine.condition(model, data=latents)).get_trace(batch)
+    assert not free.nodes["obs"]["is_observed"] and free.nodes["obs"]["value"].shape == (4,)
 
 
 def test_scores_match_full_model_logits():
@@ -169,7 +174,7 @@ def test_predict_is_the_probability_average_of_the_samples():
     np.testing.assert_allclose(pred.probs, expected, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-10)
     # the draws are the guide's, in order, and chunking the samples changes nothing
-    latents = draw_latents(sbl.guide, 5, seed=0)
+    latents = draw_latents(sbl.model, sbl.guide, 5, seed=0)
     assert all(v.shape == (5, sbl.subspace.rank) for v in latents.values())
     again = predict(
         sbl.model, sbl.guide, fmt, data, latents=latents, batch_size=3, max_rows=7, progress=False
@@ -191,7 +196,7 @@ def test_prior_options_and_errors():
     assert prior.event_shape == (sbl.subspace.rank,)
     assert float(prior.log_prob(torch.randn(sbl.subspace.rank))) == 0.0
     with pytest.raises(ScalaBLError, match="prior_scale"):
-        ScalaBLModel(sbl.subspace, prior_scale=0.0)
+        make_scalabl(prior_scale=0.0)
     fixed = {n: torch.ones(sbl.subspace.rank) for n in sbl.model.site_names}
     sbl.model.num_data = 2
     with pytest.raises(ScalaBLError, match="num_data"):
@@ -203,13 +208,15 @@ def test_prior_options_and_errors():
     assert list(latents) == sbl.model.site_names
 
 
-@pytest.mark.parametrize("family", ["mean_field", "full_rank", "low_rank", "block", "delta"])
+@pytest.mark.parametrize(
+    "family", ["mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta"]
+)
 def test_draw_latents_returns_exactly_the_model_sites(family):
     sbl = make_scalabl(guide=family, init_scale=0.1)
-    draws = draw_latents(sbl.guide, 3, seed=0)
+    draws = draw_latents(sbl.model, sbl.guide, 3, seed=0)
     assert list(draws) == sbl.model.site_names  # no auxiliary sites (e.g. block's <name>_aux)
     assert all(v.shape == (3, sbl.subspace.rank) for v in draws.values())
-    again = draw_latents(sbl.guide, 3, seed=0)
+    again = draw_latents(sbl.model, sbl.guide, 3, seed=0)
     assert all(torch.equal(draws[k], again[k]) for k in draws)
     if family != "delta":
         assert not torch.equal(draws[sbl.model.site_names[0]][0], draws[sbl.model.site_names[0]][1])
