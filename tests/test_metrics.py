@@ -372,6 +372,17 @@ def test_ece_equals_torchmetrics(n_bins: int) -> None:
         assert ours == pytest.approx(theirs, abs=1e-6)
 
 
+def test_default_ece_equals_torchmetrics_module() -> None:
+    tmc = pytest.importorskip("torchmetrics.classification")
+    probs, labels = _random_predictions(11, n=600, c=3)
+    metric = tmc.MulticlassCalibrationError(num_classes=3, n_bins=15, norm="l1")
+    metric.update(torch.tensor(probs[:300]), torch.tensor(labels[:300]))
+    metric.update(torch.tensor(probs[300:]), torch.tensor(labels[300:]))
+    assert expected_calibration_error(probs, labels) == pytest.approx(
+        metric.compute().item(), abs=1e-6
+    )
+
+
 def test_torchmetrics_binning_differs_only_on_edges() -> None:
     """Documented difference: torchmetrics bins are [lo, hi) plus a bin for exactly 1.0.
 
