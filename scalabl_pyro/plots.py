@@ -294,7 +294,9 @@ def ood_histogram(
     the AUROC (percent) is in the panel title.
     """
     _check_results(scores, "scores")
-    n_bins = _check_n_bins(bins)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ScalaBLError(f"bins is {bins!r}; pass a positive integer such as 30")
+    n_bins = int(bins)
     items = []
     for name, pair in scores.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:

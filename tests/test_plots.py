@@ -243,7 +243,7 @@ def test_ood_histogram_constant_scores_and_invalid() -> None:
         ood_histogram({"a": np.zeros(3)})  # type: ignore[dict-item]
     with pytest.raises(ScalaBLError, match=r"scores\['a'\].*NaN"):
         ood_histogram({"a": (np.zeros(3), np.array([np.nan]))})
-    with pytest.raises(ScalaBLError, match="n_bins"):
+    with pytest.raises(ScalaBLError, match="bins is 0"):
         ood_histogram({"a": (np.zeros(3), np.ones(3))}, bins=0)
 
 
