@@ -14,13 +14,22 @@ predictably). A confidence ``c`` falls in the bin with ``lo < c <= hi``,
 except that the first bin also takes ``c == 0``; a confidence of exactly 1.0
 therefore lands in the last bin. Confidence is the top-label probability
 ``max_c p_c`` and the prediction is its ``argmax`` (the first class on ties).
+The equal-mass variant (``binning="equal_mass"``) puts the cut points at
+order statistics of the confidences, so each bin holds about ``N / n_bins``
+examples; tied confidences always share a bin (see :func:`reliability_bins`).
+
+Sign conventions: an OOD *score* is higher for inputs that look more
+out-of-distribution, and OOD examples are the positive class of AUROC, AUPR
+and FPR at 95 % TPR. A selective-prediction *confidence* is higher for
+examples the model should keep. Every quantity is a fraction or in nats;
+tables multiply fractions by 100. Formulas are in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,13 +42,18 @@ NLL_EPS: float = float(np.finfo(np.float64).eps)
 #: How far a row of ``probs`` may sum away from 1 (float32 softmax rounding).
 _ROW_SUM_ATOL = 1e-4
 
+#: Ways to cut the confidence axis into bins (see :func:`reliability_bins`).
+Binning = Literal["equal_width", "equal_mass"]
+BINNINGS: tuple[str, ...] = ("equal_width", "equal_mass")
+
 
 @dataclass(frozen=True)
 class ReliabilityBins:
     """Per-bin statistics behind ECE and the reliability diagram.
 
-    ``edges`` has ``n_bins + 1`` entries; ``counts``, ``confidence`` (mean
-    top-label probability) and ``accuracy`` (fraction correct) have ``n_bins``.
+    ``edges`` has ``n_bins + 1`` entries, from 0 to 1 (data-dependent inner
+    edges for equal-mass bins); ``counts``, ``confidence`` (mean top-label
+    probability) and ``accuracy`` (fraction correct) have ``n_bins``.
     ``confidence`` and ``accuracy`` are NaN for empty bins.
     """
 
@@ -165,6 +179,52 @@ def _check_n_bins(n_bins: int) -> int:
     return int(n_bins)
 
 
+def _check_binning(binning: str) -> str:
+    """Reject an unknown binning scheme."""
+    if binning not in BINNINGS:
+        raise ScalaBLError(f"binning is {binning!r}; use one of {', '.join(BINNINGS)}")
+    return binning
+
+
+def _check_scores(scores: Any, *, name: str) -> np.ndarray:
+    """Return ``scores`` as a validated, non-empty, finite float64 ``(N,)`` array."""
+    try:
+        x = _to_numpy(scores, floating=True)
+    except (TypeError, ValueError) as exc:
+        raise ScalaBLError(
+            f"{name} could not be read as a numeric array ({exc}); pass a 1-D array of scores"
+        ) from exc
+    if x.ndim != 1:
+        raise ScalaBLError(
+            f"{name} has shape {x.shape}; pass a 1-D array with one score per example"
+        )
+    if x.shape[0] == 0:
+        raise ScalaBLError(f"{name} is empty; pass at least one example")
+    if not np.all(np.isfinite(x)):
+        raise ScalaBLError(f"{name} contains NaN or inf; pass finite scores")
+    return x
+
+
+def _check_sample_probs(sample_probs: Any) -> np.ndarray:
+    """Return ``sample_probs`` as a validated float64 ``(S, N, C)`` array."""
+    try:
+        sp = _to_numpy(sample_probs, floating=True)
+    except (TypeError, ValueError) as exc:
+        raise ScalaBLError(
+            f"sample_probs could not be read as a numeric array ({exc}); pass "
+            "an (S, N, C) array of per-sample probabilities"
+        ) from exc
+    if sp.ndim != 3:
+        raise ScalaBLError(
+            f"sample_probs has shape {sp.shape}; pass an (S, N, C) array: "
+            "S posterior samples of (N, C) probabilities"
+        )
+    if sp.shape[0] == 0:
+        raise ScalaBLError("sample_probs has no samples (S = 0); pass at least one sample")
+    s, n, c = sp.shape
+    return _check_probs(sp.reshape(s * n, c), name="sample_probs").reshape(s, n, c)
+
+
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats over the last axis, with 0 log 0 = 0."""
     safe = np.where(p > 0, p, 1.0)
@@ -179,12 +239,43 @@ def _accuracy(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(p, axis=1) == y))
 
 
-def _reliability_bins(p: np.ndarray, y: np.ndarray, n_bins: int) -> ReliabilityBins:
+def _equal_width_edges(n_bins: int) -> np.ndarray:
+    return np.arange(n_bins + 1) / n_bins
+
+
+def _equal_mass_edges(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Edges ``[0, e_1, ..., e_{B-1}, 1]`` with ``e_b`` the ``floor(b N / B)``-th smallest ``conf``.
+
+    With the ``(lo, hi]`` rule, bin ``b`` then takes the ranks ``floor(b N/B)``
+    to ``floor((b+1) N/B) - 1`` (0-based) when confidences are distinct; a run
+    of tied confidences stays in the bin of its lowest-ranked member's edge,
+    which can leave a later bin empty. ``e_b = 0`` when ``floor(b N / B) = 0``
+    (fewer examples than bins): an empty bin, as a top-label confidence is
+    at least ``1 / C > 0``.
+    """
+    srt = np.sort(conf)
+    ranks = (np.arange(1, n_bins) * conf.shape[0]) // n_bins
+    inner = np.where(ranks > 0, srt[np.maximum(ranks - 1, 0)], 0.0)
+    return np.concatenate([[0.0], inner, [1.0]])
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value under the ``(lo, hi]`` rule, 0 going to the first bin."""
+    # searchsorted(side="left") on the inner edges counts the edges strictly
+    # below c: c in (edges[i], edges[i+1]] -> i; c <= edges[1] -> 0; c = 1 -> last.
+    return np.searchsorted(edges[1:-1], values, side="left")
+
+
+def _reliability_bins(
+    p: np.ndarray, y: np.ndarray, n_bins: int, binning: str = "equal_width"
+) -> ReliabilityBins:
     conf = p.max(axis=1)
     correct = (np.argmax(p, axis=1) == y).astype(np.float64)
-    edges = np.arange(n_bins + 1) / n_bins
-    # searchsorted(side="left") gives i with edges[i-1] < c <= edges[i]: bin i-1.
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    if binning == "equal_mass":
+        edges = _equal_mass_edges(conf, n_bins)
+    else:
+        edges = _equal_width_edges(n_bins)
+    idx = _bin_index(conf, edges)
     counts = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
@@ -194,6 +285,16 @@ def _reliability_bins(p: np.ndarray, y: np.ndarray, n_bins: int) -> ReliabilityB
     return ReliabilityBins(
         edges=edges, counts=counts.astype(np.int64), confidence=mean_conf, accuracy=mean_acc
     )
+
+
+def _classwise_ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    n, c = p.shape
+    flat = (_bin_index(p, _equal_width_edges(n_bins)) + n_bins * np.arange(c)).ravel()
+    hit = (y[:, None] == np.arange(c)).astype(np.float64)
+    p_sum = np.bincount(flat, weights=p.ravel(), minlength=c * n_bins)
+    hit_sum = np.bincount(flat, weights=hit.ravel(), minlength=c * n_bins)
+    # sum_b (n_b / N) |mean p - freq| = sum_b |sum p - sum hits| / N; empty bins add 0.
+    return float(np.sum(np.abs(p_sum - hit_sum)) / (n * c))
 
 
 def _nll(p: np.ndarray, y: np.ndarray) -> float:
@@ -217,24 +318,53 @@ def accuracy(probs: Any, labels: Any) -> float:
     return _accuracy(p, y)
 
 
-def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> ReliabilityBins:
+def reliability_bins(
+    probs: Any, labels: Any, n_bins: int = 15, *, binning: Binning = "equal_width"
+) -> ReliabilityBins:
     """Bin examples by top-label confidence and return per-bin count, confidence, accuracy.
 
-    Bins are equal-width on [0, 1], each ``(lo, hi]`` with 0 in the first bin
-    (see the module docstring); empty bins get NaN confidence and accuracy.
+    Every bin is ``(lo, hi]``, the first also taking 0 (see the module
+    docstring); empty bins get NaN confidence and accuracy.
+
+    - ``"equal_width"``: edges ``i / n_bins``.
+    - ``"equal_mass"``: inner edge ``b`` is the ``k_b``-th smallest confidence,
+      ``k_b = floor(b N / n_bins)``, so with distinct confidences bin ``b``
+      holds ranks ``k_b .. k_{b+1} - 1`` (sizes differ by at most one). Tied
+      confidences share a bin, which keeps the result independent of the
+      order of the examples but can leave bins empty.
     """
     p, y = _check_pair(probs, labels)
-    return _reliability_bins(p, y, _check_n_bins(n_bins))
+    return _reliability_bins(p, y, _check_n_bins(n_bins), _check_binning(binning))
 
 
-def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
+def expected_calibration_error(
+    probs: Any, labels: Any, n_bins: int = 15, *, binning: Binning = "equal_width"
+) -> float:
     """Top-label expected calibration error as a fraction in [0, 1].
 
     ECE = sum over bins of ``(count / N) * |mean confidence - accuracy|``, with
-    ``n_bins`` equal-width bins (see :func:`reliability_bins`). Papers usually
+    ``n_bins`` equal-width bins, or equal-mass bins for
+    ``binning="equal_mass"`` (see :func:`reliability_bins`). Papers usually
     report it multiplied by 100, as a percentage.
     """
-    return reliability_bins(probs, labels, n_bins).ece
+    return reliability_bins(probs, labels, n_bins, binning=binning).ece
+
+
+def classwise_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Classwise ECE (Kull et al., 2019) as a fraction in [0, 1].
+
+    For every class ``k``, the ``N`` probabilities ``p_nk`` are binned on
+    equal-width ``(lo, hi]`` bins (0 in the first) and compared with the
+    frequency of ``y_n = k`` in the bin; the result is the mean over classes:
+
+        cwECE = (1 / C) sum_k sum_b (n_bk / N) |mean_{n in b} p_nk - mean_{n in b} [y_n = k]|
+
+    Every one of the ``C`` columns counts, so a zero-padded class (p = 0 and
+    never the label) is perfectly calibrated and dilutes the mean: compare
+    sets padded to the same ``C``.
+    """
+    p, y = _check_pair(probs, labels)
+    return _classwise_ece(p, y, _check_n_bins(n_bins))
 
 
 def negative_log_likelihood(probs: Any, labels: Any) -> float:
@@ -291,21 +421,313 @@ def mutual_information(sample_probs: Any) -> np.ndarray:
     information between the prediction and the weights; it is 0 when all
     samples agree. Tiny negative values from rounding are clipped to 0.
     """
-    try:
-        sp = _to_numpy(sample_probs, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"sample_probs could not be read as a numeric array ({exc}); pass "
-            "an (S, N, C) array of per-sample probabilities"
-        ) from exc
-    if sp.ndim != 3:
-        raise ScalaBLError(
-            f"sample_probs has shape {sp.shape}; pass an (S, N, C) array: "
-            "S posterior samples of (N, C) probabilities"
-        )
-    if sp.shape[0] == 0:
-        raise ScalaBLError("sample_probs has no samples (S = 0); pass at least one sample")
-    s, n, c = sp.shape
-    flat = _check_probs(sp.reshape(s * n, c), name="sample_probs").reshape(s, n, c)
-    mi = _entropy(flat.mean(axis=0)) - _entropy(flat).mean(axis=0)
-    return np.maximum(mi, 0.0)
+    return uncertainty_decomposition(sample_probs).epistemic
+
+
+@dataclass(frozen=True)
+class UncertaintyDecomposition:
+    """Per-example predictive uncertainty split into its two parts, in nats (each ``(N,)``).
+
+    ``total = aleatoric + epistemic`` up to rounding (about 1e-15):
+
+    - ``total``: ``H[(1/S) sum_s p_s]``, the entropy of the averaged predictive;
+    - ``aleatoric``: ``(1/S) sum_s H[p_s]``, the expected entropy;
+    - ``epistemic``: ``total - aleatoric``, the mutual information between the
+      label and the weights, clipped at 0 against rounding.
+    """
+
+    total: np.ndarray
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+
+    def mean(self) -> dict[str, float]:
+        """Averages over examples: ``{"total", "aleatoric", "epistemic"}`` in nats."""
+        return {
+            "total": float(self.total.mean()),
+            "aleatoric": float(self.aleatoric.mean()),
+            "epistemic": float(self.epistemic.mean()),
+        }
+
+
+def uncertainty_decomposition(sample_probs: Any) -> UncertaintyDecomposition:
+    """Split predictive entropy into expected entropy and mutual information.
+
+    ``sample_probs`` is ``(S, N, C)``: ``S`` posterior samples of the class
+    probabilities (``np.exp(prediction.sample_log_probs)``; padded classes
+    are 0 and add nothing). With ``S = 1`` the epistemic part is 0.
+    """
+    sp = _check_sample_probs(sample_probs)
+    total = _entropy(sp.mean(axis=0))
+    aleatoric = _entropy(sp).mean(axis=0)
+    return UncertaintyDecomposition(
+        total=total, aleatoric=aleatoric, epistemic=np.maximum(total - aleatoric, 0.0)
+    )
+
+
+# --------------------------------------------------------------------------- #
+# out-of-distribution detection (higher score = more likely OOD; OOD = positive)
+
+
+@dataclass(frozen=True)
+class OODMetrics:
+    """Detection of OOD examples from a score, all fractions in [0, 1].
+
+    ``auroc`` and ``aupr`` treat OOD as the positive class (``aupr`` is the
+    average precision, "AUPR-Out"); ``fpr_at_tpr`` is the FPR at
+    ``tpr_level`` (0.95 by default: "FPR at 95 % TPR"). ``n_in`` and
+    ``n_out`` count the examples.
+    """
+
+    auroc: float
+    aupr: float
+    fpr_at_tpr: float
+    tpr_level: float
+    n_in: int
+    n_out: int
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready copy of the fields."""
+        return {
+            "auroc": self.auroc,
+            "aupr": self.aupr,
+            "fpr_at_tpr": self.fpr_at_tpr,
+            "tpr_level": self.tpr_level,
+            "n_in": self.n_in,
+            "n_out": self.n_out,
+        }
+
+
+def _check_in_out(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
+    return _check_scores(scores_in, name="scores_in"), _check_scores(scores_out, name="scores_out")
+
+
+def _roc_steps(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (true, false) positive counts at each distinct threshold, highest first.
+
+    The detector flags ``score >= t``; tied scores enter together, so the
+    curve has one point per distinct score value (plus none for "flag nothing").
+    """
+    scores = np.concatenate([s_out, s_in])
+    is_out = np.concatenate([np.ones(s_out.shape[0]), np.zeros(s_in.shape[0])])
+    order = np.argsort(-scores, kind="stable")
+    scores, is_out = scores[order], is_out[order]
+    last_of_run = np.r_[np.diff(scores) != 0, True]
+    tp = np.cumsum(is_out)[last_of_run]
+    fp = np.cumsum(1.0 - is_out)[last_of_run]
+    return tp, fp
+
+
+def _auroc(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    # Mann-Whitney: P(s_out > s_in) + P(s_out = s_in) / 2, via mid-ranks.
+    scores = np.concatenate([s_out, s_in])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank per value
+    n_out, n_in = s_out.shape[0], s_in.shape[0]
+    rank_sum = float(np.sum(mid_rank[inverse[:n_out]]))
+    return (rank_sum - n_out * (n_out + 1) / 2.0) / (n_out * n_in)
+
+
+def _aupr(s_in: np.ndarray, s_out: np.ndarray) -> float:
+    tp, fp = _roc_steps(s_in, s_out)
+    precision = tp / (tp + fp)
+    recall = tp / s_out.shape[0]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _fpr_at_tpr(s_in: np.ndarray, s_out: np.ndarray, level: float) -> float:
+    tp, fp = _roc_steps(s_in, s_out)
+    # tp / n_out >= level, written so that e.g. 19 / 20 >= 0.95 holds despite rounding.
+    first = int(np.argmax(tp >= level * s_out.shape[0] - 1e-9))
+    return float(fp[first] / s_in.shape[0])
+
+
+def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
+        raise ScalaBLError(f"tpr_level is {level!r}; pass a fraction in (0, 1] such as 0.95")
+    return float(level)
+
+
+def ood_auroc(scores_in: Any, scores_out: Any) -> float:
+    """Area under the ROC curve for telling OOD (positive) from in-distribution examples.
+
+    Equals ``P(s_out > s_in) + P(s_out = s_in) / 2`` over all pairs (the
+    Mann-Whitney statistic): 0.5 is chance, 1 perfect. Inputs are ``(N_in,)``
+    and ``(N_out,)`` scores, higher meaning more likely OOD.
+    """
+    s_in, s_out = _check_in_out(scores_in, scores_out)
+    return _auroc(s_in, s_out)
+
+
+def ood_aupr(scores_in: Any, scores_out: Any) -> float:
+    """Area under the precision-recall curve with OOD as positive, as average precision.
+
+    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds,
+    highest first (scikit-learn's ``average_precision_score``, no
+    interpolation). Chance level is ``N_out / (N_in + N_out)``.
+    """
+    s_in, s_out = _check_in_out(scores_in, scores_out)
+    return _aupr(s_in, s_out)
+
+
+def ood_fpr_at_tpr(scores_in: Any, scores_out: Any, tpr_level: float = 0.95) -> float:
+    """Fraction of in-distribution examples flagged when ``tpr_level`` of the OOD ones are.
+
+    The detector flags ``score >= t``; ``t`` is the highest distinct score at
+    which the true-positive rate reaches ``tpr_level`` (the lowest FPR with
+    TPR >= ``tpr_level``). Lower is better; 0.95 gives "FPR at 95 % TPR".
+    """
+    s_in, s_out = _check_in_out(scores_in, scores_out)
+    return _fpr_at_tpr(s_in, s_out, _check_level(tpr_level))
+
+
+def ood_detection(scores_in: Any, scores_out: Any, tpr_level: float = 0.95) -> OODMetrics:
+    """AUROC, AUPR and FPR at ``tpr_level`` TPR at once (see the three functions above)."""
+    s_in, s_out = _check_in_out(scores_in, scores_out)
+    level = _check_level(tpr_level)
+    return OODMetrics(
+        auroc=_auroc(s_in, s_out),
+        aupr=_aupr(s_in, s_out),
+        fpr_at_tpr=_fpr_at_tpr(s_in, s_out, level),
+        tpr_level=level,
+        n_in=int(s_in.shape[0]),
+        n_out=int(s_out.shape[0]),
+    )
+
+
+def max_probability_score(probs: Any) -> np.ndarray:
+    """OOD score ``1 - max_c p_c`` per example (shape ``(N,)``): higher = less confident."""
+    return 1.0 - _check_probs(probs).max(axis=1)
+
+
+#: Names of the scores :func:`ood_scores` returns.
+OOD_SCORES: tuple[str, ...] = ("max_prob", "entropy", "mutual_information")
+
+
+def ood_scores(sample_probs: Any) -> dict[str, np.ndarray]:
+    """The three OOD scores of every example from ``(S, N, C)`` per-sample probabilities.
+
+    ``"max_prob"`` is ``1 - max_c pbar_c`` and ``"entropy"`` is ``H[pbar]``,
+    both of the averaged predictive ``pbar = (1/S) sum_s p_s``;
+    ``"mutual_information"`` is the epistemic part (all zeros when ``S = 1``).
+    Each is ``(N,)``, higher meaning more likely OOD.
+    """
+    sp = _check_sample_probs(sample_probs)
+    mean = sp.mean(axis=0)
+    parts = uncertainty_decomposition(sp)
+    return {
+        "max_prob": 1.0 - mean.max(axis=1),
+        "entropy": parts.total,
+        "mutual_information": parts.epistemic,
+    }
+
+
+# --------------------------------------------------------------------------- #
+# selective prediction (higher confidence = kept first)
+
+
+@dataclass(frozen=True)
+class RiskCoverage:
+    """The risk-coverage curve of a selective classifier, one point per distinct confidence.
+
+    Keeping the examples with confidence ``>= threshold[k]`` covers
+    ``coverage[k]`` of the data with error rate ``risk[k]``. Points run from the
+    highest threshold (lowest coverage) to coverage 1; arrays share one length.
+    """
+
+    coverage: np.ndarray
+    risk: np.ndarray
+    threshold: np.ndarray
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``1 - risk`` at each point (selective accuracy)."""
+        return 1.0 - self.risk
+
+
+def _selective_inputs(
+    probs: Any, labels: Any, confidence: Any | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(confidence, error)`` sorted by confidence, highest first (ties by input order)."""
+    p, y = _check_pair(probs, labels)
+    if confidence is None:
+        conf = p.max(axis=1)
+    else:
+        conf = _check_scores(confidence, name="confidence")
+        if conf.shape[0] != p.shape[0]:
+            raise ScalaBLError(
+                f"confidence has {conf.shape[0]} entries but probs has {p.shape[0]} rows; "
+                "pass one confidence per example"
+            )
+    error = (np.argmax(p, axis=1) != y).astype(np.float64)
+    order = np.argsort(-conf, kind="stable")
+    return conf[order], error[order]
+
+
+def _expected_errors(conf: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Expected cumulative error count among the ``k`` most confident, ``k = 1..N``.
+
+    Within a run of tied confidences the count is interpolated linearly: the
+    mean over every order of the tied examples, so the result does not depend
+    on how the input happened to be ordered.
+    """
+    n = conf.shape[0]
+    cum = np.cumsum(error)
+    last = np.flatnonzero(np.r_[np.diff(conf) != 0, True])  # last index of each tie run
+    first = np.r_[0, last[:-1] + 1]
+    before = np.r_[0.0, cum[last[:-1]]]  # errors before each run
+    run_len = last - first + 1
+    run_err = cum[last] - before
+    run_of = np.repeat(np.arange(last.shape[0]), run_len)
+    pos = np.arange(n) - first[run_of] + 1  # 1-based position inside its run
+    return before[run_of] + pos * run_err[run_of] / run_len[run_of]
+
+
+def risk_coverage_curve(probs: Any, labels: Any, *, confidence: Any | None = None) -> RiskCoverage:
+    """Error rate of the kept examples against the fraction kept, thresholding confidence.
+
+    Confidence is the top-label probability unless ``confidence`` (``(N,)``,
+    higher = keep first, e.g. ``-mutual_information``) is given; risk is the
+    0-1 error of the argmax prediction. Tied confidences are kept or dropped
+    together, so there is one point per distinct confidence and the curve
+    does not depend on the order of the examples.
+    """
+    conf, error = _selective_inputs(probs, labels, confidence)
+    n = conf.shape[0]
+    last = np.flatnonzero(np.r_[np.diff(conf) != 0, True])
+    kept = last + 1
+    return RiskCoverage(coverage=kept / n, risk=np.cumsum(error)[last] / kept, threshold=conf[last])
+
+
+def aurc(probs: Any, labels: Any, *, confidence: Any | None = None) -> float:
+    """Area under the risk-coverage curve, a fraction in [0, 1] (lower is better).
+
+    ``AURC = (1/N) sum_{k=1..N} E_k / k``, with ``E_k`` the errors among the
+    ``k`` most confident examples (Geifman et al., 2019). Inside a run of tied
+    confidences ``E_k`` is interpolated linearly, the average over every
+    order of the tied examples. Confidence as in :func:`risk_coverage_curve`.
+    """
+    conf, error = _selective_inputs(probs, labels, confidence)
+    k = np.arange(1, conf.shape[0] + 1)
+    return float(np.mean(_expected_errors(conf, error) / k))
+
+
+def accuracy_at_coverage(
+    probs: Any, labels: Any, coverage: float, *, confidence: Any | None = None
+) -> float:
+    """Accuracy on the ``ceil(coverage * N)`` most confident examples (at least one).
+
+    ``coverage`` is a fraction in (0, 1]; 1 gives plain accuracy. Ties at the
+    cut are averaged over every order of the tied examples, as in :func:`aurc`.
+    """
+    if (
+        isinstance(coverage, bool)
+        or not isinstance(coverage, (int, float, np.floating))
+        or not 0 < coverage <= 1
+    ):
+        raise ScalaBLError(f"coverage is {coverage!r}; pass a fraction in (0, 1] such as 0.8")
+    conf, error = _selective_inputs(probs, labels, confidence)
+    n = conf.shape[0]
+    k = max(
+        1, int(np.ceil(round(float(coverage) * n, 9)))
+    )  # round: 0.07 * 100 is 7.000000000000001
+    return float(1.0 - _expected_errors(conf, error)[k - 1] / k)

@@ -1,16 +1,32 @@
-"""Reliability diagram: figure structure, atomic saving, headless use."""
+"""Figures: structure (axes, lines, titles), atomic saving, headless use."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.plots import reliability_diagram
+from scalabl_pyro.metrics import (
+    aurc,
+    expected_calibration_error,
+    ood_auroc,
+    risk_coverage_curve,
+)
+from scalabl_pyro.plots import (
+    ood_histogram,
+    reliability_diagram,
+    risk_coverage_plot,
+    training_curves,
+)
+from scalabl_pyro.train import StepRecord, TrainHistory
+
+matplotlib.use("Agg")  # headless, as in CI (the figures never touch pyplot)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,3 +120,197 @@ def test_invalid_results() -> None:
         reliability_diagram({"good": (probs, labels), "bad": (probs, labels[:-1])})
     with pytest.raises(ScalaBLError, match="n_bins"):
         reliability_diagram({"a": (probs, labels)}, n_bins=0)
+
+
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def _legend_texts(ax: Axes) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+# --------------------------------------------------------------------------- #
+# reliability: histogram, equal-mass bins, overlay layout
+
+
+def test_histogram_counts_every_example() -> None:
+    probs, labels = _fake_predictions(3, n=150)
+    fig = reliability_diagram({"a": (probs, labels)}, n_bins=10)
+    hist_ax = [ax for ax in fig.axes if not ax.get_title()][0]
+    heights = [patch.get_height() for patch in hist_ax.patches]
+    assert len(heights) == 10 and sum(heights) == 150
+
+
+def test_equal_mass_columns_title() -> None:
+    probs, labels = _fake_predictions(4)
+    fig = reliability_diagram({"a": (probs, labels)}, binning="equal_mass")
+    ece = expected_calibration_error(probs, labels, binning="equal_mass")
+    assert f"ECE (eq. mass) {ece * 100:.2f}%" in _top_axes(fig)[0].get_title()
+
+
+@pytest.mark.parametrize("binning", ["equal_width", "equal_mass"])
+def test_overlay_layout(tmp_path: Path, binning: str) -> None:
+    results = {f"m{i}": _fake_predictions(i) for i in range(3)}
+    out = tmp_path / "overlay.png"
+    fig = reliability_diagram(results, out, layout="overlay", binning=binning, title="t")
+    assert len(fig.axes) == 2
+    top, bottom = fig.axes
+    assert len(top.get_lines()) == 1 + 3  # the diagonal and one line per method
+    assert len(bottom.get_lines()) == 3
+    texts = _legend_texts(top)
+    for name, (probs, labels) in results.items():
+        ece = expected_calibration_error(probs, labels, binning=binning)
+        assert any(name in t and f"{ece * 100:.2f}%" in t for t in texts)
+    # The histogram lines are fractions of each method's examples.
+    for line in bottom.get_lines():
+        assert line.get_ydata().sum() == pytest.approx(1.0)
+    assert _is_png(out)
+
+
+def test_bad_layout() -> None:
+    with pytest.raises(ScalaBLError, match="layout"):
+        reliability_diagram({"a": _fake_predictions(0)}, layout="grid")
+    with pytest.raises(ScalaBLError, match="binning"):
+        reliability_diagram({"a": _fake_predictions(0)}, binning="quantile")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- #
+# risk-coverage
+
+
+def test_risk_coverage_plot(tmp_path: Path) -> None:
+    results = {f"m{i}": _fake_predictions(i) for i in range(2)}
+    probs, labels = results["m0"]
+    minus_entropy = np.sum(probs * np.log(probs), axis=1)  # a confidence: higher = keep
+    results["m0 by entropy"] = (probs, labels, minus_entropy)
+    out = tmp_path / "rc.png"
+    fig = risk_coverage_plot(results, out, title="risk")
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 3
+    curve = risk_coverage_curve(probs, labels)
+    np.testing.assert_allclose(lines[0].get_xdata(), curve.coverage)
+    np.testing.assert_allclose(lines[0].get_ydata(), curve.risk)
+    assert lines[0].get_ydata()[-1] == pytest.approx(1 - np.mean(probs.argmax(1) == labels))
+    texts = _legend_texts(ax)
+    assert texts[0] == f"m0 (AURC {aurc(probs, labels) * 100:.2f}%)"
+    assert fig.get_suptitle() == "risk"
+    assert _is_png(out)
+
+
+def test_risk_coverage_plot_invalid() -> None:
+    probs, labels = _fake_predictions(0)
+    with pytest.raises(ScalaBLError, match="empty"):
+        risk_coverage_plot({})
+    with pytest.raises(ScalaBLError, match="pair"):
+        risk_coverage_plot({"a": (probs,)})
+    with pytest.raises(ScalaBLError, match=r"results\['a'\].*confidence"):
+        risk_coverage_plot({"a": (probs, labels, np.zeros(3))})
+
+
+# --------------------------------------------------------------------------- #
+# OOD histograms
+
+
+def test_ood_histogram(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    scores = {
+        "mle": (rng.normal(size=200), rng.normal(1.0, size=80)),
+        "scalabl": (torch.tensor(rng.gamma(2.0, size=200)), rng.gamma(4.0, size=50)),
+    }
+    out = tmp_path / "ood.png"
+    fig = ood_histogram(scores, out, bins=20, score_name="entropy (nats)")
+    assert len(fig.axes) == 2
+    for ax, (name, (s_in, s_out)) in zip(fig.axes, scores.items(), strict=True):
+        auroc = ood_auroc(s_in, s_out)
+        assert name in ax.get_title() and f"AUROC {auroc * 100:.1f}%" in ax.get_title()
+        assert ax.get_xlabel() == "entropy (nats)"
+        assert len(ax.patches) == 2  # two step-filled histograms
+        assert any("OOD" in t for t in _legend_texts(ax))
+    assert _is_png(out)
+
+
+def test_ood_histogram_constant_scores_and_invalid() -> None:
+    fig = ood_histogram({"flat": (np.zeros(5), np.zeros(3))})
+    assert "AUROC 50.0%" in fig.axes[0].get_title()
+    with pytest.raises(ScalaBLError, match="empty"):
+        ood_histogram({})
+    with pytest.raises(ScalaBLError, match="pair"):
+        ood_histogram({"a": np.zeros(3)})  # type: ignore[dict-item]
+    with pytest.raises(ScalaBLError, match=r"scores\['a'\].*NaN"):
+        ood_histogram({"a": (np.zeros(3), np.array([np.nan]))})
+    with pytest.raises(ScalaBLError, match="bins is 0"):
+        ood_histogram({"a": (np.zeros(3), np.ones(3))}, bins=0)
+
+
+# --------------------------------------------------------------------------- #
+# training curves
+
+
+def _history(seed: int, steps: int = 40, every: int = 10) -> dict:
+    rng = np.random.default_rng(seed)
+    recs = [
+        {
+            "step": t,
+            "loss": 100.0,
+            "nll": 1.5 * np.exp(-t / 15) + 0.1 * rng.random(),
+            "kl": 3.0,
+            "kl_weight": 1.0,
+            "lr": 1e-4,
+        }
+        for t in range(1, steps + 1)
+    ]
+    val = [
+        {"step": t, "acc": 0.5 + t / 400, "nll": 1.0 + t / 100, "ece": 0.1, "brier": 0.6, "n": 50}
+        for t in range(every, steps + 1, every)
+    ]
+    return {"steps": recs, "validation": val}
+
+
+def test_training_curves_panels_and_lines(tmp_path: Path) -> None:
+    hist = _history(0)
+    obj = TrainHistory([StepRecord(**r) for r in _history(1)["steps"]], [])  # no validation
+    out = tmp_path / "train.png"
+    fig = training_curves({"mle": hist, "scalabl": obj}, out, title="curves")
+    assert len(fig.axes) == 3  # NLL, validation acc, validation ece
+    nll_ax, acc_ax, ece_ax = fig.axes
+    labels = [line.get_label() for line in nll_ax.get_lines()]
+    assert labels == ["mle train", "mle validation", "scalabl train"]
+    train_line = nll_ax.get_lines()[0]
+    np.testing.assert_array_equal(train_line.get_xdata(), np.arange(1, 41))
+    np.testing.assert_allclose(train_line.get_ydata(), [r["nll"] for r in hist["steps"]])
+    np.testing.assert_array_equal(nll_ax.get_lines()[1].get_xdata(), [10, 20, 30, 40])
+    assert "acc" in acc_ax.get_title() and "ece" in ece_ax.get_title()
+    assert len(acc_ax.get_lines()) == 1  # only the run that validated
+    np.testing.assert_allclose(acc_ax.get_lines()[0].get_ydata(), [0.525, 0.55, 0.575, 0.6])
+    assert _is_png(out)
+
+
+def test_training_curves_smoothing_and_metric_choice() -> None:
+    hist = _history(2)
+    fig = training_curves({"a": hist}, smooth=5, val_metrics=("brier", "missing", "nll"))
+    assert len(fig.axes) == 2  # NLL + brier; "missing" skipped, "nll" is in the first panel
+    raw, smooth = nll_lines = fig.axes[0].get_lines()[:2]
+    assert len(nll_lines) == 2
+    y = np.array([r["nll"] for r in hist["steps"]])
+    np.testing.assert_allclose(raw.get_ydata(), y)
+    np.testing.assert_allclose(smooth.get_ydata()[4], y[:5].mean())
+    np.testing.assert_allclose(smooth.get_ydata()[0], y[0])
+    np.testing.assert_allclose(smooth.get_ydata()[-1], y[-5:].mean())
+
+
+def test_training_curves_invalid() -> None:
+    with pytest.raises(ScalaBLError, match="empty"):
+        training_curves({})
+    with pytest.raises(ScalaBLError, match="not a training history"):
+        training_curves({"a": [1, 2]})
+    with pytest.raises(ScalaBLError, match=r"\['steps'\]\[0\] lacks"):
+        training_curves({"a": {"steps": [{"step": 1}]}})
+    with pytest.raises(ScalaBLError, match="validation"):
+        training_curves({"a": {"steps": [], "validation": [{"acc": 0.5}]}})
+    with pytest.raises(ScalaBLError, match="smooth"):
+        training_curves({"a": _history(0)}, smooth=0)
