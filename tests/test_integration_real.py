@@ -75,3 +75,50 @@ def test_quick_demo_writes_table_plot_and_json(tmp_path):
     assert (tmp_path / "reliability.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["results"][2]["num_samples"] == 3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({}, id="choice"),
+        pytest.param(
+            dict(
+                task_format="letter", num_classes=4, target_modules=("q_proj", "v_proj", "lm_head")
+            ),
+            id="letter-head",
+        ),
+    ],
+)
+def test_real_model_export_equals_the_posterior_mean_model(tmp_path, arc_val, config):
+    """peft alone on the saved adapter, and the merged model, are ScalaBL's mean model."""
+    from peft import PeftModel
+    from scalabl_testutils import randomize_lora
+
+    base, tok = load_base_model("smollm2-135m", dtype="float32")
+    sbl = ScalaBL(ScalaBLConfig(dtype="float32", init_scale=0.3, **config), base, tok)
+    randomize_lora(sbl.subspace, scale=0.05)
+    data = arc_val[:4]
+    batch = sbl.format_for(data).encode(list(data))
+    mean = sbl.posterior_mean()
+    with torch.no_grad():
+        want = sbl.subspace.peft_model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).logits
+        want_scores = sbl.model.scores(batch, mean)
+    path = sbl.save_pretrained(tmp_path / "ckpt")
+
+    def check(logits):
+        if batch.kind == "choice":
+            torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+        else:
+            cls = logits[:, -1, batch.class_token_ids].masked_fill(~batch.class_mask, -torch.inf)
+            torch.testing.assert_close(cls, want_scores, rtol=1e-4, atol=1e-4)
+
+    fresh, _ = load_base_model("smollm2-135m", dtype="float32")
+    peft_only = PeftModel.from_pretrained(fresh, path / "adapter")
+    with torch.no_grad():
+        check(peft_only(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits)
+    del peft_only, fresh
+    merged = sbl.merge_and_unload()
+    with torch.no_grad():
+        check(merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits)
