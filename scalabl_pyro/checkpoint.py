@@ -273,7 +273,7 @@ def check_writable(path: str | Path, *, flag: str = "--output") -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".scalabl-write-check-", dir=parent))
     except OSError as e:
         raise ScalaBLError(
-            f"{flag} {path} cannot be created: {parent} is not writable "
+            f"{flag} {path} cannot be created: writing in {parent} fails "
             f"({e.strerror or type(e).__name__}); choose a directory you can write to"
         ) from None
 

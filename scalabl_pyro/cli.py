@@ -36,8 +36,9 @@ from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 EXIT_USAGE = 2
 log = logging.getLogger(__name__)
 
-GUIDES = ("mean_field", "full_rank", "low_rank", "block", "delta", "mle")
+GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 """Guide families (``scalabl_pyro.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
+MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
 POINT_MASS_GUIDES = ("delta", "mle")
 MAX_LETTER_CHOICES = 8
 """Answer letters A-H of the letter format (``scalabl_pyro.formats.LETTERS``)."""
@@ -233,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("choice", "letter"),
         help="choice scoring (default) or the lettered format",
     )
-    p.add_argument("--guide", default=None, choices=GUIDES, help="default mean_field")
+    p.add_argument(
+        "--guide", default=None, choices=GUIDES, help="guide family (default mean_field)"
+    )
     p.add_argument(
         "--targets", default=None, help="comma-separated module names (default q_proj,v_proj)"
     )
@@ -243,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--steps", "total optimizer steps (with --resume: the new total)", 200)
     _num(p, "--batch-size", "examples per micro-batch", 4)
     _num(p, "--lr", "learning rate of the LoRA factors", 1e-4)
-    _num(p, "--var-lr", "learning rate of the variational parameters", "10 x --lr")
+    _num(
+        p,
+        "--var-lr",
+        "learning rate of the variational parameters",
+        "10 x --lr; --lr with --objective reference",
+    )
     _num(p, "--grad-accum", "micro-batches per step", 1)
     _num(p, "--particles", "posterior samples per step (not with a point-mass guide)", 1)
     p.add_argument("--objective", default=None, choices=("elbo", "reference"), help="default elbo")
@@ -251,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kl-schedule",
         default=None,
         choices=("constant", "linear", "cyclic"),
-        help="KL weight schedule (default constant)",
+        help="KL weight schedule (default constant; cyclic with --objective reference)",
     )
     _num(p, "--kl-warmup-steps", "steps of the linear KL warm-up (--kl-schedule linear)", 0)
     _num(p, "--checkpoint-every", "also save every N steps (0: only at the end)", 0)
@@ -353,7 +361,7 @@ class TrainSettings:
     grad_accum: int = 1
     particles: int = 1
     objective: str = "elbo"
-    kl_schedule: str = "constant"
+    kl_schedule: str | None = None  # None: the objective's own (constant; reference: cyclic)
     kl_warmup_steps: int = 0
     checkpoint_every: int = 0
     seed: int = 0
@@ -413,26 +421,32 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
             f"--guide {s.guide} is a point mass, so its --particles {s.particles} samples "
             "would all be the same; drop --particles"
         )
+    schedule = s.kl_schedule or ("cyclic" if s.objective == "reference" else "constant")
     if s.objective == "reference":
-        if s.guide != "mean_field":
+        if s.guide not in MEAN_FIELD_GUIDES:
             raise ScalaBLError(
                 "--objective reference reproduces the official mean-field recipe; use "
-                f"--guide mean_field (not {s.guide}) or --objective elbo"
+                f"--guide log_mean_field or mean_field (not {s.guide}), or --objective elbo"
             )
         if s.particles > 1:
             raise ScalaBLError(
                 "--objective reference draws one posterior sample per step, so --particles "
                 f"{s.particles} would be ignored; drop --particles or use --objective elbo"
             )
-    if s.kl_schedule == "linear" and s.kl_warmup_steps < 1:
+        if schedule != "cyclic":
+            raise ScalaBLError(
+                f"--objective reference uses BLoB's cyclic KL weight only, so --kl-schedule "
+                f"{schedule} cannot apply; drop --kl-schedule or use --objective elbo"
+            )
+    if schedule == "linear" and s.kl_warmup_steps < 1:
         raise ScalaBLError(
             "--kl-schedule linear without --kl-warmup-steps is the constant schedule; "
             "pass --kl-warmup-steps N (N >= 1) or drop --kl-schedule"
         )
-    if s.kl_schedule != "linear" and s.kl_warmup_steps > 0:
+    if schedule != "linear" and s.kl_warmup_steps > 0:
         raise ScalaBLError(
             f"--kl-warmup-steps only applies to --kl-schedule linear (this run uses "
-            f"{s.kl_schedule}); add --kl-schedule linear or drop --kl-warmup-steps"
+            f"{schedule}); add --kl-schedule linear or drop --kl-warmup-steps"
         )
     if s.checkpoint_every and s.checkpoint_every >= s.steps:
         raise ScalaBLError(
@@ -540,13 +554,18 @@ def _check_evaluate_outputs(args: argparse.Namespace) -> None:
 
 
 def _read_checkpoint_meta(path: str, flag: str) -> dict:
-    from scalabl_pyro.checkpoint import read_config
+    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config
 
     p = Path(path).expanduser()
     if not p.is_dir():
         what = "does not exist" if not p.exists() else "is a file, not a directory"
         raise ScalaBLError(
             f"{flag} {path} {what}; pass the --output directory of an earlier scalabl train"
+        )
+    if not (p / CONFIG_FILE).is_file():
+        raise ScalaBLError(
+            f"{flag} {path} is not a scalabl-pyro checkpoint (no {CONFIG_FILE}); pass the "
+            "--output directory of an earlier scalabl train"
         )
     meta = read_config(p)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
@@ -793,7 +812,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
         from scalabl_pyro.data import available_splits
 
         print(f"{ds.name}: splits {', '.join(available_splits(args.data, args.source))}")
-    print(f"{ds.split}: {len(ds)} examples, {_choice_counts(ds)}")
+    print(f"{ds.split}: {len(ds)} example{'s' if len(ds) != 1 else ''}, {_choice_counts(ds)}")
     ex = ds[0]
     print(
         json.dumps(

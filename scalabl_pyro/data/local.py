@@ -41,6 +41,7 @@ import gzip
 import io
 import json
 import math
+import re
 import string
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -83,7 +84,9 @@ def is_local_path(name: str | Path) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of an exception: its first line, without pyarrow's "Could not open ...: " prefix."""
     text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    text = re.sub(r"^Could not open .*?: (?=\S)", "", text).split(". ")[0].rstrip(".")
     return text or type(exc).__name__
 
 
