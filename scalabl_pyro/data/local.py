@@ -121,9 +121,9 @@ def _check_columns(path: Path, columns: Sequence[str] | None, kind: str) -> None
     if columns is None:
         return  # no header at all: reported as a file without examples
     cols = set(columns)
-    missing = [c for c in ("question", "label") if c not in cols]
+    missing = [repr(c) for c in ("question", "label") if c not in cols]
     if "choices" not in cols and "A" not in cols:
-        missing.insert(1, "choices (or A, B, ...)")
+        missing.insert(len(missing) - ("'label'" in missing), "'choices' (or A, B, ...)")
     if missing:
         shown = ", ".join(repr(c) for c in list(columns)[:8]) or "none"
         raise ScalaBLError(
