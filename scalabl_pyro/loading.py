@@ -24,6 +24,7 @@ from transformers import (
 
 from scalabl_pyro.assets import EMBEDDED_MODELS, ensure_embedded_model
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.hub_access import hub_endpoint, hub_status
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,10 @@ def load_base_model(
 
     ``name_or_path`` is an embedded alias (e.g. ``"smollm2-135m"``, fetched and
     converted once), a local directory with ``config.json``, or a hub id
-    ``org/name``. ``revision`` applies to hub ids only.
+    ``org/name``. ``revision`` applies to hub ids only. A hub id is checked
+    with one short probe first (:mod:`scalabl_pyro.hub_access`): when the hub
+    cannot be reached the cached copy is used, and without one the call fails
+    in seconds rather than after the hub client's minute of retries.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -122,7 +126,9 @@ def load_base_model(
             f"revision={revision!r} only applies to hub ids, not {name_or_path!r}; "
             "drop the revision or pass an org/name hub id"
         )
-    hub_kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+    hub_kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "revision": revision}
+    if is_hub and _hub_cache_only(source, revision):
+        hub_kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **hub_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **hub_kwargs)
@@ -165,6 +171,32 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     raise ScalaBLError(
         f"unknown model {name_or_path!r}: not an embedded alias, an existing directory, "
         f"or a hub id of the form org/name; embedded aliases: {_aliases()}"
+    )
+
+
+def _hub_cache_only(repo_id: str, revision: str | None) -> bool:
+    """Whether hub id ``repo_id`` must be read from the local cache (the hub is unreachable).
+
+    Raises when the hub is unreachable and nothing is cached. In offline mode
+    (``HF_HUB_OFFLINE=1``) the hub libraries read only their cache themselves.
+    """
+    status = hub_status()
+    if status in ("online", "offline"):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a cache we cannot read is a cache we do not have
+        cached = None
+    if isinstance(cached, str):
+        logger.info("the hub is unreachable (%s); using the cached copy of %s", status, repo_id)
+        return True
+    raise ScalaBLError(
+        f"could not load model {repo_id!r}: the Hugging Face hub ({hub_endpoint()}) cannot be "
+        f"reached ({status}) and the model is not in the local cache; check the network or "
+        f"HF_ENDPOINT, or pass an embedded alias ({_aliases()}) or a local directory with "
+        "config.json"
     )
 
 

@@ -130,8 +130,6 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         str(data),
         "--steps",
         "5",
-        "--lr",
-        "1e-2",
         "--resume",
         "--no-progress",
     )

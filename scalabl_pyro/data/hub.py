@@ -1,10 +1,12 @@
 """Load a built-in data set from the Hugging Face hub.
 
-The hub path is one ``datasets.load_dataset(hub_id, config, split=...)`` call
-followed by the per-layout normalizer of :mod:`scalabl_pyro.data.normalize`.
-Passing ``data_files`` swaps only that call for
-``datasets.load_dataset("json", data_files=...)``, which is how the tests feed
-hand-made rows in each hub layout through exactly the same normalization.
+The hub path is one reachability probe (:mod:`scalabl_pyro.hub_access`, so
+an unreachable hub fails in seconds, not after a minute of retries), one
+``datasets.load_dataset(hub_id, config, split=...)`` call, then the
+per-layout normalizer of :mod:`scalabl_pyro.data.normalize`. Passing
+``data_files`` swaps only that call for ``datasets.load_dataset("json",
+data_files=...)``, which is how the tests feed hand-made rows in each hub
+layout through exactly the same normalization.
 """
 
 from __future__ import annotations
@@ -121,6 +123,15 @@ def load_hub(name: str, split: str = "train", *, data_files: str | Path | None =
     else:
         where = spec.hub_id + (f" ({spec.config})" if spec.config else "")
         origin = f"hub data set {where}"
+        from scalabl_pyro.hub_access import hub_endpoint, hub_status
+
+        status = hub_status()
+        if status not in ("online", "offline"):
+            raise ScalaBLError(
+                f"could not load {where} split {split!r}: the Hugging Face hub ({hub_endpoint()}) "
+                f"cannot be reached ({status}); check the network, set HF_HUB_OFFLINE=1 to read "
+                "a cached copy, or use source='embedded' (--source embedded)"
+            )
         try:  # the single untested line: everything after it is shared with the tests
             rows = datasets.load_dataset(spec.hub_id, spec.config, split=split)
         except Exception as err:  # noqa: BLE001 - any failure here is a reachability problem

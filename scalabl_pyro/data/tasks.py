@@ -76,6 +76,11 @@ def load_task(
             f"limit must be a positive number of examples (got {limit}); pass None for all"
         )
     if source == "local" or (not _is_builtin(name) and is_local_path(name)):
+        if source in ("embedded", "hub"):
+            raise ScalaBLError(
+                f"{str(name)!r} is a local file, but source {source!r} only reads built-in "
+                "data sets; leave source at 'auto' (or 'local') for a file"
+            )
         dataset = load_local(name, split=split)
     else:
         key = check_task(str(name))
