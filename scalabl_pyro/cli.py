@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "--prior-scale": Range(float, 0, low_open=True),
     "--lr": Range(float, 0, 1, low_open=True),
     "--var-lr": Range(float, 0, 10, low_open=True),
+    "--max-grad-norm": Range(float, 0, 1e6, low_open=True),
     "--kl-warmup-steps": Range(int, 0),
     "--checkpoint-every": Range(int, 0),
     "--seed": Range(int, 0, (2**32 - 1) // STEP_SEED_FACTOR - 1),
@@ -235,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="choice scoring (default) or the lettered format",
     )
     p.add_argument(
-        "--guide", default=None, choices=GUIDES, help="guide family (default mean_field)"
+        "--guide",
+        default=None,
+        choices=GUIDES,
+        help="guide family (default mean_field; log_mean_field with --objective reference)",
     )
     p.add_argument(
         "--targets", default=None, help="comma-separated module names (default q_proj,v_proj)"
@@ -253,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         "10 x --lr; --lr with --objective reference",
     )
     _num(p, "--grad-accum", "micro-batches per step", 1)
+    _num(
+        p,
+        "--max-grad-norm",
+        "clip the gradient norm, in per-example units (gradient of loss / N)",
+        "off",
+    )
     _num(p, "--particles", "posterior samples per step (not with a point-mass guide)", 1)
     p.add_argument("--objective", default=None, choices=("elbo", "reference"), help="default elbo")
     p.add_argument(
@@ -359,6 +369,7 @@ class TrainSettings:
     lr: float = 1e-4
     var_lr: float | None = None
     grad_accum: int = 1
+    max_grad_norm: float | None = None
     particles: int = 1
     objective: str = "elbo"
     kl_schedule: str | None = None  # None: the objective's own (constant; reference: cyclic)
@@ -372,6 +383,7 @@ _SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a che
     "steps": "steps",
     "batch_size": "batch_size",
     "grad_accum": "grad_accum",
+    "max_grad_norm": "max_grad_norm",
     "particles": "num_particles",
     "objective": "objective",
     "kl_schedule": "kl_schedule",
@@ -400,6 +412,8 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
             setattr(s, name, value)
     if args.targets is not None:
         s.targets = _targets(args.targets)
+    if meta is None and args.guide is None and s.objective == "reference":
+        s.guide = "log_mean_field"  # the official code's parameters (log mu, log sigma)
     return s
 
 
@@ -678,6 +692,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         lr=s.lr,
         var_lr=s.var_lr,
         grad_accum=s.grad_accum,
+        max_grad_norm=s.max_grad_norm,
         num_particles=s.particles,
         objective=s.objective,
         kl_schedule=s.kl_schedule,
