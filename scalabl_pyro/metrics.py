@@ -101,20 +101,28 @@ def _to_numpy(x: Any, *, floating: bool) -> np.ndarray:
     return arr.astype(np.float64) if floating else arr
 
 
-def _check_probs(probs: Any, *, name: str = "probs") -> np.ndarray:
-    """Return ``probs`` as a validated float64 ``(N, C)`` array."""
+def read_float_array(x: Any, name: str, *, ndim: int, what: str, shape_hint: str) -> np.ndarray:
+    """``x`` as a float64 array of ``ndim`` dimensions, or one clear error naming ``name``."""
     try:
-        p = _to_numpy(probs, floating=True)
+        arr = _to_numpy(x, floating=True)
     except (TypeError, ValueError) as exc:
         raise ScalaBLError(
-            f"{name} could not be read as a numeric array ({exc}); "
-            "pass an (N, C) numpy array or torch tensor of probabilities"
+            f"{name} could not be read as a numeric array ({exc}); pass {what}"
         ) from exc
-    if p.ndim != 2:
-        raise ScalaBLError(
-            f"{name} has shape {p.shape}; pass an (N, C) array with one row of "
-            "class probabilities per example"
-        )
+    if arr.ndim != ndim:
+        raise ScalaBLError(f"{name} has shape {arr.shape}; pass {shape_hint}")
+    return arr
+
+
+def _check_probs(probs: Any, *, name: str = "probs") -> np.ndarray:
+    """Return ``probs`` as a validated float64 ``(N, C)`` array."""
+    p = read_float_array(
+        probs,
+        name,
+        ndim=2,
+        what="an (N, C) numpy array or torch tensor of probabilities",
+        shape_hint="an (N, C) array with one row of class probabilities per example",
+    )
     if p.shape[0] == 0 or p.shape[1] == 0:
         raise ScalaBLError(
             f"{name} is empty (shape {p.shape}); pass at least one example with at least one class"
@@ -207,18 +215,13 @@ def _check_scores(scores: Any, *, name: str) -> np.ndarray:
 
 def _check_sample_probs(sample_probs: Any) -> np.ndarray:
     """Return ``sample_probs`` as a validated float64 ``(S, N, C)`` array."""
-    try:
-        sp = _to_numpy(sample_probs, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"sample_probs could not be read as a numeric array ({exc}); pass "
-            "an (S, N, C) array of per-sample probabilities"
-        ) from exc
-    if sp.ndim != 3:
-        raise ScalaBLError(
-            f"sample_probs has shape {sp.shape}; pass an (S, N, C) array: "
-            "S posterior samples of (N, C) probabilities"
-        )
+    sp = read_float_array(
+        sample_probs,
+        "sample_probs",
+        ndim=3,
+        what="an (S, N, C) array of per-sample probabilities",
+        shape_hint="an (S, N, C) array: S posterior samples of (N, C) probabilities",
+    )
     if sp.shape[0] == 0:
         raise ScalaBLError("sample_probs has no samples (S = 0); pass at least one sample")
     s, n, c = sp.shape

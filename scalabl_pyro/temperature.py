@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import _check_labels, _to_numpy
+from scalabl_pyro.metrics import _check_labels, read_float_array
 
 #: Default search range for ``T``; it must contain 1.
 T_MIN: float = 0.01
@@ -40,18 +40,13 @@ _MAX_ITER = 200
 
 def _check_log_probs(log_probs: Any) -> np.ndarray:
     """Return ``log_probs`` as a validated float64 ``(N, C)`` array (``-inf`` allowed)."""
-    try:
-        z = _to_numpy(log_probs, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"log_probs could not be read as a numeric array ({exc}); pass an (N, C) "
-            "array of log-probabilities or logits"
-        ) from exc
-    if z.ndim != 2:
-        raise ScalaBLError(
-            f"log_probs has shape {z.shape}; pass an (N, C) array with one row of "
-            "log-probabilities per example"
-        )
+    z = read_float_array(
+        log_probs,
+        "log_probs",
+        ndim=2,
+        what="an (N, C) array of log-probabilities or logits",
+        shape_hint="an (N, C) array with one row of log-probabilities per example",
+    )
     if z.shape[0] == 0 or z.shape[1] == 0:
         raise ScalaBLError(f"log_probs is empty (shape {z.shape}); pass at least one example")
     if np.isnan(z).any() or np.isposinf(z).any():
