@@ -380,6 +380,8 @@ class TrainSettings:
 
 
 _SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a checkpoint
+    "lr": "lr",
+    "var_lr": "var_lr",
     "steps": "steps",
     "batch_size": "batch_size",
     "grad_accum": "grad_accum",
@@ -519,6 +521,8 @@ def _check_device(device: str) -> None:
 def _is_metrics_file(path: Path) -> bool:
     """Whether ``path`` is a metrics JSON that ``scalabl evaluate`` wrote."""
     try:
+        if path.stat().st_size > 1_000_000:  # ours are a few hundred bytes
+            return False
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
@@ -683,25 +687,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     ScalaBL = _scalabl_class()
+    from dataclasses import fields
+
     from scalabl_pyro.config import ScalaBLConfig
     from scalabl_pyro.train import TrainConfig
 
-    tcfg = TrainConfig(
-        steps=s.steps,
-        batch_size=s.batch_size,
-        lr=s.lr,
-        var_lr=s.var_lr,
-        grad_accum=s.grad_accum,
-        max_grad_norm=s.max_grad_norm,
-        num_particles=s.particles,
-        objective=s.objective,
-        kl_schedule=s.kl_schedule,
-        kl_warmup_steps=s.kl_warmup_steps,
-        checkpoint_every=s.checkpoint_every,
-        seed=s.seed,
-        gradient_checkpointing=args.gradient_checkpointing,
-        progress=args.progress,
+    # a resumed run keeps every saved setting, also those the CLI has no flag for
+    known = {f.name for f in fields(TrainConfig)}
+    saved = (meta or {}).get("train_config") or {}
+    settings = {k: v for k, v in saved.items() if k in known}
+    settings.update({theirs: getattr(s, ours) for ours, theirs in _SAVED_TRAIN_KEYS.items()})
+    settings["gradient_checkpointing"] = args.gradient_checkpointing or bool(
+        settings.get("gradient_checkpointing")
     )
+    settings["progress"] = args.progress
+    tcfg = TrainConfig(**settings)
     if args.resume:
         sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
     else:

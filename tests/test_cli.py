@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 
+from scalabl_pyro import cli
+from scalabl_pyro.checkpoint import CHECKPOINT_ENTRIES, check_output_dir, check_writable
 from scalabl_pyro.cli import build_parser, main
+from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.testing import tiny_model_and_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run this checkout's CLI (PYTHONPATH = the repository root)."""
+    full_env = dict(os.environ if env is None else env)
+    paths = [str(ROOT), full_env.get("PYTHONPATH", "")]
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return subprocess.run(
         [sys.executable, "-m", "scalabl_pyro.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env=full_env,
     )
+
+
+def _sha(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_help_lists_subcommands():
@@ -97,6 +119,7 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         "--no-progress",
     )
     assert out.returncode == 0, out.stderr
+    assert out.stderr == ""  # no library warnings or progress bars when stderr is not a TTY
     assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
     assert (ckpt / "guide.safetensors").is_file()
     meta = json.loads((ckpt / "scalabl_config.json").read_text())
@@ -118,6 +141,7 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         "--no-progress",
     )
     assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
     m = json.loads(metrics.read_text())
     assert set(m) >= {"acc", "ece", "nll", "brier"} and m["n"] == 12
     assert plot.stat().st_size > 1000
@@ -136,3 +160,158 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     hist = json.loads((ckpt / "history.json").read_text())
     assert [s["step"] for s in hist["steps"]] == [1, 2, 3, 4, 5]
+
+
+def test_train_refuses_an_existing_checkpoint_then_overwrites_it(tiny_dir, tmp_path):
+    model_dir, data = tiny_dir
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "--model", str(model_dir), "--data", str(data), "--output", str(ckpt)]
+    args += ["--rank", "2", "--lr", "1e-2", "--no-progress"]
+    out = run_cli(*args, "--steps", "2")
+    assert out.returncode == 0, out.stderr
+    before = _sha(ckpt)
+    out = run_cli(*args, "--steps", "1")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "--resume" in out.stderr and "--overwrite" in out.stderr
+    assert _sha(ckpt) == before
+    out = run_cli(*args, "--steps", "1", "--overwrite")
+    assert out.returncode == 0, out.stderr
+    hist = json.loads((ckpt / "history.json").read_text())
+    assert [s["step"] for s in hist["steps"]] == [1]
+    assert _sha(ckpt) != before and set(os.listdir(ckpt)) <= set(CHECKPOINT_ENTRIES)
+
+
+def test_data_shows_a_local_file(tiny_dir):
+    _, data = tiny_dir
+    out = run_cli("data", "--data", str(data))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"toy: local file {data} (the whole file is one split)"
+    assert lines[1] == "validation: 12 examples, 3 choices each"
+    example = json.loads("\n".join(lines[2:]))
+    assert example["choices"] == ["a whale", "a rock", "a star"] and example["label"] == 0
+
+
+def test_data_shows_a_named_data_set(monkeypatch, capsys):
+    from scalabl_pyro.data import MCDataset, MCExample
+
+    ds = MCDataset("arc_easy", "validation", [MCExample("a", "q", ("x", "y", "z"), 1)])
+    monkeypatch.setattr(cli, "_load_data", lambda args: ds)
+    assert main(["data", "--data", "arc_easy"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "arc_easy: splits train, validation, test"
+    assert out[1] == "validation: 1 example, 3 choices each"
+
+
+# --------------------------------------------------------------------- pieces
+
+
+def test_parser_lists_agree_with_the_library():
+    from scalabl_pyro.formats import LETTERS
+    from scalabl_pyro.guides import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
+
+    assert cli.GUIDES == GUIDE_FAMILIES
+    assert cli.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES
+    assert len(LETTERS) == cli.MAX_LETTER_CHOICES
+
+
+def test_range_parses_and_describes():
+    rng = cli.Range(float, 0, 1, low_open=True)
+    assert rng("0.5") == 0.5 and rng("1") == 1.0
+    assert rng.describe() == "a number > 0 and <= 1"
+    for bad in ("0", "1.5", "nan", "inf", "x"):
+        with pytest.raises(Exception, match="a number > 0 and <= 1"):
+            rng(bad)
+    assert cli.Range(int, 1).describe() == "a whole number >= 1"
+
+
+def test_resume_takes_unset_training_options_from_the_checkpoint():
+    meta = {
+        "config": {"base_model": "m", "guide": "delta", "task_format": "letter", "num_classes": 4},
+        "train_config": {"steps": 10, "batch_size": 2, "num_particles": 1, "seed": 7},
+    }
+    args = build_parser().parse_args(["train", "--output", "x", "--resume", "--steps", "20"])
+    s = cli._train_settings(args, meta)
+    assert (s.model, s.guide, s.task_format, s.num_classes) == ("m", "delta", "letter", 4)
+    assert (s.steps, s.batch_size, s.seed) == (20, 2, 7)
+    args = build_parser().parse_args(["train", "--output", "x", "--resume", "--batch-size", "8"])
+    assert cli._train_settings(args, meta).batch_size == 8
+
+
+def test_check_output_dir_allows_new_empty_and_pure_checkpoints(tmp_path):
+    check_output_dir(tmp_path / "new" / "run", resume=False, overwrite=False)
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty", resume=False, overwrite=False)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in CHECKPOINT_ENTRIES:
+        (ckpt / name).write_text("x")
+    check_output_dir(ckpt, resume=False, overwrite=True)
+    check_output_dir(ckpt, resume=True, overwrite=False)
+    with pytest.raises(ScalaBLError, match="already holds a checkpoint"):
+        check_output_dir(ckpt, resume=False, overwrite=False)
+    with pytest.raises(ScalaBLError, match="pass only one"):
+        check_output_dir(ckpt, resume=True, overwrite=True)
+    api_names = ("output_dir", "resume=True", "overwrite=True")
+    with pytest.raises(
+        ScalaBLError, match="^output_dir .* already holds a checkpoint; pass resume"
+    ):
+        check_output_dir(ckpt, resume=False, overwrite=False, flags=api_names)
+    # the probes leave nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "empty"]
+
+
+def test_check_writable_names_the_flag(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ScalaBLError, match="^--plot .* cannot be created: .* is a file"):
+        check_writable(blocker / "rel.png", flag="--plot")
+    check_writable(tmp_path / "a" / "b" / "m.json")
+    assert not (tmp_path / "a").exists()
+
+
+def test_library_warnings_are_routed_and_restored(monkeypatch, capfd):
+    """Without -v a failing command prints one line; with -v the libraries' warnings show.
+
+    Afterwards logging, warnings and the environment are as they were (main() is safe to
+    call in-process).
+    """
+    import huggingface_hub.utils.logging as hub_logging
+    import transformers.utils.logging as tf_logging
+
+    tf_root = logging.getLogger("transformers")
+    before = (
+        list(logging.getLogger().handlers),
+        list(tf_root.handlers),
+        tf_root.propagate,
+        warnings.showwarning,
+        os.environ.get("TRANSFORMERS_VERBOSITY"),
+    )
+
+    def noisy(args):
+        tag = "loud" if args.verbose else "quiet"
+        tf_logging.get_logger("transformers.modeling_utils").warning(f"tf-{tag}")
+        hub_logging.get_logger("huggingface_hub.file_download").warning(f"hub-{tag}")
+        logging.getLogger("peft.tuners").warning(f"peft-{tag}")
+        warnings.warn(f"deprecated-{tag}", FutureWarning, stacklevel=1)
+        logging.getLogger("scalabl_pyro.train").info(f"own-{tag}")
+        raise ScalaBLError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "data", noisy)
+    capfd.readouterr()
+    assert main(["data"]) == 2
+    assert capfd.readouterr().err.splitlines() == ["error: boom"]
+
+    assert main(["data", "-v"]) == 2
+    err = capfd.readouterr().err
+    for text in ("tf-loud", "hub-loud", "peft-loud", "FutureWarning: deprecated-loud", "own-loud"):
+        assert text in err, err
+    assert err.splitlines()[-1] == "error: boom" and err.count("error:") == 1
+    after = (
+        list(logging.getLogger().handlers),
+        list(tf_root.handlers),
+        tf_root.propagate,
+        warnings.showwarning,
+        os.environ.get("TRANSFORMERS_VERBOSITY"),
+    )
+    assert after == before
