@@ -873,11 +873,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             COMMANDS[args.command](args)
         except ScalaBLError as e:
-            log.debug("details", exc_info=True)
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as e:  # a full disk, a lost mount, permissions: the machine, not a bug
-            log.info("details", exc_info=True)
+            log.info("the error in full:", exc_info=True)  # shown with -v
             print(f"error: {_os_error_line(e)}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
