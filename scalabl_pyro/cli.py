@@ -71,6 +71,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
 
 
+def _fmt(x: float) -> str:
+    """1000000 -> 1,000,000; 0.5 -> 0.5."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Range:
     """A numeric option's type and documented range; parses one value (argparse ``type``)."""
@@ -83,12 +88,12 @@ class Range:
     def describe(self) -> str:
         """The range in words, as the help and the error messages show it."""
         what = "a whole number" if self.kind is int else "a number"
-        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {_fmt(self.low)}"
         if self.high is None:
             return f"{what} {low}".strip()
         if self.low is None:
-            return f"{what} <= {self.high:g}"
-        return f"{what} {low} and <= {self.high:g}"
+            return f"{what} <= {_fmt(self.high)}"
+        return f"{what} {low} and <= {_fmt(self.high)}"
 
     def __call__(self, text: str) -> int | float:
         try:
