@@ -14,8 +14,9 @@ a model load:
    full (:mod:`scalabl_pyro.data.local`);
 4. only then torch, the model, and training or prediction.
 
-Library warnings, logs and progress bars are shown only with ``-v`` (see
-:mod:`scalabl_pyro.logging_utils`), so a failing command prints its one line.
+Library warnings and logs are shown only with ``-v``, and progress bars only
+on a terminal (see :mod:`scalabl_pyro.logging_utils`), so a failing command
+prints its one line.
 """
 
 from __future__ import annotations
