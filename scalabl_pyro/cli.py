@@ -14,8 +14,9 @@ a model load:
    full (:mod:`scalabl_pyro.data.local`);
 4. only then torch, the model, and training or prediction.
 
-Library warnings, logs and progress bars are shown only with ``-v`` (see
-:mod:`scalabl_pyro.logging_utils`), so a failing command prints its one line.
+Library warnings and logs are shown only with ``-v``, and progress bars only
+on a terminal (see :mod:`scalabl_pyro.logging_utils`), so a failing command
+prints its one line.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ _DTYPE_ALIASES = {
 }
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+_NO_PROGRESS = "no progress bars (they are drawn only when stderr is a terminal)"
 _PLOT_MAGIC = (b"\x89PNG", b"%PDF", b"<?xml", b"<svg")
 
 
@@ -68,6 +70,11 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+def _fmt(x: float) -> str:
+    """1000000 -> 1,000,000; 0.5 -> 0.5."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,12 @@ class Range:
     def describe(self) -> str:
         """The range in words, as the help and the error messages show it."""
         what = "a whole number" if self.kind is int else "a number"
-        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {_fmt(self.low)}"
         if self.high is None:
             return f"{what} {low}".strip()
         if self.low is None:
-            return f"{what} <= {self.high:g}"
-        return f"{what} {low} and <= {self.high:g}"
+            return f"{what} <= {_fmt(self.high)}"
+        return f"{what} {low} and <= {_fmt(self.high)}"
 
     def __call__(self, text: str) -> int | float:
         try:
@@ -157,7 +164,7 @@ def _verbose_flag(p: argparse.ArgumentParser, top: bool) -> None:
         "--verbose",
         action="store_true",
         default=False if top else argparse.SUPPRESS,
-        help="log at INFO level and show library warnings and progress bars",
+        help="log at INFO level and show the libraries' warnings",
     )
 
 
@@ -213,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--eval-limit", "validation examples", 200)
     _num(p, "--samples", "posterior samples for BMA", 10)
     p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke version")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
     _verbose_flag(p, top=False)
@@ -221,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "train")
     p.add_argument("--output", required=True, help="checkpoint directory (new or empty)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="continue the checkpoint in --output")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the checkpoint in --output (training options default to its own)",
+    )
     mode.add_argument(
         "--overwrite",
         action="store_true",
@@ -246,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _num(p, "--rank", "LoRA rank", 8)
     _num(p, "--alpha", "LoRA alpha", 16.0)
-    _num(p, "--prior-scale", "prior standard deviation (not with --guide mle)", 1.0)
-    _num(p, "--steps", "total optimizer steps (with --resume: the new total)", 200)
+    _num(p, "--prior-scale", "prior standard deviation, not with --guide mle", 1.0)
+    _num(p, "--steps", "total optimizer steps, with --resume the new total", 200)
     _num(p, "--batch-size", "examples per micro-batch", 4)
     _num(p, "--lr", "learning rate of the LoRA factors", 1e-4)
     _num(
@@ -263,19 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
         "clip the gradient norm, in per-example units (gradient of loss / N)",
         "off",
     )
-    _num(p, "--particles", "posterior samples per step (not with a point-mass guide)", 1)
-    p.add_argument("--objective", default=None, choices=("elbo", "reference"), help="default elbo")
+    _num(p, "--particles", "posterior samples per step, not with a point-mass guide", 1)
+    p.add_argument(
+        "--objective",
+        default=None,
+        choices=("elbo", "reference"),
+        help="elbo (default) or reference, the official code's recipe",
+    )
     p.add_argument(
         "--kl-schedule",
         default=None,
         choices=("constant", "linear", "cyclic"),
         help="KL weight schedule (default constant; cyclic with --objective reference)",
     )
-    _num(p, "--kl-warmup-steps", "steps of the linear KL warm-up (--kl-schedule linear)", 0)
-    _num(p, "--checkpoint-every", "also save every N steps (0: only at the end)", 0)
+    _num(p, "--kl-warmup-steps", "steps of the warm-up of --kl-schedule linear", 0)
+    _num(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     _num(p, "--seed", "seed of the data order and the posterior draws", 0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     p = sub.add_parser("evaluate", help="ACC/ECE/NLL/Brier of a checkpoint or a zero-shot model")
     _verbose_flag(p, top=False)
@@ -290,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="zero-shot scoring format (default choice; a checkpoint keeps its own)",
     )
     _add_data_args(p, "validation")
-    _num(p, "--samples", "posterior samples for BMA (a checkpoint with a posterior)", 10)
+    _num(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)
     p.add_argument(
         "--mode",
         default=None,
@@ -300,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write metrics JSON here")
     p.add_argument("--plot", default=None, help="write a reliability diagram (.png/.pdf/.svg)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     p = sub.add_parser("data", help="show a data set (or a local file): splits, size, an example")
     _verbose_flag(p, top=False)
@@ -863,11 +879,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             COMMANDS[args.command](args)
         except ScalaBLError as e:
-            log.debug("details", exc_info=True)
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         except OSError as e:  # a full disk, a lost mount, permissions: the machine, not a bug
-            log.info("details", exc_info=True)
+            log.info("the error in full:", exc_info=True)  # shown with -v
             print(f"error: {_os_error_line(e)}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:

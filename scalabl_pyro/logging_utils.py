@@ -18,7 +18,7 @@ of :func:`cli_logging`:
   user has not set them) and :func:`adopt_library_loggers` takes their
   handlers off once they are imported;
 * library progress bars are off when ``progress`` is false
-  (``HF_HUB_DISABLE_PROGRESS_BARS``).
+  (``HF_HUB_DISABLE_PROGRESS_BARS``, ``HF_DATASETS_DISABLE_PROGRESS_BARS``).
 
 This is the CLI's business only: the library itself never configures
 logging. Everything set here is put back when the block exits, so calling
@@ -114,6 +114,7 @@ def cli_logging(verbose: bool, *, progress: bool = True) -> Iterator[None]:
     env = {name: "warning" if verbose else "error" for name in _VERBOSITY_ENV}
     if not progress:
         env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     saved_env = {name: os.environ.get(name) for name in env}
     routing = _Routing(verbose)
 

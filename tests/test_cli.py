@@ -315,3 +315,19 @@ def test_library_warnings_are_routed_and_restored(monkeypatch, capfd):
         os.environ.get("TRANSFORMERS_VERBOSITY"),
     )
     assert after == before
+
+
+def test_os_errors_are_one_line_and_show_the_traceback_with_v(monkeypatch, capfd):
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "/runs/x/.x.tmp")
+
+    monkeypatch.setitem(cli.COMMANDS, "data", disk_full)
+    capfd.readouterr()
+    assert main(["data"]) == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "error: No space left on device (/runs/x/.x.tmp); check the path, its permissions "
+        "and the free disk space, then run the command again"
+    ]
+    assert main(["-v", "data"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1].startswith("error: No space left")
