@@ -275,7 +275,7 @@ class Trainer:
     def step(self) -> StepRecord:
         """One optimizer step (with gradient accumulation); returns its ELBO terms."""
         t = self.step_count + 1
-        with pyro_settings(), seeded(self.config.seed * 1_000_003 + t, self._devices):
+        with pyro_settings(), seeded((self.config.seed * 1_000_003 + t) % 2**32, self._devices):
             rec = self._step(t)
         self.step_count = t
         self.history.steps.append(rec)
