@@ -224,7 +224,7 @@ class ScalaBL:
         """
         self._check_alive()
         config = config or TrainConfig()
-        checkpoint = None
+        checkpoint, trainer_state = None, None
         if resume:
             if output_dir is None:
                 raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
@@ -233,7 +233,8 @@ class ScalaBL:
                     f"{output_dir} holds no checkpoint to resume; train without resume first"
                 )
             checkpoint = ckpt.Checkpoint(output_dir)
-            if checkpoint.trainer_state() is None:
+            trainer_state = checkpoint.trainer_state()
+            if trainer_state is None:
                 raise ScalaBLError(
                     f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
                 )
@@ -251,7 +252,7 @@ class ScalaBL:
         if checkpoint is not None:
             self.load_parameters(checkpoint)
             history = TrainHistory.from_dict(checkpoint.history())
-            trainer.load_state_dict(checkpoint.trainer_state(), history)
+            trainer.load_state_dict(trainer_state, history)
         else:
             trainer.history = self.history = TrainHistory()
 
