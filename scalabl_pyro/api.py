@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from pyro.infer.autoguide import AutoDelta
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl_pyro import __version__
@@ -32,7 +33,7 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat, make_format
 from scalabl_pyro.guides import build_guide, count_free_parameters
 from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.predict import Prediction, posterior_point, predict
+from scalabl_pyro.predict import Prediction, posterior_point, posterior_spread_by_site, predict
 from scalabl_pyro.rng import model_devices, seeded
 from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
 
@@ -258,7 +259,10 @@ class ScalaBL:
 
         def evaluate(step: int) -> dict:
             assert validation is not None
-            return self.evaluate(validation, num_samples=eval_samples, progress=False)
+            out: dict = self.evaluate(validation, num_samples=eval_samples, progress=False)
+            if not isinstance(self.guide, AutoDelta):  # the posterior's spread over training
+                out["posterior_by_site"] = posterior_spread_by_site(self.model, self.guide)
+            return out
 
         def checkpoint_fn(step: int) -> None:
             if output_dir is not None:

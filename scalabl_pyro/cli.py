@@ -1,4 +1,4 @@
-"""Command line: ``scalabl {fetch,demo,train,evaluate,data}``.
+"""Command line: ``scalabl {fetch,demo,train,evaluate,data,benchmark}``.
 
 Every problem with the input ends the command with one line
 ``error: <problem>; <fix>`` on stderr and exit status 2, without a traceback.
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from scalabl_pyro import cli_benchmark
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
@@ -128,6 +129,10 @@ RANGES: dict[str, Range] = {
     "--limit": Range(int, 1),
     "--samples": Range(int, 1),
     "--eval-limit": Range(int, 1),
+    "--train-limit": Range(int, 1),
+    "--select-limit": Range(int, 1),
+    "--eval-every": Range(int, 0),
+    "--curve-limit": Range(int, 1),
 }
 """Every numeric option's documented range (the same for each command that has it)."""
 
@@ -321,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="show a data set (or a local file): splits, size, an example")
     _verbose_flag(p, top=False)
     _add_data_args(p, "validation")
+
+    cli_benchmark.add_parser(sub, _num, _verbose_flag, _add_model_args)
     return parser
 
 
@@ -859,6 +866,7 @@ COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "data": _cmd_data,
+    "benchmark": cli_benchmark.cmd_benchmark,
 }
 
 

@@ -1,0 +1,137 @@
+"""``scalabl benchmark``: the resumable methods x data sets x seeds grid (:mod:`.benchmark`).
+
+Kept apart from :mod:`scalabl_pyro.cli` so the grid's options live beside
+their one handler; ``cli`` registers the subcommand and owns error handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from scalabl_pyro.errors import ScalaBLError
+
+#: ``--quick``: a smoke-sized grid (a minute or two on a CPU).
+QUICK = {"train_limit": 8, "steps": 4, "select_limit": 8, "eval_limit": 8}
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``a,b[x=1,y=2]+ts,c`` on the commas outside brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur).strip())
+    if depth != 0 or not all(parts):
+        raise ScalaBLError(
+            f"--methods {text!r} is malformed; write e.g. "
+            "--methods mle,mle+ts,scalabl[kl_weight=10]"
+        )
+    return parts
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    if not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
+        raise ScalaBLError(f"{flag} {text!r} must be comma-separated whole numbers, e.g. 0,1,2")
+    return [int(x) for x in text.split(",")]
+
+
+def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
+    """Register ``benchmark`` on the ``scalabl`` subparsers (``num``: the range-checked option)."""
+    p = sub.add_parser(
+        "benchmark",
+        help="methods x data sets x seeds -> one table (resumable; --quick for a smoke run)",
+    )
+    verbose(p, top=False)
+    model_args(p)
+    p.add_argument(
+        "--methods",
+        default="mle,mle+ts,scalabl",
+        help="method specs name[key=value,...][+ts], comma-separated "
+        "(names: mle, scalabl, full_rank, low_rank, block, reference, ...)",
+    )
+    p.add_argument("--tasks", default="arc_easy", help="data set keys, comma-separated")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated (e.g. 0,1,2)")
+    p.add_argument(
+        "--protocol",
+        choices=("in_distribution", "ood"),
+        default="in_distribution",
+        help="ood: train on OpenBookQA, report ARC-C/E and MMLU chemistry/physics too",
+    )
+    p.add_argument("--output", required=True, help="benchmark folder (new, or one to resume)")
+    num(p, "--train-limit", "training questions (a fixed random subset)", 256)
+    num(p, "--steps", "training steps per cell", 256)
+    num(p, "--batch-size", "questions per step", 4)
+    num(p, "--lr", "learning rate of the LoRA factors", 1e-3)
+    num(p, "--select-limit", "selection (validation) questions", 200)
+    num(p, "--eval-limit", "report (test) questions per data set", 500)
+    num(p, "--eval-every", "validation curve every N steps (0: none)", 0)
+    num(p, "--curve-limit", "selection questions in the validation curve", 100)
+    p.add_argument("--quick", action="store_true", help="a smoke-sized grid (1-2 minutes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A :class:`~scalabl_pyro.benchmark.BenchmarkConfig` from the parsed options."""
+    from scalabl_pyro.benchmark import BenchmarkConfig
+    from scalabl_pyro.data.registry import check_task
+
+    tasks = [t.strip() for t in args.tasks.split(",")]
+    for t in tasks:
+        check_task(t)
+    sizes = {
+        "train_limit": args.train_limit or 256,
+        "steps": args.steps or 256,
+        "select_limit": args.select_limit or 200,
+        "eval_limit": args.eval_limit or 500,
+    }
+    if args.quick:
+        typed = [
+            f
+            for f, k in (
+                ("--train-limit", "train_limit"),
+                ("--steps", "steps"),
+                ("--select-limit", "select_limit"),
+                ("--eval-limit", "eval_limit"),
+            )
+            if getattr(args, k) is not None
+        ]
+        if typed:
+            raise ScalaBLError(
+                f"--quick sets the grid's sizes itself, so {', '.join(typed)} would be ignored; "
+                "drop --quick or the size options"
+            )
+        sizes = dict(QUICK)
+    return BenchmarkConfig(
+        methods=split_specs(args.methods),
+        tasks=tasks,
+        seeds=_int_list("--seeds", args.seeds),
+        protocol=args.protocol,
+        output=args.output,
+        model=args.model or "smollm2-135m",
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size or 4,
+        lr=args.lr or 1e-3,
+        eval_every=args.eval_every or 0,
+        curve_limit=args.curve_limit or 100,
+        progress=args.progress,
+        extra={"command": "scalabl " + " ".join(sys.argv[1:]), "quick": args.quick},
+        **sizes,
+    )
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """Run or resume the grid and print the table."""
+    from scalabl_pyro.benchmark import run_benchmark
+
+    cfg = config_from_args(args)
+    run_benchmark(cfg, on_cell=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(Path(cfg.output, "table.md").read_text(), end="")

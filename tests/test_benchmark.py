@@ -1,0 +1,252 @@
+"""The benchmark grid: spec parsing, resumable cells, tables, temperature rows, protocols."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scalabl_pyro.benchmark import (
+    BenchmarkConfig,
+    _bma_log_probs,
+    build_table,
+    cell_path,
+    load_cell,
+    markdown_table,
+    parse_method,
+    run_benchmark,
+    split_metrics,
+    summarise,
+)
+from scalabl_pyro.cli_benchmark import split_specs
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.metrics import classification_metrics
+from scalabl_pyro.temperature import apply_temperature, fit_temperature
+from scalabl_pyro.testing import tiny_model_and_tokenizer
+
+
+def test_parse_method_overrides_and_temperature():
+    spec = parse_method("scalabl[kl_weight=10,init_scale=0.2,samples=4,normalization=mean]+ts")
+    assert spec.name == "scalabl" and spec.temperature
+    assert spec.model == {"guide": "mean_field", "init_scale": 0.2, "normalization": "mean"}
+    assert spec.train == {"kl_weight": 10}
+    assert spec.samples == 4
+    assert spec.trained == "scalabl[kl_weight=10,init_scale=0.2,samples=4,normalization=mean]"
+    assert parse_method("mle").samples == 1 and not parse_method("mle").temperature
+    assert parse_method("scalabl[prior_scale=none]").model["prior_scale"] is None
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ("nope", "unknown method"),
+        ("mle[lr]", "not key=value"),
+        ("mle[zzz=1]", "neither a ScalaBLConfig"),
+        ("mle[samples=0]", "samples must be"),
+        ("mle+tss", "malformed"),
+    ],
+)
+def test_parse_method_errors_name_the_problem(bad, words):
+    with pytest.raises(ScalaBLError, match=words):
+        parse_method(bad)
+
+
+def test_split_specs_respects_brackets():
+    assert split_specs("mle,scalabl[a=1,b=2]+ts, full_rank") == [
+        "mle",
+        "scalabl[a=1,b=2]+ts",
+        "full_rank",
+    ]
+    with pytest.raises(ScalaBLError, match="malformed"):
+        split_specs("mle,scalabl[a=1")
+
+
+def test_split_metrics_match_the_metrics_module():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 30, 4))
+    slp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels = rng.integers(0, 4, 30)
+    out = split_metrics(slp, labels)
+    probs = np.exp(slp).mean(0)
+    ref = classification_metrics(probs, labels)
+    for k in ("acc", "ece", "nll", "brier"):
+        assert out[k] == pytest.approx(ref[k], abs=1e-12)
+    # the BMA average of probabilities, in log space
+    np.testing.assert_allclose(np.exp(_bma_log_probs(slp)), probs, rtol=1e-12)
+    # mutual information: H[mean] - mean H
+    ent = lambda p: -(p * np.log(p)).sum(-1)  # noqa: E731
+    mi = (ent(probs) - ent(np.exp(slp)).mean(0)).mean()
+    assert out["mutual_information"] == pytest.approx(mi, abs=1e-12)
+
+
+def test_summarise_takes_mean_and_sample_std_over_seeds():
+    rows = [
+        {"method": "m", "task": "t", "eval": "t", "seed": s, "acc": a, "extra_parameters": 0}
+        for s, a in enumerate([0.5, 0.7, 0.6])
+    ]
+    (row,) = summarise(rows)
+    assert row["seeds"] == 3
+    assert row["acc"] == pytest.approx(0.6)
+    assert row["acc_std"] == pytest.approx(0.1)
+    assert "0.600 ± 0.100" in markdown_table([row])
+
+
+@pytest.fixture()
+def tiny_base(tmp_path):
+    model, tok = tiny_model_and_tokenizer()
+    d = tmp_path / "tiny-llama"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+def _config(tiny_base, out, **kw):
+    base = dict(
+        methods=["mle", "mle+ts", "scalabl[samples=3]"],
+        tasks=["boolq"],
+        seeds=[0],
+        output=str(out),
+        model=tiny_base,
+        dtype="float32",
+        train_limit=6,
+        steps=2,
+        batch_size=2,
+        select_limit=6,
+        eval_limit=5,
+    )
+    base.update(kw)
+    return BenchmarkConfig(**base)
+
+
+def test_grid_runs_resumes_and_rebuilds_the_table(tiny_base, tmp_path):
+    out = tmp_path / "bench"
+    cfg = _config(tiny_base, out)
+    seen: list[str] = []
+    result = run_benchmark(cfg, on_cell=seen.append)
+    assert seen == ["run mle / boolq / seed 0", "run scalabl[samples=3] / boolq / seed 0"]
+    # +ts reuses the mle cell: two trained cells, three table rows
+    assert sorted(p.name for p in (out / "cells").glob("*.json")) == [
+        "mle__boolq__seed0.json",
+        "scalabl_samples=3__boolq__seed0.json",
+    ]
+    methods = [r["method"] for r in result["summary"]]
+    assert methods == ["mle", "mle+ts", "scalabl[samples=3]"]
+    for name in ("table.md", "table.csv", "table.json"):
+        assert (out / name).is_file()
+
+    meta, arrays = load_cell(cell_path(out, "scalabl[samples=3]", "boolq", 0))
+    # BoolQ has no test split: the validation split is cut into disjoint halves
+    assert meta["splits"]["selection"].endswith("[selection half]")
+    assert meta["splits"]["report/boolq"].endswith("[report half]")
+    assert arrays["report/boolq/slp"].shape == (3, 5, 2)
+    assert arrays["selection/slp"].shape == (3, 6, 2)
+    assert meta["extra_parameters"] > 0
+    assert meta["posterior"]["mean_std_s"] > 0
+
+    # the +ts row is the mle cell's predictions at the temperature fitted on selection
+    mle_meta, mle_arrays = load_cell(cell_path(out, "mle", "boolq", 0))
+    sel = mle_arrays["selection/slp"][0].astype(np.float64)
+    temp = fit_temperature(sel, mle_arrays["selection/labels"])
+    rep = apply_temperature(mle_arrays["report/boolq/slp"][0].astype(np.float64), temp)
+    expected = classification_metrics(rep, mle_arrays["report/boolq/labels"])
+    ts_row = next(r for r in result["rows"] if r["method"] == "mle+ts")
+    assert ts_row["temperature"] == pytest.approx(temp)
+    assert ts_row["nll"] == pytest.approx(expected["nll"], rel=1e-9)
+
+    # a re-run skips every finished cell and leaves them untouched
+    before = {p.name: p.read_bytes() for p in (out / "cells").iterdir()}
+    seen.clear()
+    run_benchmark(cfg, on_cell=seen.append)
+    assert all(s.startswith("skip") for s in seen)
+    assert {p.name: p.read_bytes() for p in (out / "cells").iterdir()} == before
+
+    # a lost table is rebuilt from the cells alone
+    (out / "table.json").unlink()
+    assert build_table(cfg)["summary"] == result["summary"]
+
+
+def test_other_settings_into_the_same_folder_are_refused(tiny_base, tmp_path):
+    out = tmp_path / "bench"
+    run_benchmark(_config(tiny_base, out, methods=["mle"]))
+    with pytest.raises(ScalaBLError, match="other settings.*steps"):
+        run_benchmark(_config(tiny_base, out, methods=["mle"], steps=3))
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ScalaBLError, match="not a benchmark folder"):
+        run_benchmark(_config(tiny_base, foreign, methods=["mle"]))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_ood_protocol_reports_shifted_sets_with_auroc(tiny_base, tmp_path):
+    cfg = _config(
+        tiny_base, tmp_path / "ood", methods=["scalabl[samples=2]"], protocol="ood", eval_limit=4
+    )
+    assert list(cfg.tasks) == ["openbookqa"]
+    result = run_benchmark(cfg)
+    evals = {r["eval"]: r for r in result["summary"]}
+    assert set(evals) == {
+        "openbookqa",
+        "arc_challenge",
+        "arc_easy",
+        "mmlu_college_chemistry",
+        "mmlu_college_physics",
+    }
+    assert "auroc_mutual_information" not in evals["openbookqa"]
+    for name in ("arc_challenge", "mmlu_college_physics"):
+        assert 0.0 <= evals[name]["auroc_mutual_information"] <= 1.0
+    table = json.loads((tmp_path / "ood" / "table.json").read_text())
+    assert table["settings"]["protocol"] == "ood"
+
+
+def test_cli_benchmark_bad_input_is_one_line(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scalabl_pyro.cli",
+            "benchmark",
+            "--output",
+            str(tmp_path / "b"),
+            "--methods",
+            "mle,bogus",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: unknown method 'bogus'")
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_cli_benchmark_quick_on_the_embedded_model(tmp_path):
+    """`scalabl benchmark --quick`: the real SmolLM2 and real data, smoke-sized."""
+    out = tmp_path / "quick"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scalabl_pyro.cli",
+            "benchmark",
+            "--quick",
+            "--output",
+            str(out),
+            "--methods",
+            "mle,mle+ts,scalabl[samples=2]",
+            "--tasks",
+            "arc_easy",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| mle+ts | arc_easy | arc_easy |" in proc.stdout
+    table = json.loads((out / "table.json").read_text())
+    assert {r["method"] for r in table["summary"]} == {"mle", "mle+ts", "scalabl[samples=2]"}
