@@ -84,6 +84,14 @@ class DistributedContext:
         device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
         return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
+    def mean(self, *values: float) -> list[float]:
+        """The average of each scalar over ranks (the global batch's loss terms)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return (t / self.world_size).tolist()
+
     def barrier(self) -> None:
         """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
         dist.barrier()

@@ -324,6 +324,8 @@ class Trainer:
                 (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
         nll = -monitor.mean_log_likelihood
+        if self.distributed is not None:  # record the global batch's terms, not this rank's
+            loss_sum, nll = self.distributed.mean(loss_sum, nll)
         self._check_finite(loss_sum / cfg.grad_accum, "loss")
         # the closed-form KL of the parameters this step's loss was computed with
         exact = analytic_kl(self.model, self.guide) if not reference else None
