@@ -105,6 +105,7 @@ class ScalaBL:
             dtype=config.dtype,
             device=config.device,
             trust_remote_code=config.trust_remote_code,
+            quantization=config.quantization,
         )
         return cls(config, model, tok)
 
@@ -130,6 +131,7 @@ class ScalaBL:
             dtype=dtype,
             device=device,
             trust_remote_code=config.trust_remote_code,
+            quantization=config.quantization,
         )
         return cls.from_checkpoint(checkpoint, config, model, tok)
 
@@ -266,15 +268,24 @@ class ScalaBL:
 
         def checkpoint_fn(step: int) -> None:
             if output_dir is not None:
-                self.save_pretrained(output_dir)
+                self._save_from_main(trainer, output_dir)
 
         try:
             self.history = trainer.run(evaluate if validation is not None else None, checkpoint_fn)
         finally:
             self.history = trainer.history
         if output_dir is not None:
-            self.save_pretrained(output_dir)
+            self._save_from_main(trainer, output_dir)
         return self.history
+
+    def _save_from_main(self, trainer: Trainer, output_dir: str | Path) -> None:
+        """Save (rank 0 only under several processes; the others wait for it)."""
+        if trainer.distributed is None:
+            self.save_pretrained(output_dir)
+            return
+        if trainer.distributed.is_main:
+            self.save_pretrained(output_dir)
+        trainer.distributed.barrier()
 
     # ----------------------------------------------------------- prediction
     def posterior_mean(self) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import check_family
+from scalabl_pyro.loading import check_quantization
 
 
 @dataclass
@@ -19,6 +20,9 @@ class ScalaBLConfig:
     log parameters, initial scales ~ U[0.05/sqrt 2, 0.05]) with
     ``TrainConfig(objective="reference")``; ``reference_prior_quirk=True``
     adds its accidental prior ``N(u, (1 + u)^2)`` (see ``docs/method.md``).
+    ``quantization="4bit"`` or ``"8bit"`` loads the frozen base through
+    bitsandbytes, QLoRA style (``docs/scaling.md``); the LoRA factors and the
+    guide stay in floating point.
     """
 
     base_model: str = "smollm2-135m"
@@ -39,11 +43,13 @@ class ScalaBLConfig:
     max_length: int = 300
     dtype: str = "auto"
     device: str = "auto"
+    quantization: str | None = None  # None | "4bit" | "8bit": a frozen bitsandbytes base
     trust_remote_code: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_family(self.guide)
+        check_quantization(self.quantization)
         if self.task_format not in ("choice", "letter"):
             raise ScalaBLError(
                 f"unknown task format {self.task_format!r}; use 'choice' or 'letter'"

@@ -6,18 +6,42 @@ directory, or a Hugging Face hub id, and returns the model in eval mode on the
 requested device together with a left-padding tokenizer that has a pad token
 (left padding keeps every sequence's last token at position -1, which is what
 batched next-token scoring needs).
+
+**Lean loading.** A local safetensors checkpoint (the embedded model, a
+``save_pretrained`` directory) is read tensor by tensor with safetensors'
+``pread`` backend and converted to the target dtype as it is assigned, so no
+float32 copy of the whole model, and no memory-mapped view of the file, is
+ever resident: peak RSS while loading stays at the steady state (measured in
+``benchmarks/load_memory.py``). Transformers still does the key mapping,
+weight tying and device placement (``state_dict=`` of ``from_pretrained``).
+On CUDA the weights go straight to the device (``device_map``). Hub ids, and
+architectures outside transformers' causal-LM mapping, take the plain
+``from_pretrained`` path.
+
+**Quantised base.** ``quantization="4bit"`` (NF4, double quantisation,
+compute in the model dtype) or ``"8bit"`` (LLM.int8) loads the frozen base
+through bitsandbytes, QLoRA style, and prepares it with peft's
+``prepare_model_for_kbit_training`` (norms and embeddings in float32; no
+gradient checkpointing unless the trainer asks for it). bitsandbytes is an
+optional extra (``pip install 'scalabl-pyro[quantization]'``); a missing
+package or a device it cannot quantise on is one clear error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -40,6 +64,9 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _FALLBACK_PAD = "<|pad|>"
+QUANTIZATIONS = ("4bit", "8bit")
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_SAFETENSORS_FILE = "model.safetensors"
 
 
 def _aliases() -> str:
@@ -108,6 +135,7 @@ def load_base_model(
     device: str | torch.device = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
+    quantization: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (eval mode, on ``device``) and a left-padding tokenizer with a pad token.
 
@@ -117,9 +145,12 @@ def load_base_model(
     with one short probe first (:mod:`scalabl_pyro.hub_access`): when the hub
     cannot be reached the cached copy is used, and without one the call fails
     in seconds rather than after the hub client's minute of retries.
+    ``quantization`` (``None``, ``"4bit"`` or ``"8bit"``) loads a frozen
+    bitsandbytes base (see the module docstring).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    quant_config = quantization_config(quantization, torch_dtype, torch_device)
     source, is_hub = _resolve_source(str(name_or_path))  # also accepts a Path
     if revision is not None and not is_hub:
         raise ScalaBLError(
@@ -131,7 +162,18 @@ def load_base_model(
         hub_kwargs["local_files_only"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **hub_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **hub_kwargs)
+        model = None
+        if not is_hub and quant_config is None:
+            model = _load_lean(Path(source), torch_dtype, torch_device, trust_remote_code)
+        if model is None:
+            extra: dict[str, object] = {}
+            if quant_config is not None or torch_device.type != "cpu":
+                extra["device_map"] = {"": str(torch_device)}
+            if quant_config is not None:
+                extra["quantization_config"] = quant_config
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, **extra, **hub_kwargs
+            )
     except ScalaBLError:
         raise
     except (OSError, ValueError) as exc:
@@ -143,10 +185,127 @@ def load_base_model(
 
     tokenizer.padding_side = "left"
     _ensure_pad_token(model, tokenizer)
+    if quant_config is None:
+        model.to(torch_device)
+    else:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.eval()
-    model.to(torch_device)
-    logger.info("loaded %s (%s, %s)", name_or_path, torch_dtype, torch_device)
+    logger.info(
+        "loaded %s (%s, %s%s)",
+        name_or_path,
+        torch_dtype,
+        torch_device,
+        f", {quantization}" if quantization else "",
+    )
     return model, tokenizer
+
+
+def check_quantization(quantization: str | None) -> None:
+    """Refuse an unknown quantization name (the config calls this)."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ScalaBLError(f"unknown quantization {quantization!r}; use None, '4bit' or '8bit'")
+
+
+def quantization_config(quantization: str | None, dtype: torch.dtype, device: torch.device):
+    """A ``BitsAndBytesConfig`` for ``"4bit"`` / ``"8bit"`` (None for None), checked first.
+
+    4-bit is QLoRA's NF4 with double quantisation and ``dtype`` as compute
+    dtype; 8-bit is LLM.int8. Raises when bitsandbytes is not installed or
+    cannot quantise on ``device`` (one tiny quantisation is tried there).
+    """
+    check_quantization(quantization)
+    if quantization is None:
+        return None
+    try:
+        import bitsandbytes.functional as bnbf
+    except ImportError as exc:
+        raise ScalaBLError(
+            f"quantization={quantization!r} needs bitsandbytes, which is not installed; "
+            "pip install 'scalabl-pyro[quantization]' or set quantization=None"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken native library raises anything
+        raise ScalaBLError(
+            f"quantization={quantization!r}: bitsandbytes failed to import "
+            f"({type(exc).__name__}); reinstall it for this platform or set quantization=None"
+        ) from exc
+    probe = torch.randn(64, 64, device=device, dtype=dtype)
+    try:
+        if quantization == "4bit":
+            bnbf.quantize_4bit(probe, quant_type="nf4")
+        else:
+            bnbf.int8_vectorwise_quant(probe.to(torch.float16))
+    except Exception as exc:  # noqa: BLE001 - unsupported devices raise various errors
+        reason = _first_line(str(exc)).rstrip(".") or type(exc).__name__
+        raise ScalaBLError(
+            f"quantization={quantization!r} is not supported on device {str(device)!r} by the "
+            f"installed bitsandbytes ({reason}); use a CUDA device, upgrade bitsandbytes "
+            "(>= 0.49 quantises on the CPU) or set quantization=None"
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _safetensors_files(source: Path) -> list[Path] | None:
+    """The safetensors shards of a local checkpoint directory (None if it has none)."""
+    index = source / _SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return None
+        return [source / name for name in sorted(set(weight_map.values()))]
+    single = source / _SAFETENSORS_FILE
+    return [single] if single.is_file() else None
+
+
+def _load_lean(
+    source: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
+) -> PreTrainedModel | None:
+    """Load a local safetensors checkpoint without a whole-model copy in another dtype.
+
+    Every tensor is handed to transformers as a lazy slice of a ``pread``
+    safetensors handle (no memory map), so it is read, converted to ``dtype``
+    and placed one tensor at a time. Returns None when this path does not
+    apply (no safetensors files, an architecture outside the causal-LM
+    mapping, a safetensors without the ``pread`` backend); the caller then
+    uses plain ``from_pretrained``.
+    """
+    files = _safetensors_files(source)
+    if files is None:
+        return None
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    model_cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_cls is None:
+        return None
+    try:
+        handles = [safe_open(str(f), framework="pt", backend="pread") for f in files]
+    except TypeError:  # safetensors < 0.7 has no backend argument
+        return None
+    try:
+        state = {k: h.get_slice(k) for h in handles for k in h.keys()}  # noqa: SIM118
+        extra: dict[str, object] = {}
+        if device.type != "cpu":
+            extra["device_map"] = {"": str(device)}
+        model = model_cls.from_pretrained(
+            None, config=config, state_dict=state, dtype=dtype, **extra
+        )
+    finally:
+        state = {}
+        for h in handles:
+            h.__exit__(None, None, None)
+    if (source / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    return model
 
 
 def _resolve_source(name_or_path: str) -> tuple[str, bool]:

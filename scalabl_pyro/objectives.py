@@ -179,6 +179,18 @@ def mean_nll(model: ScalaBLModel, guide: AutoGuide, batch: TaskBatch) -> torch.T
     return -site["fn"].log_prob(site["value"]).mean()
 
 
+class MeanNLL(torch.nn.Module):
+    """:func:`mean_nll` as a module, so the reference objective's NLL step can be DDP-wrapped."""
+
+    def __init__(self, model: ScalaBLModel, guide: AutoGuide) -> None:
+        super().__init__()
+        self.model, self.guide = model, guide
+
+    def forward(self, batch: TaskBatch) -> torch.Tensor:
+        """Mean NLL of ``batch`` under one posterior draw."""
+        return mean_nll(self.model, self.guide, batch)
+
+
 def analytic_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
     """KL(q || p) in closed form for a mean-field guide with a prior, else None."""
     if not isinstance(guide, _MEAN_FIELD_GUIDES) or model.prior_scale is None:
@@ -210,6 +222,7 @@ __all__ = [
     "KLSchedule",
     "KL_SCHEDULES",
     "LikelihoodMonitor",
+    "MeanNLL",
     "OBJECTIVES",
     "analytic_kl",
     "blob_cycle_length",

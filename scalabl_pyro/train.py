@@ -16,6 +16,12 @@ The reference objective follows the official code: one AdamW (lr 1e-4, eps
 the batch's mean NLL, then an SGD step on ``pi_i KL(p || q)`` at learning rate
 ``reference_kl_lr (0.2) x`` the AdamW schedule's warm-up/decay factor.
 
+Several processes: under an initialised ``torch.distributed`` group (e.g.
+``accelerate launch``) the loss module is wrapped in DDP, each rank takes its
+block of every global batch and rank 0 alone shows progress; the step is
+the single-process step with a ``world_size`` times larger batch (see
+``distributed.py``). ``batch_size`` is then the per-process batch.
+
 Reproducibility and exact resume: the data order of each epoch is a
 permutation drawn from ``seed + epoch``, and every step runs under a local
 seed derived from ``(seed, step)`` (global generators are restored after);
@@ -37,6 +43,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from scalabl_pyro.data.examples import MCDataset
+from scalabl_pyro.distributed import DistributedContext, no_sync
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat
 from scalabl_pyro.guides import MEAN_FIELD_FAMILIES
@@ -44,10 +51,10 @@ from scalabl_pyro.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.objectives import (
     KLSchedule,
     LikelihoodMonitor,
+    MeanNLL,
     analytic_kl,
     elbo_loss,
     make_elbo,
-    mean_nll,
     reverse_kl,
 )
 from scalabl_pyro.rng import model_devices, seeded
@@ -202,7 +209,9 @@ class Trainer:
         train_data: MCDataset,
         config: TrainConfig,
         device: torch.device,
+        distributed: DistributedContext | None = None,
     ) -> None:
+        """``distributed`` defaults to the initialised process group, if any (DDP)."""
         if len(train_data) == 0:
             raise ScalaBLError("the training split is empty; pass a split with examples")
         if config.objective == "reference" and family not in MEAN_FIELD_FAMILIES:
@@ -212,7 +221,9 @@ class Trainer:
             )
         self.model, self.guide, self.family = model, guide, family
         self.fmt, self.data, self.config, self.device = fmt, train_data, config, device
-        model.num_data = len(train_data)
+        self.distributed = distributed if distributed is not None else DistributedContext.detect()
+        self.world_size = self.distributed.world_size if self.distributed else 1
+        model.num_data = len(train_data)  # the global N, on every rank
         self.step_count = 0
         self.history = TrainHistory()
         self.bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
@@ -226,6 +237,10 @@ class Trainer:
             with torch.no_grad():
                 guide()  # create the lazily built variational parameters
         self.guide.to(device)
+        self.nll_fn: torch.nn.Module = MeanNLL(model, guide)
+        if self.distributed is not None:  # parameters exist: now wrap (Pyro's DDP recipe)
+            self.loss_fn = self.distributed.wrap(self.loss_fn, device)
+            self.nll_fn = self.distributed.wrap(self.nll_fn, device)
         lora = model.subspace.lora_parameters()
         lora_ids = {id(p) for p in lora}
         self.lora_params = lora
@@ -251,12 +266,15 @@ class Trainer:
             config.kl_weight,
             config.kl_warmup_steps,
             num_data=len(train_data),
-            batch_size=config.batch_size * config.grad_accum,
+            batch_size=config.batch_size * config.grad_accum * self.world_size,
         )
 
     # ------------------------------------------------------------------- data
     def _batch_indices(self, micro: int) -> list[int]:
-        return batch_indices(len(self.data), self.config.batch_size, self.config.seed, micro)
+        """This process's indices of micro-batch ``micro`` (its block of the global batch)."""
+        size = self.config.batch_size * self.world_size
+        idx = batch_indices(len(self.data), size, self.config.seed, micro)
+        return self.distributed.shard(idx) if self.distributed is not None else idx
 
     def _batch(self, micro: int):
         idx = self._batch_indices(micro)
@@ -266,6 +284,11 @@ class Trainer:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 without a process group)."""
+        return self.distributed.rank if self.distributed is not None else 0
 
     def schedule_factor(self) -> float:
         """The warm-up/decay factor of the current step (lr now / base lr)."""
@@ -293,14 +316,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for k in range(cfg.grad_accum):
             batch = self._batch(self.step_count * cfg.grad_accum + k)
-            with monitor, self.model.subspace.retained(), self._autocast():
-                if reference:
-                    loss = mean_nll(self.model, self.guide, batch)
-                else:
-                    loss = elbo_loss(self.loss_fn, batch, w)
+            wrapped = self.nll_fn if reference else self.loss_fn
+            last = k == cfg.grad_accum - 1
+            with monitor, self.model.subspace.retained(), no_sync(wrapped, skip=not last):
+                with self._autocast():
+                    loss = self.nll_fn(batch) if reference else elbo_loss(self.loss_fn, batch, w)
                 (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
         nll = -monitor.mean_log_likelihood
+        if self.distributed is not None:  # record the global batch's terms, not this rank's
+            loss_sum, nll = self.distributed.mean(loss_sum, nll)
         self._check_finite(loss_sum / cfg.grad_accum, "loss")
         # the closed-form KL of the parameters this step's loss was computed with
         exact = analytic_kl(self.model, self.guide) if not reference else None
@@ -367,7 +392,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps,
             initial=self.step_count,
-            disable=not cfg.progress,
+            disable=not cfg.progress or (self.distributed is not None and self.rank != 0),
             desc=f"train {self.family}",
             dynamic_ncols=True,
         )

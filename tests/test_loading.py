@@ -388,3 +388,57 @@ def test_real_embedded_model_forward() -> None:
         logits = model(**batch).logits
     assert torch.isfinite(logits).all()
     assert tok.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+# --------------------------------------------------------------------------- lean loading
+
+
+@pytest.mark.parametrize("shard", [None, "60KB"], ids=["single", "sharded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_lean_load_equals_from_pretrained(tmp_path: Path, shard, dtype) -> None:
+    """The pread/state-dict path gives exactly the weights transformers' own path gives."""
+    from transformers import AutoModelForCausalLM
+
+    path, _ = _save_tiny_model(
+        tmp_path / "m", special={"eos_token": "</s>", "unk_token": "<unk>"}, seed=3
+    )
+    if shard is not None:  # re-save in several shards, with an index file
+        m = LlamaForCausalLM.from_pretrained(path)
+        for f in path.glob("model*.safetensors"):
+            f.unlink()
+        m.save_pretrained(path, max_shard_size=shard)
+        assert (path / "model.safetensors.index.json").is_file()
+    lean = loading._load_lean(path, dtype, torch.device("cpu"), trust_remote_code=False)
+    assert lean is not None
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    lean_state, plain_state = lean.state_dict(), plain.state_dict()
+    assert lean_state.keys() == plain_state.keys()
+    for k, v in plain_state.items():
+        assert lean_state[k].dtype == dtype, k
+        assert torch.equal(lean_state[k], v), k
+    model, _ = load_base_model(str(path), dtype=dtype, device="cpu")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain_state.items())
+
+
+def test_lean_load_keeps_tied_head(tmp_path: Path) -> None:
+    from scalabl_pyro.testing import tiny_model_and_tokenizer
+
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    loaded, _ = load_base_model(str(tmp_path / "tied"), dtype="bfloat16", device="cpu")
+    head, emb = loaded.get_output_embeddings().weight, loaded.get_input_embeddings().weight
+    assert head.data_ptr() == emb.data_ptr()
+    assert torch.equal(emb, model.get_input_embeddings().weight.to(torch.bfloat16))
+
+
+def test_lean_load_falls_back_without_safetensors(tmp_path: Path) -> None:
+    """A directory of pytorch_model.bin files takes the plain from_pretrained path."""
+    path, _ = _save_tiny_model(tmp_path / "m", special={"eos_token": "</s>"})
+    assert loading._safetensors_files(path) is not None
+    torch.save(LlamaForCausalLM.from_pretrained(path).state_dict(), path / "pytorch_model.bin")
+    for f in path.glob("*.safetensors"):
+        f.unlink()
+    assert loading._safetensors_files(path) is None
+    model, _ = load_base_model(str(path), dtype="bfloat16", device="cpu")
+    assert model.dtype == torch.bfloat16
