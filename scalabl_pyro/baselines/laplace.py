@@ -22,7 +22,8 @@ checkpoint and ``Predictive``. A zero ``scale_tril`` is the point mass.
   per batch (each example gets its own copy of ``z`` so one backward gives
   every example's Jacobian row).
 * ``"exact"``: ``torch.autograd.functional.hessian`` of the batch's negative
-  log joint (D Hessian-vector products per batch): for small models and checks.
+  log joint (D Hessian-vector products per batch, attention on SDPA's math
+  kernel, the only one with a double backward): for small models and checks.
 
 Pyro's own ``AutoLaplaceApproximation.laplace_approximation`` differentiates a
 single (sub-sampled, N/B-scaled) batch; this sums every batch instead.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoLaplaceApproximation
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
@@ -110,7 +112,13 @@ def _exact(model: ScalaBLModel, guide: LaplaceGuide, batch, loc: torch.Tensor) -
         lp = torch.log_softmax(scores.float(), dim=-1)
         return -lp.gather(-1, batch.labels[:, None]).sum()
 
-    return torch.autograd.functional.hessian(nll, loc.detach().clone()).double()
+    with exact_hessian_attention():
+        return torch.autograd.functional.hessian(nll, loc.detach().clone()).double()
+
+
+def exact_hessian_attention():
+    """SDPA's math kernel: the fused CPU/GPU kernels have no double backward."""
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def prior_hessian(model: ScalaBLModel, guide: LaplaceGuide) -> torch.Tensor:
