@@ -95,9 +95,7 @@ class ScalaBLConfig:
             raise ScalaBLError(
                 f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
             )
-        if self.dropout is None:
-            self.dropout = 0.1 if self.method == "mc_dropout" else 0.0
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.lora_dropout < 1.0:
             raise ScalaBLError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.lora_prior_scale > 0:
             raise ScalaBLError(f"lora_prior_scale must be > 0, got {self.lora_prior_scale}")
@@ -127,6 +125,17 @@ class ScalaBLConfig:
             raise ScalaBLError(
                 "method 'blob' does not adapt lm_head; drop lm_head from target_modules"
             )
+
+    @property
+    def lora_dropout(self) -> float:
+        """The LoRA dropout p: ``dropout``, or 0.1 for mc_dropout and 0 otherwise when unset.
+
+        Kept unresolved in the field, so ``replace(config, method="mc_dropout")``
+        gets the method's default.
+        """
+        if self.dropout is not None:
+            return float(self.dropout)
+        return 0.1 if self.method == "mc_dropout" else 0.0
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""
