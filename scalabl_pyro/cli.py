@@ -514,7 +514,7 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
     if point_mass and s.particles > 1:
         what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
         raise ScalaBLError(
-            f"{what} trains a point mass, so its --particles {s.particles} samples "
+            f"{what} is a point mass, so its --particles {s.particles} samples "
             "would all be the same; drop --particles"
         )
     schedule = s.kl_schedule or ("cyclic" if s.objective == "reference" else "constant")
