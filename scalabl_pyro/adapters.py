@@ -50,12 +50,12 @@ SITE_PREFIX = "s."
 HEAD_SITE = "s.lm_head"
 
 
-def site_name(module_path: str) -> str:
+def site_name(module_path: str, prefix: str = SITE_PREFIX) -> str:
     """Stable Pyro site name for the LoRA layer at ``module_path``."""
-    for prefix in ("base_model.model.",):
-        if module_path.startswith(prefix):
-            module_path = module_path[len(prefix) :]
-    return SITE_PREFIX + module_path
+    for strip in ("base_model.model.",):
+        if module_path.startswith(strip):
+            module_path = module_path[len(strip) :]
+    return prefix + module_path
 
 
 class SubspaceClassHead(nn.Module):
@@ -95,6 +95,9 @@ class SubspaceLoRA(LatentFamily):
     initialisation (peft's draw of ``A``) runs under a local seed: the global
     generators are untouched.
     """
+
+    #: Prefix of the Pyro site names (``s.<module path>``).
+    site_prefix = SITE_PREFIX
 
     def __init__(
         self,
@@ -162,7 +165,7 @@ class SubspaceLoRA(LatentFamily):
             self.peft_model: PeftModel = peft_model
             for path, module in peft_model.named_modules():
                 if isinstance(module, LoraLayer) and "default" in getattr(module, "lora_A", {}):
-                    name = site_name(path)
+                    name = site_name(path, self.site_prefix)
                     self.layers[name] = module
                     self.paths[name] = path
                     lora_a = module.lora_A["default"]
@@ -248,6 +251,57 @@ class SubspaceLoRA(LatentFamily):
             return output * s.to(device=output.device, dtype=output.dtype)
 
         return hook
+
+    # ---------------------------------------------------------- baselines
+    @torch.no_grad()
+    def reset_lora(self, seed: int, svd_init: bool = True) -> dict[str, torch.Tensor]:
+        """Draw fresh LoRA factors (as peft does: Kaiming-uniform ``A``, ``B = 0``).
+
+        With ``svd_init`` ``A`` becomes ``Vh`` of its thin SVD and the singular
+        values are the new initial ``s`` (also stored in :attr:`init_values`).
+        A deep ensemble gives each member such a draw, under its own local
+        seed; the global generators are untouched.
+        """
+        with seeded(seed, model_devices(self.peft_model)):
+            for name, layer in self.layers.items():
+                a = layer.lora_A["default"].weight
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                layer.lora_B["default"].weight.zero_()
+                if svd_init:
+                    self.init_values[name] = _svd_init_(a).to(self.init_values[name])
+            if self.head is not None:
+                nn.init.kaiming_uniform_(self.head.lora_A, a=math.sqrt(5))
+                self.head.lora_B.zero_()
+                if svd_init:
+                    self.init_values[HEAD_SITE] = _svd_init_(self.head.lora_A)
+        return dict(self.init_values)
+
+    def lora_log_prior(self, point: Draws, scale: float) -> torch.Tensor:
+        """``sum log N(theta; 0, scale^2)`` over the plain-LoRA factors ``B`` and ``diag(s) A``.
+
+        The MAP baseline's Gaussian prior on LoRA's own factors. ``s`` is
+        folded into ``A`` (``diag(s) A`` is peft's random ``A`` draw at
+        initialisation), so the prior does not depend on how the output is
+        split between ``s`` and ``A``: ``(c s, A / c)`` has the same prior.
+        ``point`` holds one (r,) vector per site.
+        """
+        prior = dist.Normal(0.0, scale)
+        terms = []
+        for name, layer in self.layers.items():
+            a = layer.lora_A["default"].weight
+            b = layer.lora_B["default"].weight
+            s = point[name].to(a)
+            terms += [
+                prior.log_prob(b.float()).sum(),
+                prior.log_prob((s[:, None] * a).float()).sum(),
+            ]
+        if self.head is not None:
+            s = point[HEAD_SITE].to(self.head.lora_A)
+            terms += [
+                prior.log_prob(self.head.lora_B).sum(),
+                prior.log_prob(s[:, None] * self.head.lora_A).sum(),
+            ]
+        return torch.stack(terms).sum()
 
     # ----------------------------------------------------------- parameters
     def lora_parameters(self) -> list[nn.Parameter]:

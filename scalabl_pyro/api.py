@@ -21,12 +21,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from pyro.infer.autoguide import AutoDelta
+from pyro.infer.autoguide import AutoDelta, init_to_value
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl_pyro import __version__
 from scalabl_pyro import checkpoint as ckpt
 from scalabl_pyro.adapters import SubspaceLoRA
+from scalabl_pyro.baselines import DETERMINISTIC_METHODS, POINT_S_METHODS
+from scalabl_pyro.baselines import ensemble as ens
+from scalabl_pyro.baselines.blob import BlobGuide, BlobLoRA
+from scalabl_pyro.baselines.laplace import (
+    LaplaceGuide,
+    covariance_parameters,
+    fit_laplace,
+    negative_log_joint_hessian,
+)
+from scalabl_pyro.baselines.mc_dropout import dropout_modules
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
@@ -61,37 +71,69 @@ class ScalaBL:
         class_ids = None
         if config.task_format == "letter":
             class_ids = self._letter_format(config.num_classes).class_token_ids.to(self.device)
-        self.subspace = SubspaceLoRA(
-            base_model,
-            rank=config.rank,
-            alpha=config.alpha,
-            dropout=config.dropout,
-            target_modules=config.target_modules,
-            class_token_ids=class_ids,
-            seed=config.seed,
-            prior_scale=config.prior_scale,
-        )
-        init_scales = self.subspace.initial_scales(config.init_scale, config.seed)
-        if config.reference_prior_quirk:
-            self.subspace.set_reference_prior_quirk(init_scales)
-        with pyro_settings(), seeded(config.seed, model_devices(base_model)):
-            self.model = ScalaBLModel(self.subspace)  # PyroModules are built under the settings
-            self.guide = build_guide(
-                config.guide,
-                self.model,
-                self.subspace.init_values,
-                init_scale=config.init_scale,
-                low_rank=config.guide_rank,
-                init_scales=init_scales,
+        if config.method == "blob":
+            self.subspace: SubspaceLoRA = BlobLoRA(
+                base_model,
+                rank=config.rank,
+                alpha=config.alpha,
+                dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                seed=config.seed,
+                prior_scale=config.lora_prior_scale,
             )
-            with torch.no_grad():
-                self.guide()  # build the variational parameters now
-        self.guide.to(self.device)
+        else:
+            self.subspace = SubspaceLoRA(
+                base_model,
+                rank=config.rank,
+                alpha=config.alpha,
+                dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                class_token_ids=class_ids,
+                seed=config.seed,
+                prior_scale=config.prior_scale,
+            )
+        self._init_scales = self.subspace.initial_scales(config.init_scale, config.seed)
+        if config.reference_prior_quirk:
+            self.subspace.set_reference_prior_quirk(self._init_scales)
+        lora_prior = config.lora_prior_scale if config.method == "map" else None
+        with pyro_settings(), seeded(config.seed, model_devices(base_model)):
+            # PyroModules are built under the settings
+            self.model = ScalaBLModel(self.subspace, lora_prior_scale=lora_prior)
+        self._build_guide()
         self.subspace.set_point_provider(self.posterior_mean)
         self.history = TrainHistory()
         self.train_config: TrainConfig | None = None
         self._trainer: Trainer | None = None
         self._merged = False
+        self.members: list[dict[str, torch.Tensor]] = []  # ensembles: one state per member
+
+    @property
+    def method(self) -> str:
+        """The method (``ScalaBLConfig.method``): scalabl or a baseline."""
+        return self.config.method
+
+    def _build_guide(self) -> None:
+        """(Re)build the guide at the family's initial values (the method decides its kind)."""
+        config = self.config
+        with pyro_settings(), seeded(config.seed, model_devices(self.subspace.peft_model)):
+            if config.method == "blob":
+                assert isinstance(self.subspace, BlobLoRA)
+                self.guide = BlobGuide(self.model, self.subspace, init_scale=config.init_scale)
+            elif config.method == "laplace":
+                init = {k: v.clone() for k, v in self.subspace.init_values.items()}
+                self.guide = LaplaceGuide(self.model, init_loc_fn=init_to_value(values=init))
+            else:
+                self.guide = build_guide(
+                    config.guide,
+                    self.model,
+                    self.subspace.init_values,
+                    init_scale=config.init_scale,
+                    low_rank=config.guide_rank,
+                    init_scales=self._init_scales,
+                )
+            with torch.no_grad():
+                self.guide()  # build the variational parameters now
+        self.guide.to(self.device)
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -177,6 +219,8 @@ class ScalaBL:
                 f"of this model ({str(e).splitlines()[0]}); load it with the config it was saved "
                 "with"
             ) from e
+        packed = checkpoint.members()
+        self.members = ens.unpack_members(packed) if packed else []
 
     # -------------------------------------------------------------- formats
     def _letter_format(self, num_classes: int) -> TaskFormat:
@@ -217,16 +261,106 @@ class ScalaBL:
         resume: bool = False,
         eval_samples: int = 4,
     ) -> TrainHistory:
-        """Train LoRA factors and the variational posterior on ``train`` (SVI).
+        """Train the method on ``train``: SVI for ScalaBL and BLoB, point estimates otherwise.
 
         With ``output_dir`` a checkpoint is written every
         ``config.checkpoint_every`` steps and at the end. ``resume=True``
         restores the parameters *and* the optimizer state saved there (a
         freshly built model resumes exactly), or refuses if there is nothing
-        to resume from.
+        to resume from. Laplace trains the MAP of ``s`` and then fits its
+        covariance on ``train``; an ensemble trains its K members one after
+        another (their histories follow each other).
         """
         self._check_alive()
         config = config or TrainConfig()
+        self._check_train_config(config, resume)
+        kw = dict(validation=validation, eval_samples=eval_samples)
+        if self.method == "ensemble":
+            history = TrainHistory()
+            members = []
+            for k in range(self.config.ensemble_size):
+                self.subspace.reset_lora(ens.member_seed(self.config.seed, k))
+                self._build_guide()
+                cfg_k = replace(config, seed=config.seed + k)
+                h = self._fit_once(train, cfg_k, output_dir=None, resume=False, family="mle", **kw)
+                history.steps += h.steps
+                history.validation += h.validation
+                members.append(ens.member_state(self.subspace, self.guide))
+            self.members = members
+            ens.load_member(self.subspace, self.guide, members[0])
+            self.history, self._trainer = history, None  # no optimizer state: not resumable
+        else:
+            family = "delta" if self.method == "laplace" else self.config.guide
+            self._fit_once(
+                train,
+                config,
+                output_dir=output_dir,
+                resume=resume,
+                family=family,
+                save_at_end=False,
+                **kw,
+            )
+            if self.method == "laplace":
+                self.fit_laplace(train)
+        if output_dir is not None:
+            self.save_pretrained(output_dir)
+        return self.history
+
+    def _check_train_config(self, config: TrainConfig, resume: bool) -> None:
+        """Training settings the method cannot honour."""
+        m = self.method
+        if config.objective == "reference" and m != "scalabl":
+            raise ScalaBLError(
+                f"objective='reference' is the official ScalaBL recipe; method {m!r} trains with "
+                "objective='elbo'"
+            )
+        if (m in POINT_S_METHODS or m == "laplace") and config.num_particles > 1:
+            raise ScalaBLError(
+                f"method {m!r} trains point estimates, so num_particles={config.num_particles} "
+                "samples would all be the same; use num_particles=1"
+            )
+        if m == "ensemble" and resume:
+            raise ScalaBLError(
+                "an ensemble cannot be resumed (its members are saved only when all are trained); "
+                "train it again without resume"
+            )
+
+    def fit_laplace(self, data: MCDataset, *, batch_size: int = 8) -> torch.Tensor:
+        """Set the Laplace covariance ``H^-1`` at the current MAP of ``s``; returns it (D x D).
+
+        ``H`` is the negative log joint's Hessian (GGN or exact, see
+        ``ScalaBLConfig.laplace_hessian``) summed over ``data`` (the training set).
+        """
+        self._check_alive()
+        if not isinstance(self.guide, LaplaceGuide):
+            raise ScalaBLError(f"fit_laplace is for method 'laplace', not {self.method!r}")
+        self.guide.set_covariance(None)
+        h = negative_log_joint_hessian(
+            self.model,
+            self.guide,
+            self.format_for(data),
+            data,
+            kind=self.config.laplace_hessian,
+            batch_size=batch_size,
+            max_examples=self.config.laplace_max_examples,
+            seed=self.config.seed,
+            device=self.device,
+        )
+        return fit_laplace(self.guide, h)
+
+    def _fit_once(
+        self,
+        train: MCDataset,
+        config: TrainConfig,
+        *,
+        validation: MCDataset | None,
+        output_dir: str | Path | None,
+        resume: bool,
+        eval_samples: int,
+        family: str,
+        save_at_end: bool = True,
+    ) -> TrainHistory:
+        """One training run of the current model and guide (``family`` picks the ELBO)."""
         checkpoint, trainer_state = None, None
         if resume:
             if output_dir is None:
@@ -245,7 +379,7 @@ class ScalaBL:
         trainer = Trainer(
             self.model,
             self.guide,
-            self.config.guide,
+            family,
             self.format_for(train),
             train,
             config,
@@ -254,6 +388,8 @@ class ScalaBL:
         self._trainer = trainer
         if checkpoint is not None:
             self.load_parameters(checkpoint)
+            if isinstance(self.guide, LaplaceGuide):
+                self.guide.set_covariance(None)  # continue the MAP training of s
             history = TrainHistory.from_dict(checkpoint.history())
             trainer.load_state_dict(trainer_state, history)
         else:
@@ -274,7 +410,7 @@ class ScalaBL:
             self.history = trainer.run(evaluate if validation is not None else None, checkpoint_fn)
         finally:
             self.history = trainer.history
-        if output_dir is not None:
+        if output_dir is not None and save_at_end:
             self._save_from_main(trainer, output_dir)
         return self.history
 
@@ -290,7 +426,7 @@ class ScalaBL:
     # ----------------------------------------------------------- prediction
     def posterior_mean(self) -> dict[str, torch.Tensor]:
         """The posterior mean (median for point masses) of every latent site."""
-        return posterior_point(self.guide)
+        return posterior_point(self.guide, self.model.site_names)
 
     def predict(
         self,
@@ -303,21 +439,41 @@ class ScalaBL:
         seed: int | None = 0,
         progress: bool = True,
     ) -> Prediction:
-        """BMA over ``num_samples`` posterior draws (or the posterior mean with mode='mean')."""
+        """The method's predictive distribution on ``data``.
+
+        BMA over ``num_samples`` posterior draws (scalabl, blob, laplace) or
+        dropout masks (mc_dropout), or the posterior mean with ``mode='mean'``;
+        an ensemble averages its K members; point estimates (mle, map and
+        point-mass guides) give one deterministic pass (S = 1).
+        """
         self._check_alive()
-        return predict(
-            self.model,
-            self.guide,
-            self.format_for(data),
-            data,
-            num_samples=num_samples,
-            mode=mode,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            seed=seed,
-            device=self.device,
-            progress=progress,
-        )
+
+        def run(latents=None, stochastic=()) -> Prediction:
+            return predict(
+                self.model,
+                self.guide,
+                self.format_for(data),
+                data,
+                num_samples=num_samples,
+                mode=mode,
+                batch_size=batch_size,
+                max_rows=max_rows,
+                seed=seed,
+                device=self.device,
+                progress=progress,
+                latents=latents,
+                stochastic_modules=stochastic,
+            )
+
+        if self.method == "ensemble" and self.members:
+            return ens.predict_members(self.subspace, self.guide, self.members, run)
+        if self.method == "mc_dropout" and mode == "bma":
+            if num_samples < 1:
+                raise ScalaBLError(f"num_samples must be >= 1, got {num_samples}")
+            point = self.posterior_mean()
+            latents = {k: v[None].expand(num_samples, *v.shape) for k, v in point.items()}
+            return run(latents, dropout_modules(self.subspace))
+        return run()
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""
@@ -338,6 +494,9 @@ class ScalaBL:
             "target_modules": list(self.config.target_modules),
             "num_data": self.model.num_data,
             "num_variational_parameters": self.num_variational_parameters,
+            "method": self.method,
+            "num_extra_parameters": self.num_extra_parameters,
+            "num_members": len(self.members),
         }
         if self.config.task_format == "letter":
             fmt = self._letter_format(self.config.num_classes)
@@ -354,6 +513,7 @@ class ScalaBL:
             adapter_config=adapter_config,
             history=self.history.to_dict(),
             trainer_state=self._trainer.state_dict() if self._trainer is not None else None,
+            members=ens.pack_members(self.members) if self.members else None,
         )
         return ckpt.save_checkpoint(path, contents)
 
@@ -389,13 +549,33 @@ class ScalaBL:
         """Free parameters of the posterior over the latents (2 r L for mean-field)."""
         return count_free_parameters(self.guide)
 
+    @property
+    def num_extra_parameters(self) -> int:
+        """Parameters the method adds over plain LoRA (the paper's parameter-cost column).
+
+        0 for mle, map and mc_dropout; ``(K - 1) x`` the LoRA parameters for an
+        ensemble; the variational parameters for scalabl (``2 r L`` mean-field)
+        and blob (one ``sigma`` per entry of every ``A``); the covariance
+        ``D (D + 1) / 2`` for laplace.
+        """
+        m = self.method
+        if m in DETERMINISTIC_METHODS or m == "mc_dropout":
+            return 0
+        if m == "ensemble":
+            return (self.config.ensemble_size - 1) * self.subspace.num_lora_parameters()
+        if m == "laplace":
+            return covariance_parameters(self.subspace.num_latents)
+        return count_free_parameters(self.guide)
+
     def summary(self) -> str:
         """One paragraph describing the model (layers, latents, parameter counts)."""
         sub = self.subspace
         return (
-            f"ScalaBL on {self.config.base_model}: {len(sub.site_names)} adapted layers "
+            f"{self.method} on {self.config.base_model}: {len(sub.site_names)} adapted layers "
             f"(targets {', '.join(self.config.target_modules)}), rank {sub.rank}, "
             f"{sub.num_latents} latent dims; guide {self.config.guide} with "
             f"{self.num_variational_parameters} variational parameters; "
-            f"{sub.num_lora_parameters()} LoRA parameters; prior sigma_p={self.config.prior_scale}"
+            f"{sub.num_lora_parameters()} LoRA parameters; "
+            f"prior sigma_p={self.config.prior_scale}; "
+            f"{self.num_extra_parameters} parameters beyond plain LoRA"
         )

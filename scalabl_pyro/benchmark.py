@@ -62,6 +62,12 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "low_rank": ({"guide": "low_rank"}, {}, 10),
     "block": ({"guide": "block"}, {}, 10),
     "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
+    # the paper's baselines (scalabl_pyro.baselines, docs/baselines.md)
+    "map": ({"method": "map"}, {}, 1),
+    "mc_dropout": ({"method": "mc_dropout"}, {}, 10),
+    "ensemble": ({"method": "ensemble"}, {}, 5),
+    "blob": ({"method": "blob"}, {}, 10),
+    "laplace": ({"method": "laplace"}, {}, 10),
 }
 
 #: The OOD protocol's training set, in-distribution report set and shifted sets.
@@ -342,10 +348,7 @@ def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Pa
 
 def extra_parameters(sbl: Any) -> int:
     """Parameters a method adds over plain LoRA (the library's own count where it has one)."""
-    count = getattr(sbl, "num_extra_parameters", None)
-    if count is not None:
-        return int(count)
-    return int(sbl.num_variational_parameters)
+    return int(sbl.num_extra_parameters)
 
 
 def _history_summary(history: Any) -> dict[str, Any]:
@@ -358,7 +361,7 @@ def _history_summary(history: Any) -> dict[str, Any]:
 
 
 def _posterior_summary(sbl: Any) -> dict[str, float] | None:
-    if sbl.config.guide in ("mle", "delta"):
+    if sbl.config.guide in ("mle", "delta") or getattr(sbl, "method", "scalabl") != "scalabl":
         return None
     from scalabl_pyro.predict import posterior_spread
 

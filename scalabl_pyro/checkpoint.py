@@ -15,7 +15,10 @@ A checkpoint directory holds:
   before any tensor is read), class tokens, library version;
 * ``trainer_state.pt`` + ``history.json`` — optimizer/scheduler state, step
   and ELBO history, for exact resume (tensors only: loaded with
-  ``weights_only=True``).
+  ``weights_only=True``);
+* ``ensemble.safetensors`` — deep ensembles only: every member's LoRA factors
+  and point ``s`` (``member<k>.lora.*`` / ``member<k>.guide.*``); the files
+  above then hold member 0.
 
 The directory is built next to its destination and swapped in with renames,
 so an interrupted save never leaves a half-written checkpoint in place.
@@ -44,6 +47,7 @@ GUIDE_FILE = "guide.safetensors"
 LORA_FILE = "lora.safetensors"
 TRAINER_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
+ENSEMBLE_FILE = "ensemble.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 #: Every name a checkpoint directory may hold (``--overwrite`` replaces only these).
@@ -54,6 +58,7 @@ CHECKPOINT_ENTRIES = (
     TRAINER_FILE,
     HISTORY_FILE,
     ADAPTER_DIR,
+    ENSEMBLE_FILE,
 )
 
 
@@ -134,6 +139,7 @@ class CheckpointContents:
     adapter_config: object  # peft LoraConfig
     history: dict
     trainer_state: dict | None = None
+    members: Mapping[str, torch.Tensor] | None = None  # ensembles: all members, packed
 
 
 def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
@@ -147,6 +153,8 @@ def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
         write_json(tmp / HISTORY_FILE, contents.history)
         if contents.trainer_state is not None:
             torch.save(contents.trainer_state, tmp / TRAINER_FILE)
+        if contents.members is not None:
+            save_tensors(tmp / ENSEMBLE_FILE, dict(contents.members))
 
     return write_atomic_dir(path, fill)
 
@@ -198,6 +206,14 @@ class Checkpoint:
     def guide_state(self) -> dict[str, torch.Tensor]:
         """The guide's state dict."""
         return load_tensors(self.path / GUIDE_FILE)
+
+    def members(self) -> dict[str, torch.Tensor] | None:
+        """An ensemble's packed member tensors (None if the checkpoint holds no ensemble)."""
+        if self.meta["config"].get("method") != "ensemble":
+            return None
+        if not (self.path / ENSEMBLE_FILE).is_file() and not self.meta.get("num_members"):
+            return None  # an ensemble saved before training: no members yet
+        return load_tensors(self.path / ENSEMBLE_FILE)
 
     def history(self) -> dict:
         """The training history (empty if the checkpoint has none)."""

@@ -42,6 +42,9 @@ GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "del
 """Guide families (``scalabl_pyro.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
 MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
 POINT_MASS_GUIDES = ("delta", "mle")
+METHODS = ("scalabl", "mle", "map", "mc_dropout", "ensemble", "blob", "laplace")
+"""``scalabl_pyro.baselines.METHODS``, repeated to keep parsing light."""
+DETERMINISTIC_METHODS = ("mle", "map")
 MAX_LETTER_CHOICES = 8
 """Answer letters A-H of the letter format (``scalabl_pyro.formats.LETTERS``)."""
 STEP_SEED_FACTOR = 1_000_003
@@ -133,6 +136,8 @@ RANGES: dict[str, Range] = {
     "--select-limit": Range(int, 1),
     "--eval-every": Range(int, 0),
     "--curve-limit": Range(int, 1),
+    "--ensemble-size": Range(int, 2),
+    "--dropout": Range(float, 0, 1),
 }
 """Every numeric option's documented range (the same for each command that has it)."""
 
@@ -252,10 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="choice scoring (default) or the lettered format",
     )
     p.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="scalabl (default) or a baseline (docs/baselines.md)",
+    )
+    p.add_argument(
         "--guide",
         default=None,
         choices=GUIDES,
-        help="guide family (default mean_field; log_mean_field with --objective reference)",
+        help="guide family of --method scalabl (default mean_field; log_mean_field with "
+        "--objective reference)",
+    )
+    _num(p, "--ensemble-size", "adapters K of --method ensemble", 5)
+    _num(
+        p,
+        "--dropout",
+        "LoRA dropout p, kept on at test time by mc_dropout",
+        "0.1 for mc_dropout, else 0",
     )
     p.add_argument(
         "--targets", default=None, help="comma-separated module names (default q_proj,v_proj)"
@@ -361,7 +380,19 @@ def _targets(text: str) -> tuple[str, ...]:
 
 def _check_resume_flags(args: argparse.Namespace) -> None:
     """``--resume`` keeps the saved model and learning rates: refuse flags it would ignore."""
-    fixed = _given(args, "model", "task_format", "guide", "targets", "rank", "alpha", "prior_scale")
+    fixed = _given(
+        args,
+        "model",
+        "task_format",
+        "method",
+        "guide",
+        "targets",
+        "rank",
+        "alpha",
+        "prior_scale",
+        "ensemble_size",
+        "dropout",
+    )
     fixed = [f.replace("--task-format", "--format") for f in fixed]
     if fixed:
         raise ScalaBLError(
@@ -382,7 +413,10 @@ class TrainSettings:
 
     model: str = "smollm2-135m"
     task_format: str = "choice"
+    method: str = "scalabl"
     guide: str = "mean_field"
+    ensemble_size: int = 5
+    dropout: float | None = None
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     rank: int = 8
     alpha: float = 16.0
@@ -426,6 +460,7 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         s.model = cfg.get("base_model", s.model)
         s.task_format = cfg.get("task_format", s.task_format)
         s.guide = cfg.get("guide", s.guide)
+        s.method = cfg.get("method", s.method)
         s.num_classes = cfg.get("num_classes")
         saved = meta.get("train_config") or {}
         for ours, theirs in _SAVED_TRAIN_KEYS.items():
@@ -442,9 +477,37 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
     return s
 
 
+def _check_method_settings(s: TrainSettings, args: argparse.Namespace) -> None:
+    """Options that the chosen --method does not use."""
+    if args.resume:
+        return
+    ignored = []
+    if s.method != "scalabl" and args.guide is not None:
+        ignored.append("--guide")
+    if s.method not in ("scalabl", "laplace") and args.prior_scale is not None:
+        ignored.append("--prior-scale")
+    if s.method != "ensemble" and args.ensemble_size is not None:
+        ignored.append("--ensemble-size")
+    if ignored:
+        raise ScalaBLError(
+            f"--method {s.method} does not use {_flags(ignored)}; drop {_them(ignored)} "
+            "(--guide and --prior-scale shape --method scalabl, --ensemble-size --method ensemble)"
+        )
+    if s.method != "scalabl" and s.objective == "reference":
+        raise ScalaBLError(
+            f"--objective reference is the official ScalaBL recipe; --method {s.method} trains "
+            "with --objective elbo, so drop --objective"
+        )
+    if s.method == "blob" and "lm_head" in s.targets:
+        raise ScalaBLError("--method blob does not adapt lm_head; drop lm_head from --targets")
+
+
 def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
     """Combinations that are contradictory, ignored or no-ops."""
-    point_mass = s.guide in POINT_MASS_GUIDES
+    _check_method_settings(s, args)
+    if s.method in ("mle", "map", "mc_dropout", "ensemble"):
+        s.guide = "mle"  # what ScalaBLConfig sets for these methods
+    point_mass = s.guide in POINT_MASS_GUIDES or s.method == "laplace"
     if s.guide == "mle":
         extra = _given(args, "prior_scale", "kl_warmup_steps")
         if args.kl_schedule is not None:
@@ -456,8 +519,9 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
                 "mean_field"
             )
     if point_mass and s.particles > 1:
+        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
         raise ScalaBLError(
-            f"--guide {s.guide} is a point mass, so its --particles {s.particles} samples "
+            f"{what} is a point mass, so its --particles {s.particles} samples "
             "would all be the same; drop --particles"
         )
     schedule = s.kl_schedule or ("cyclic" if s.objective == "reference" else "constant")
@@ -728,10 +792,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
     else:
+        method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
+        if s.dropout is not None:
+            method_args["dropout"] = s.dropout
         mcfg = ScalaBLConfig(
+            **method_args,
             base_model=s.model,
             task_format=s.task_format,
-            guide=s.guide,
+            guide=s.guide if s.method == "scalabl" else "mean_field",
             target_modules=s.targets,
             rank=s.rank,
             alpha=s.alpha,
@@ -773,11 +841,20 @@ def _check_evaluate_flags(args: argparse.Namespace) -> None:
 def _check_point_mass(args: argparse.Namespace, meta: dict) -> None:
     """A point-mass checkpoint has nothing to sample: --samples and --mode change nothing."""
     guide = meta["config"].get("guide")
+    method = meta["config"].get("method", "scalabl")
     ignored = _given(args, "samples", "mode")
-    if guide in POINT_MASS_GUIDES and ignored:
+    if not ignored:
+        return
+    if method in DETERMINISTIC_METHODS or (method == "scalabl" and guide in POINT_MASS_GUIDES):
+        what = f"guide {guide}" if method == "scalabl" else f"method {method}"
         raise ScalaBLError(
-            f"the checkpoint's guide {guide} is a point mass, so every posterior sample is "
+            f"the checkpoint's {what} is a point mass, so every posterior sample is "
             f"the same and {_flags(ignored)} would be ignored; drop {_them(ignored)}"
+        )
+    if method == "ensemble":
+        raise ScalaBLError(
+            f"the checkpoint is an ensemble, which averages its {meta.get('num_members', 'K')} "
+            f"members, so {_flags(ignored)} would be ignored; drop {_them(ignored)}"
         )
 
 

@@ -55,7 +55,8 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
         "--methods",
         default="mle,mle+ts,scalabl",
         help="method specs name[key=value,...][+ts], comma-separated "
-        "(names: mle, scalabl, full_rank, low_rank, block, reference, ...)",
+        "(names: mle, scalabl, full_rank, low_rank, block, reference, map, mc_dropout, "
+        "ensemble, blob, laplace)",
     )
     p.add_argument("--tasks", default="arc_easy", help="data set keys, comma-separated")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (e.g. 0,1,2)")

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from scalabl_pyro.baselines import METHODS, POINT_S_METHODS
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import check_family
 from scalabl_pyro.loading import check_quantization
+
+#: The posterior family each non-ScalaBL method implies (what ``guide`` is set to).
+_METHOD_GUIDE = {"blob": "mean_field", "laplace": "full_rank"} | {m: "mle" for m in POINT_S_METHODS}
+LAPLACE_HESSIANS = ("ggn", "exact")
 
 
 @dataclass
@@ -23,14 +28,26 @@ class ScalaBLConfig:
     ``quantization="4bit"`` or ``"8bit"`` loads the frozen base through
     bitsandbytes, QLoRA style (``docs/scaling.md``); the LoRA factors and the
     guide stay in floating point.
+
+    ``method`` picks ScalaBL or one of the paper's baselines (``docs/baselines.md``):
+    ``guide`` and ``guide_rank`` apply to ``"scalabl"`` only (the others set
+    ``guide`` to the family they imply: ``mle`` for mle/map/mc_dropout/ensemble,
+    ``mean_field`` for blob, ``full_rank`` for laplace); ``prior_scale`` is the
+    prior of ``s`` (scalabl, laplace); ``lora_prior_scale`` the prior std of
+    LoRA-factor entries (map: on ``B`` and ``diag(s) A``; blob: on ``A``, 0.2
+    as in BLoB); ``dropout`` defaults to 0.1 for mc_dropout and 0 otherwise;
+    ``ensemble_size`` is K; ``laplace_hessian`` / ``laplace_max_examples``
+    choose the Laplace curvature (GGN or exact) and its data (all by default).
     """
+
+    method: str = "scalabl"
 
     base_model: str = "smollm2-135m"
     task_format: str = "choice"  # "choice" (log-likelihood of answer texts) | "letter"
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = 0.0
+    dropout: float | None = None  # None: 0.1 for mc_dropout, 0 otherwise
     prior_scale: float | None = 1.0
     guide: str = "mean_field"
     guide_rank: int = 4  # rank k of the low_rank family
@@ -46,10 +63,15 @@ class ScalaBLConfig:
     quantization: str | None = None  # None | "4bit" | "8bit": a frozen bitsandbytes base
     trust_remote_code: bool = False
     seed: int = 0
+    ensemble_size: int = 5
+    lora_prior_scale: float = 0.2
+    laplace_hessian: str = "ggn"
+    laplace_max_examples: int | None = None
 
     def __post_init__(self) -> None:
         check_family(self.guide)
         check_quantization(self.quantization)
+        self._resolve_method()
         if self.task_format not in ("choice", "letter"):
             raise ScalaBLError(
                 f"unknown task format {self.task_format!r}; use 'choice' or 'letter'"
@@ -72,6 +94,54 @@ class ScalaBLConfig:
                 "lm_head adaptation is restricted to the answer-token rows and needs the "
                 "letter format; drop lm_head from target_modules or use task_format='letter'"
             )
+
+    def _resolve_method(self) -> None:
+        """Validate the method's own settings and set the guide family it implies."""
+        if self.method not in METHODS:
+            raise ScalaBLError(
+                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ScalaBLError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.lora_prior_scale > 0:
+            raise ScalaBLError(f"lora_prior_scale must be > 0, got {self.lora_prior_scale}")
+        if self.method == "ensemble" and self.ensemble_size < 2:
+            raise ScalaBLError(
+                f"an ensemble needs ensemble_size >= 2, got {self.ensemble_size}; "
+                "use method='mle' for a single adapter"
+            )
+        if self.laplace_hessian not in LAPLACE_HESSIANS:
+            raise ScalaBLError(
+                f"unknown laplace_hessian {self.laplace_hessian!r}; use 'ggn' or 'exact'"
+            )
+        if self.laplace_max_examples is not None and self.laplace_max_examples < 1:
+            raise ScalaBLError(
+                f"laplace_max_examples must be >= 1 or None, got {self.laplace_max_examples}"
+            )
+        if self.method == "scalabl":
+            return
+        implied = _METHOD_GUIDE[self.method]
+        if self.guide not in ("mean_field", implied):
+            raise ScalaBLError(
+                f"guide={self.guide!r} applies to method 'scalabl' only; method "
+                f"{self.method!r} implies guide {implied!r} (drop guide or use method='scalabl')"
+            )
+        self.guide = implied
+        if self.method == "blob" and "lm_head" in self.target_modules:
+            raise ScalaBLError(
+                "method 'blob' does not adapt lm_head; drop lm_head from target_modules"
+            )
+
+    @property
+    def lora_dropout(self) -> float:
+        """The LoRA dropout p: ``dropout``, or 0.1 for mc_dropout and 0 otherwise when unset.
+
+        Kept unresolved in the field, so ``replace(config, method="mc_dropout")``
+        gets the method's default.
+        """
+        if self.dropout is not None:
+            return float(self.dropout)
+        return 0.1 if self.method == "mc_dropout" else 0.0
 
     def to_dict(self) -> dict:
         """JSON-serialisable form."""

@@ -42,8 +42,8 @@ class LatentFamily:
     init_values: dict[str, torch.Tensor]
 
     def __init__(self) -> None:
-        self._scopes: list[Draws] = []
-        self._retained: list[Draws | None] = []
+        self._scopes: list[_Scope] = []
+        self._retained: list[_Scope | None] = []
         self._point_fn: Callable[[], Draws] | None = None
 
     # --------------------------------------------------------------- sites
@@ -51,6 +51,10 @@ class LatentFamily:
     def site_names(self) -> list[str]:
         """Pyro site names, in a fixed order."""
         return list(self.init_values)
+
+    def event_shape(self, name: str) -> torch.Size:
+        """Event shape of one site (``(r,)`` for ``s``; ``(r, d_in)`` for BLoB's ``A``)."""
+        return self.init_values[name].shape
 
     @property
     def num_latents(self) -> int:
@@ -73,10 +77,13 @@ class LatentFamily:
         return dict(self._point_fn())
 
     @contextlib.contextmanager
-    def use(self, draws: Draws) -> Iterator[None]:
+    def use(self, draws: Draws, groups: torch.Tensor | None = None) -> Iterator[None]:
         """Run the block with these draws: each site (event,) or (rows, event) for per-row draws.
 
-        Scopes nest; on exit the previous state is back exactly.
+        ``groups`` (rows,) names the example each input row belongs to (the
+        choice format has one row per answer): a family that adds its own
+        per-example noise to a shared draw (BLoB's flipout) shares it within a
+        group. Scopes nest; on exit the previous state is back exactly.
         """
         missing = [n for n in self.site_names if n not in draws]
         if missing:
@@ -84,7 +91,7 @@ class LatentFamily:
                 f"draws missing for {len(missing)} latent sites (e.g. {missing[0]!r}); "
                 "pass one tensor per site"
             )
-        self._scopes.append(draws)
+        self._scopes.append(_Scope(draws, groups))
         try:
             yield
         finally:
@@ -111,14 +118,35 @@ class LatentFamily:
         """Whether draws are active (inside :meth:`use` or a retaining block)."""
         return bool(self._scopes) or any(r is not None for r in self._retained)
 
-    def current(self, name: str) -> torch.Tensor:
-        """The value of one site that a layer should use now."""
+    def _active(self) -> _Scope | None:
         if self._scopes:
-            return self._scopes[-1][name]
+            return self._scopes[-1]
         for kept in reversed(self._retained):
             if kept is not None:
-                return kept[name]
+                return kept
+        return None
+
+    def current(self, name: str) -> torch.Tensor:
+        """The value of one site that a layer should use now."""
+        scope = self._active()
+        if scope is not None:
+            return scope.draws[name]
         return self.point()[name]
+
+    def current_groups(self) -> torch.Tensor | None:
+        """The row -> example map of the active scope (None: every row is its own example)."""
+        scope = self._active()
+        return None if scope is None else scope.groups
+
+    def scope_cache(self) -> dict:
+        """A dict that lives exactly as long as the active scope (empty outside any scope).
+
+        Noise a family draws inside a scope (flipout signs) is kept here, so a
+        gradient-checkpointing recomputation inside :meth:`retained` sees the
+        same noise.
+        """
+        scope = self._active()
+        return {} if scope is None else scope.cache
 
     # -------------------------------------------------------------- export
     def adapter_state(self, point: Draws):
@@ -128,3 +156,14 @@ class LatentFamily:
     def merge_and_unload(self, point: Draws):
         """The base model with the point model's weights merged in (consumes the family)."""
         raise NotImplementedError
+
+
+class _Scope:
+    """The draws of one :meth:`LatentFamily.use` block, its row groups and its noise cache."""
+
+    __slots__ = ("cache", "draws", "groups")
+
+    def __init__(self, draws: Draws, groups: torch.Tensor | None) -> None:
+        self.draws = draws
+        self.groups = groups
+        self.cache: dict = {}

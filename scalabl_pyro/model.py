@@ -55,14 +55,27 @@ def pyro_settings():
 
 
 class ScalaBLModel(PyroModule):
-    """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood."""
+    """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood.
 
-    def __init__(self, subspace: SubspaceLoRA, *, num_data: int | None = None) -> None:
+    ``lora_prior_scale`` adds the MAP baseline's Gaussian prior on the LoRA
+    factors, ``pyro.factor("lora_prior", sum log N(theta; 0, sigma^2))`` with
+    ``theta`` = (B, diag(s) A) of every layer (:meth:`SubspaceLoRA.lora_log_prior`),
+    on training passes (labels observed) with one ``s`` per site.
+    """
+
+    def __init__(
+        self,
+        subspace: SubspaceLoRA,
+        *,
+        num_data: int | None = None,
+        lora_prior_scale: float | None = None,
+    ) -> None:
         super().__init__(name="scalabl")
         self.subspace = subspace
         self.lm = subspace.peft_model  # registers the peft model as a plain submodule
         self.head = subspace.head
         self.num_data = num_data
+        self.lora_prior_scale = lora_prior_scale
 
     @property
     def site_names(self) -> list[str]:
@@ -85,21 +98,22 @@ class ScalaBLModel(PyroModule):
     def scores(self, batch: TaskBatch, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Class scores for the batch under the given latents.
 
-        Each latent has shape (r,) or (*lead, r); with a leading shape the
-        result is (*lead', B, C) where lead' drops a trailing plate-placeholder
-        dimension of size 1 (the data plate's slot), so it broadcasts against
-        Pyro's particle / sample plates.
+        Each latent has its event shape (``(r,)`` for ``s``) or (*lead, *event);
+        with a leading shape the result is (*lead', B, C) where lead' drops a
+        trailing plate-placeholder dimension of size 1 (the data plate's slot),
+        so it broadcasts against Pyro's particle / sample plates.
         """
-        first = next(iter(latents.values()))
-        lead = tuple(first.shape[:-1])
+        name0, first = next(iter(latents.items()))
+        event = self.subspace.event_shape(name0)
+        lead = tuple(first.shape[: first.dim() - len(event)])
         if not lead:
-            with self.subspace.use(latents):
+            with self.subspace.use(latents, groups=batch.row_example):
                 return class_scores(self.subspace, batch)
         out_lead = lead[:-1] if lead[-1] == 1 and len(lead) > 1 else lead
         copies = math.prod(lead)
         rows = batch.num_rows
         folded = {
-            name: v.reshape(copies, -1).repeat_interleave(rows, dim=0)
+            name: v.reshape(copies, *self.subspace.event_shape(name)).repeat_interleave(rows, dim=0)
             for name, v in latents.items()
         }
         with self.subspace.use(folded):
@@ -117,6 +131,8 @@ class ScalaBLModel(PyroModule):
         latents = self.sample_latents()
         if batch is None:
             return latents
+        if self.lora_prior_scale is not None and labels is not None:
+            pyro.factor("lora_prior", self.subspace.lora_log_prior(latents, self.lora_prior_scale))
         scores = self.scores(batch, latents)
         n = self.num_data if self.num_data is not None else batch.batch_size
         if n < batch.batch_size:

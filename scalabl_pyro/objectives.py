@@ -153,6 +153,11 @@ def gaussian_kl(mu_q, sigma_q, mu_p, sigma_p) -> torch.Tensor:
     return torch.log(sigma_p / sigma_q) + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
+def is_mean_field(guide: AutoGuide) -> bool:
+    """Whether a guide is a diagonal Gaussian per site with ``_get_loc_and_scale`` (analytic KL)."""
+    return isinstance(guide, _MEAN_FIELD_GUIDES) or bool(getattr(guide, "mean_field", False))
+
+
 def mean_field_params(guide: AutoGuide, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Location and scale of one site of a mean-field guide."""
     # AutoNormal's per-site accessor (stable since Pyro 1.5); AutoLogMeanField mirrors it.
@@ -161,7 +166,7 @@ def mean_field_params(guide: AutoGuide, name: str) -> tuple[torch.Tensor, torch.
 
 def reverse_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor:
     """KL(p || q) summed over sites, as the official code computes (mean-field only)."""
-    if not isinstance(guide, _MEAN_FIELD_GUIDES):
+    if not is_mean_field(guide):
         raise ScalaBLError(
             "the reference objective needs a mean-field guide (log_mean_field or mean_field; "
             "it uses the closed-form reverse KL); use objective='elbo' for other families"
@@ -193,7 +198,7 @@ class MeanNLL(torch.nn.Module):
 
 def analytic_kl(model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
     """KL(q || p) in closed form for a mean-field guide with a prior, else None."""
-    if not isinstance(guide, _MEAN_FIELD_GUIDES) or model.prior_scale is None:
+    if not is_mean_field(guide) or model.prior_scale is None:
         return None
     return _sum_site_kl(model, guide, reverse=False)
 

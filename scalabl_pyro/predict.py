@@ -28,7 +28,7 @@ from a local seed: the global generators are untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +78,7 @@ class Prediction:
 def draw_latents(
     model: ScalaBLModel, guide: AutoGuide, num_samples: int, seed: int | None = 0
 ) -> dict[str, torch.Tensor]:
-    """``num_samples`` joint draws from the guide through ``Predictive``: each site (S, r)."""
+    """``num_samples`` joint draws from the guide through ``Predictive``: each site (S, *event)."""
     if num_samples < 1:
         raise ScalaBLError(f"num_samples must be >= 1, got {num_samples}")
     sites = model.site_names
@@ -86,7 +86,8 @@ def draw_latents(
         draws = Predictive(
             model, guide=guide, num_samples=num_samples, parallel=True, return_sites=sites
         )()
-    return {k: draws[k].detach().reshape(num_samples, -1) for k in sites}
+    family = model.subspace
+    return {k: draws[k].detach().reshape(num_samples, *family.event_shape(k)) for k in sites}
 
 
 @torch.no_grad()
@@ -95,7 +96,7 @@ def posterior_spread(
 ) -> dict[str, float]:
     """Mean |posterior mean| and mean posterior std of ``s`` over all latent dims (Monte Carlo)."""
     if isinstance(guide, AutoDelta):
-        point = torch.cat([v.flatten() for v in posterior_point(guide).values()])
+        point = torch.cat([v.flatten() for v in posterior_point(guide, model.site_names).values()])
         return {"mean_abs_s": float(point.abs().mean()), "mean_std_s": 0.0}
     draws = draw_latents(model, guide, num_samples, seed)
     flat = torch.cat([v.reshape(num_samples, -1) for v in draws.values()], dim=1)
@@ -126,10 +127,17 @@ def posterior_spread_by_site(
 
 
 @torch.no_grad()
-def posterior_point(guide: AutoGuide) -> dict[str, torch.Tensor]:
-    """Posterior median of each site (the mean for Gaussian guides)."""
+def posterior_point(
+    guide: AutoGuide, sites: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Posterior median of each latent site (the mean for Gaussian guides).
+
+    ``sites`` names the latent sites (default: those of ``s``, ``s.<path>``).
+    """
     with pyro_settings():
-        return {k: v.detach() for k, v in guide.median().items() if k.startswith("s.")}
+        median = guide.median()
+    keep = set(sites) if sites is not None else {k for k in median if k.startswith("s.")}
+    return {k: v.detach() for k, v in median.items() if k in keep}
 
 
 @torch.no_grad()
@@ -138,11 +146,11 @@ def predictive_scores(
 ) -> torch.Tensor:
     """Class scores (S, B, C) of one batch: the model conditioned on S draws in a sample plate.
 
-    ``latents`` holds (S, r) per site. This is ``Predictive``'s parallel path
-    (``poutine.condition`` on a vectorised plate outside the data plate).
+    ``latents`` holds (S, *event) per site. This is ``Predictive``'s parallel
+    path (``poutine.condition`` on a vectorised plate outside the data plate).
     """
     num = next(iter(latents.values())).shape[0]
-    shaped = {k: v.reshape(num, 1, -1) for k, v in latents.items()}
+    shaped = {k: v.reshape(num, 1, *v.shape[1:]) for k, v in latents.items()}
     plate = pyro.plate(SAMPLE_PLATE, num, dim=-2)
     with pyro_settings():
         tr = poutine.trace(poutine.condition(plate(model), shaped)).get_trace(batch)
@@ -164,10 +172,14 @@ def predict(
     device: torch.device | str = "cpu",
     progress: bool = True,
     latents: Mapping[str, torch.Tensor] | None = None,
+    stochastic_modules: Sequence[torch.nn.Module] = (),
 ) -> Prediction:
     """Predictive distribution of every example in ``data``.
 
-    ``latents`` overrides the guide with given draws (each (S, r)).
+    ``latents`` overrides the guide with given draws (each (S, *event)).
+    ``stochastic_modules`` stay in training mode while the rest of the model
+    is in eval mode: MC dropout keeps its LoRA dropout on, and each of the S
+    folded copies of a row then gets its own dropout mask.
     """
     if len(data) == 0:
         raise ScalaBLError(f"{data.name}/{data.split} is empty; nothing to predict")
@@ -175,9 +187,12 @@ def predict(
         raise ScalaBLError(f"unknown prediction mode {mode!r}; use 'bma' or 'mean'")
     was_training = model.training
     model.eval()
+    for m in stochastic_modules:
+        m.train()
     if latents is None:
         if mode == "mean" or isinstance(guide, AutoDelta):
-            latents = {k: v[None] for k, v in posterior_point(guide).items()}
+            point = posterior_point(guide, model.site_names)
+            latents = {k: v[None] for k, v in point.items()}
         else:
             latents = draw_latents(model, guide, num_samples, seed)
     latents = {k: v.to(device) for k, v in latents.items()}
