@@ -35,7 +35,7 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
 EXIT_USAGE = 2
-log = logging.getLogger(__name__)
+log = logging.getLogger("scalabl_pyro.cli")  # not __main__ under python -m
 
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 """Guide families (``scalabl_pyro.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
