@@ -120,6 +120,7 @@ class ScalaBL:
         from scalabl_pyro.loading import load_base_model
 
         checkpoint = ckpt.Checkpoint(path)
+        checkpoint.check_files()  # before the (slow) base model load
         config = ScalaBLConfig.from_dict(checkpoint.meta["config"])
         if base_model is not None:
             config = replace(config, base_model=base_model)
@@ -163,6 +164,7 @@ class ScalaBL:
     def load_parameters(self, checkpoint: ckpt.Checkpoint) -> None:
         """Copy a checkpoint's LoRA factors and guide into this model (checked first)."""
         self._check_alive()
+        checkpoint.check_files()
         checkpoint.check_compatible(self.model.site_names, self.subspace.lora_shapes())
         self.subspace.load_lora_state(checkpoint.lora())
         state = checkpoint.guide_state()

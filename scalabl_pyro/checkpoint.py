@@ -32,12 +32,12 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from scalabl_pyro.errors import ScalaBLError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, so that the
+    import torch  # output-directory checks of the CLI refuse in a fraction of a second
 
 CONFIG_FILE = "scalabl_config.json"
 GUIDE_FILE = "guide.safetensors"
@@ -46,6 +46,7 @@ TRAINER_FILE = "trainer_state.pt"
 HISTORY_FILE = "history.json"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 #: Every name a checkpoint directory may hold (``--overwrite`` replaces only these).
 CHECKPOINT_ENTRIES = (
     CONFIG_FILE,
@@ -86,13 +87,23 @@ def write_json(path: Path, obj: dict) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors of detached, contiguous CPU copies."""
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _missing(path: Path) -> ScalaBLError:
+    return ScalaBLError(
+        f"{path} is missing; the checkpoint is incomplete: restore it or train again"
+    )
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no pickle); a damaged file is one clear error."""
     if not path.is_file():
-        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+        raise _missing(path)
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for bad headers/data
@@ -105,7 +116,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def tensor_shapes(path: Path) -> dict[str, list[int]]:
     """Names and shapes in a safetensors header, without reading any tensor data."""
     if not path.is_file():
-        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+        raise _missing(path)
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -146,6 +159,8 @@ def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
         write_json(tmp / CONFIG_FILE, contents.meta)
         write_json(tmp / HISTORY_FILE, contents.history)
         if contents.trainer_state is not None:
+            import torch
+
             torch.save(contents.trainer_state, tmp / TRAINER_FILE)
 
     return write_atomic_dir(path, fill)
@@ -191,6 +206,23 @@ class Checkpoint:
                     f"load it on the base model it was trained on ({base})"
                 )
 
+    def check_files(self) -> None:
+        """Refuse a damaged or incomplete checkpoint before any model is loaded.
+
+        Reads what is cheap and says whether every file is whole: the
+        safetensors headers (a truncated file fails here: its header names
+        more bytes than there are) of the LoRA factors, the guide and the
+        peft adapter, and the adapter's and the history's JSON.
+        ``trainer_state.pt`` is read in full when a run is resumed.
+        """
+        for f in (LORA_FILE, GUIDE_FILE, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}"):
+            tensor_shapes(self.path / f)
+        adapter_config = self.path / ADAPTER_DIR / ADAPTER_CONFIG
+        if not adapter_config.is_file():
+            raise _missing(adapter_config)
+        _read_json(adapter_config)
+        self.history()
+
     def lora(self) -> dict[str, torch.Tensor]:
         """The unfolded LoRA factors."""
         return load_tensors(self.path / LORA_FILE)
@@ -227,9 +259,14 @@ def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalaBLError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
+        raise ScalaBLError(
+            f"{path} is not valid JSON ({e}); the checkpoint is damaged: restore it or train again"
+        ) from e
     if not isinstance(obj, dict):
-        raise ScalaBLError(f"{path} does not hold a JSON object; the checkpoint is damaged")
+        raise ScalaBLError(
+            f"{path} does not hold a JSON object; the checkpoint is damaged: restore it or "
+            "train again"
+        )
     return obj
 
 
@@ -238,6 +275,8 @@ def load_trainer_state(path: str | Path) -> dict | None:
     f = Path(path) / TRAINER_FILE
     if not f.is_file():
         return None
+    import torch
+
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...

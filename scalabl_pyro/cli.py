@@ -610,6 +610,13 @@ def _read_checkpoint_meta(path: str, flag: str) -> dict:
     return meta
 
 
+def _check_checkpoint_files(path: str) -> None:
+    """Every file of the checkpoint whole, before the model loads (headers only)."""
+    from scalabl_pyro.checkpoint import Checkpoint
+
+    Checkpoint(Path(path).expanduser()).check_files()
+
+
 def _load_data(args: argparse.Namespace) -> Any:
     from scalabl_pyro.data import load_task
 
@@ -700,6 +707,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         s = _train_settings(args, None)
     train = _load_data(args)
     _check_letter_classes(train, s.task_format, s.num_classes)
+    if args.resume:
+        _check_checkpoint_files(args.output)
 
     _check_device(args.device)
     ScalaBL = _scalabl_class()
@@ -786,6 +795,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _check_letter_classes(data, cfg.get("task_format", "choice"), cfg.get("num_classes"))
     else:
         _check_letter_classes(data, args.task_format or "choice", None)
+    if args.checkpoint:
+        _check_checkpoint_files(args.checkpoint)
 
     _check_device(args.device)
     ScalaBL = _scalabl_class()
