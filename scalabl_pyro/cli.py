@@ -746,7 +746,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         sbl = ScalaBL.from_base(mcfg)
     adopt_library_loggers()
     print(sbl.summary())
-    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume)
+    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
     print(f"saved {args.output}")
 
 
