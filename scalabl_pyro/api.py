@@ -279,8 +279,9 @@ class ScalaBL:
         self._trainer = trainer
         if checkpoint is not None:
             self.load_parameters(checkpoint)
-            history = TrainHistory.from_dict(checkpoint.history())
-            trainer.load_state_dict(trainer_state, history)
+            # one history object, appended by the trainer and saved by every checkpoint
+            self.history = TrainHistory.from_dict(checkpoint.history())
+            trainer.load_state_dict(trainer_state, self.history)
         else:
             trainer.history = self.history = TrainHistory()
         last_good = _LastGood(output_dir, trainer.step_count if resume else None)
@@ -300,8 +301,8 @@ class ScalaBL:
             raise NonFiniteError(f"{e}; {last_good.describe()}", e.step, e.loss) from e
         finally:
             self.history = trainer.history
-        if output_dir is not None:
-            self.save_pretrained(output_dir)
+        if output_dir is not None and last_good.step != trainer.step_count:
+            self.save_pretrained(output_dir)  # unless the last periodic save was this step
         return self.history
 
     # ----------------------------------------------------------- prediction

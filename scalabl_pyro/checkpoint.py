@@ -59,10 +59,18 @@ CHECKPOINT_ENTRIES = (
 
 
 def write_atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Create directory ``path`` by calling ``fill(tmpdir)`` then renaming into place."""
+    """Create directory ``path`` by calling ``fill(tmpdir)`` then renaming into place.
+
+    The new directory is built in ``.{name}.tmp-{pid}-*``; an existing
+    ``path`` is moved to ``.{name}.old-{pid}``, the new one renamed in, the old
+    one deleted. A process killed at any point leaves either the old or the
+    new directory complete (or both): :func:`recover_interrupted_save` puts
+    the survivor back at ``path`` and removes the leftovers.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_interrupted_save(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         fill(tmp)
         old = None
@@ -76,6 +84,44 @@ def write_atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str | Path) -> None:
+    """Finish the swap of a :func:`write_atomic_dir` whose process was killed.
+
+    Only this library's own leftovers of writers that are no longer running
+    are touched: with ``path`` missing, the old directory moved aside
+    (``.{name}.old-{pid}``) is put back, since the new one never arrived;
+    with ``path`` present, the old copy is stale and deleted, and so are
+    unfinished build directories (``.{name}.tmp-{pid}-*``).
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    leftovers = []
+    for entry in parent.glob(f".{path.name}.*"):
+        kind, _, rest = entry.name[len(path.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("old", "tmp") and pid.isdigit() and not _writer_alive(int(pid)):
+            leftovers.append((kind, entry))
+    for kind, entry in sorted(leftovers, key=lambda e: e[0]):  # "old" before "tmp"
+        if kind == "old" and not path.exists() and (entry / CONFIG_FILE).is_file():
+            os.replace(entry, path)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -171,6 +217,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        recover_interrupted_save(self.path)
         self.meta = read_config(self.path)
         if self.meta.get("library") != "scalabl-pyro" or "config" not in self.meta:
             raise ScalaBLError(
@@ -334,10 +381,13 @@ def check_output_dir(
 
     Then the location must be writable (:func:`check_writable`). ``flags``
     names the output, resume and overwrite options in the messages (the CLI's
-    by default). Raises :class:`ScalaBLError`; creates nothing.
+    by default). Raises :class:`ScalaBLError`; creates nothing (first it
+    finishes a save that a killed run left half done:
+    :func:`recover_interrupted_save`).
     """
     out, res, ovr = flags
     path = Path(path).expanduser()
+    recover_interrupted_save(path)
     if resume and overwrite:
         raise ScalaBLError(
             f"{res} continues the checkpoint in {out} and {ovr} replaces it; pass only one"

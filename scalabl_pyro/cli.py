@@ -588,9 +588,10 @@ def _check_evaluate_outputs(args: argparse.Namespace) -> None:
 
 
 def _read_checkpoint_meta(path: str, flag: str) -> dict:
-    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config
+    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config, recover_interrupted_save
 
     p = Path(path).expanduser()
+    recover_interrupted_save(p)
     if not p.is_dir():
         what = "does not exist" if not p.exists() else "is a file, not a directory"
         raise ScalaBLError(
