@@ -207,9 +207,30 @@ def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
         if contents.trainer_state is not None:
             import torch
 
-            torch.save(contents.trainer_state, tmp / TRAINER_FILE)
+            torch.save(_canonical(contents.trainer_state), tmp / TRAINER_FILE)
 
     return write_atomic_dir(path, fill)
+
+
+def _canonical(obj):
+    """A copy whose pickle depends only on the values: fresh containers, interned strings.
+
+    Pickle writes a string or container seen before as a back-reference, so
+    the bytes depend on which objects are shared. A resumed run's optimizer
+    state (unpickled: its own copies of ``'step'``, ``'lr'``...) would
+    otherwise pickle differently from an uninterrupted run's, though equal.
+    """
+    import sys
+
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    return obj
 
 
 class Checkpoint:
