@@ -10,7 +10,8 @@ call):
 * ``kill``: SIGKILL this process (a power cut, the OOM killer, ``kill -9``);
 * ``enospc``: raise ``OSError(ENOSPC)`` (a full disk);
 * ``nan``: fill the first LoRA factor with NaN (a diverging update);
-* ``zero-scale``: make every guide scale underflow to 0 (Pyro validation on).
+* ``huge``: set the LoRA factors to +-1e19, finite but overflowing the logits of the
+  next forward pass, which Pyro's validation (turned on) refuses.
 
 The library has no hook for this: the wrapper replaces the attribute in this
 process only, the way a debugger would.
@@ -42,13 +43,12 @@ def _nan(optimizer) -> None:
         optimizer.param_groups[0]["params"][0].fill_(float("nan"))
 
 
-def _zero_scale(optimizer) -> None:
+def _huge(optimizer) -> None:
     import torch
 
     with torch.no_grad():
-        for group in optimizer.param_groups[1:]:  # the variational parameters
-            for p in group["params"]:
-                p.fill_(-1e5)  # softplus(-1e5) == 0 in float32: a finite parameter, scale 0
+        for p in optimizer.param_groups[0]["params"]:  # the LoRA factors
+            p.copy_(torch.sign(p) * 1e19)  # what an AdamW step at lr 1e19 does
 
 
 def main() -> None:
@@ -66,8 +66,8 @@ def main() -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[-1]))
         elif action == "nan":
             _nan(args[0])
-        elif action == "zero-scale":
-            _zero_scale(args[0])
+        elif action == "huge":
+            _huge(args[0])
 
     @functools.wraps(real)
     def wrapper(*args, **kwargs):
@@ -81,7 +81,7 @@ def main() -> None:
         return out
 
     setattr(owner, attr, wrapper)
-    if action == "zero-scale":
+    if action == "huge":
         import pyro
 
         pyro.enable_validation(True)

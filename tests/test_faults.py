@@ -16,7 +16,6 @@ checkpoint moved aside, the new one renamed in).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ STEPS = ["--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--no-p
 
 
 def run_faulty(cwd: Path, target: str, k: int, when: str, action: str, *args: str):
-    """The CLI with one fault: ``action`` (kill, enospc, nan, zero-scale) at call ``k``."""
+    """The CLI with one fault: ``action`` (kill, enospc, nan, huge) at call ``k``."""
     env = {k_: v for k_, v in os.environ.items() if not k_.startswith(("HF_", "TRANSFORMERS_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
     env["HF_HUB_OFFLINE"] = "1"
@@ -162,12 +161,14 @@ def test_a_nan_update_with_overwrite_leaves_the_old_checkpoint(space, work):
     assert snapshot(work) == before
 
 
-def test_pyro_invalid_values_map_onto_the_divergence_message(space, work):
-    """A scale that underflowed to 0 is finite as a parameter; Pyro's validation refuses it."""
-    out = train(
-        work, space / "tiny", "run", fault=("torch.optim.AdamW.step", 3, "after", "zero-scale")
-    )
-    line = assert_one_error(out, "training diverged at step 4", "Pyro found invalid values")
-    assert "scale of a Normal" in line and "(step 2), is intact" in line
-    meta = json.loads((work / "run" / "scalabl_config.json").read_text())
-    assert meta["library"] == "scalabl-pyro"
+def test_an_overflowing_update_stops_with_one_line(space, work):
+    """Finite parameters whose forward pass overflows: stopped at the next step, one line.
+
+    Whether the NaN loss or Pyro's validation ``ValueError`` sees it first depends on
+    the values; the ValueError mapping itself is pinned in-process in
+    ``test_program.py::test_divergence_names_step_cause_and_the_last_good_checkpoint``.
+    """
+    out = train(work, space / "tiny", "run", fault=("torch.optim.AdamW.step", 3, "after", "huge"))
+    line = assert_one_error(out, "training diverged at step 4", "likely cause")
+    assert "(step 2), is intact" in line
+    assert Checkpoint(work / "run").trainer_state()["step"] == 2
