@@ -385,7 +385,9 @@ class SubspaceLoRA(LatentFamily):
             head_path = _head_path(self.peft_model)
             state[f"{head_path}.lora_A.weight"] = self.head.lora_A.detach().float().cpu().clone()
             state[f"{head_path}.lora_B.weight"] = full_b
-            config.target_modules = sorted({*config.target_modules, "lm_head"})
+            config.target_modules = {*config.target_modules, "lm_head"}
+        # peft keeps a set, written in hash order: sorted, the file is the same in every process
+        config.target_modules = sorted(config.target_modules)
         config.inference_mode = True
         return state, config
 

@@ -45,7 +45,7 @@ from scalabl_pyro.guides import build_guide, count_free_parameters
 from scalabl_pyro.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.predict import Prediction, posterior_point, posterior_spread_by_site, predict
 from scalabl_pyro.rng import model_devices, seeded
-from scalabl_pyro.train import TrainConfig, Trainer, TrainHistory
+from scalabl_pyro.train import NonFiniteError, TrainConfig, Trainer, TrainHistory
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class ScalaBL:
         from scalabl_pyro.loading import load_base_model
 
         checkpoint = ckpt.Checkpoint(path)
+        checkpoint.check_files()  # before the (slow) base model load
         config = ScalaBLConfig.from_dict(checkpoint.meta["config"])
         if base_model is not None:
             config = replace(config, base_model=base_model)
@@ -208,6 +209,7 @@ class ScalaBL:
     def load_parameters(self, checkpoint: ckpt.Checkpoint) -> None:
         """Copy a checkpoint's LoRA factors and guide into this model (checked first)."""
         self._check_alive()
+        checkpoint.check_files()
         checkpoint.check_compatible(self.model.site_names, self.subspace.lora_shapes())
         self.subspace.load_lora_state(checkpoint.lora())
         state = checkpoint.guide_state()
@@ -259,21 +261,46 @@ class ScalaBL:
         validation: MCDataset | None = None,
         output_dir: str | Path | None = None,
         resume: bool = False,
+        overwrite: bool = False,
         eval_samples: int = 4,
     ) -> TrainHistory:
         """Train the method on ``train``: SVI for ScalaBL and BLoB, point estimates otherwise.
 
         With ``output_dir`` a checkpoint is written every
-        ``config.checkpoint_every`` steps and at the end. ``resume=True``
-        restores the parameters *and* the optimizer state saved there (a
-        freshly built model resumes exactly), or refuses if there is nothing
-        to resume from. Laplace trains the MAP of ``s`` and then fits its
-        covariance on ``train``; an ensemble trains its K members one after
-        another (their histories follow each other).
+        ``config.checkpoint_every`` steps and at the end. ``output_dir`` is
+        checked before anything runs, as the CLI's ``--output``
+        (:func:`checkpoint.check_output_dir`): it must be new or empty, or a
+        checkpoint with ``resume=True`` (continue it) or ``overwrite=True``
+        (replace it, only if it holds nothing else), and writable.
+
+        ``resume=True`` restores the parameters *and* the optimizer state saved
+        there (a freshly built model resumes exactly). ``config.steps`` is the
+        new total and must be above the steps already trained. The optimizer
+        state carries the learning rates, weight decay and eps, so a
+        ``config`` that differs from the saved one in those is refused rather
+        than silently overruled; the warm-up/decay is stretched over the new
+        total.
+
+        A diverging run (non-finite loss or parameter, a distribution Pyro
+        refuses) raises :class:`~scalabl_pyro.train.NonFiniteError` naming
+        the last good checkpoint, which is left as it was.
+
+        Laplace trains the MAP of ``s`` and then fits its covariance on
+        ``train``; an ensemble trains its K members one after another (their
+        histories follow each other).
         """
         self._check_alive()
         config = config or TrainConfig()
         self._check_train_config(config, resume)
+        if output_dir is not None:
+            ckpt.check_output_dir(
+                output_dir,
+                resume=resume,
+                overwrite=overwrite,
+                flags=("output_dir", "resume=True", "overwrite=True"),
+            )
+        elif overwrite:
+            raise ScalaBLError("overwrite=True needs output_dir (the checkpoint to replace)")
         kw = dict(validation=validation, eval_samples=eval_samples)
         if self.method == "ensemble":
             history = TrainHistory()
@@ -303,7 +330,10 @@ class ScalaBL:
             if self.method == "laplace":
                 self.fit_laplace(train)
         if output_dir is not None:
-            self.save_pretrained(output_dir)
+            if self._trainer is not None:
+                self._save_from_main(self._trainer, output_dir)
+            else:
+                self.save_pretrained(output_dir)
         return self.history
 
     def _check_train_config(self, config: TrainConfig, resume: bool) -> None:
@@ -369,12 +399,15 @@ class ScalaBL:
                 raise ScalaBLError(
                     f"{output_dir} holds no checkpoint to resume; train without resume first"
                 )
+        if resume:
             checkpoint = ckpt.Checkpoint(output_dir)
+            checkpoint.check_files()
             trainer_state = checkpoint.trainer_state()
             if trainer_state is None:
                 raise ScalaBLError(
                     f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
                 )
+            _check_resume_config(output_dir, checkpoint.meta, trainer_state, config)
         self.train_config = config
         trainer = Trainer(
             self.model,
@@ -390,10 +423,12 @@ class ScalaBL:
             self.load_parameters(checkpoint)
             if isinstance(self.guide, LaplaceGuide):
                 self.guide.set_covariance(None)  # continue the MAP training of s
-            history = TrainHistory.from_dict(checkpoint.history())
-            trainer.load_state_dict(trainer_state, history)
+            # one history object, appended by the trainer and saved by every checkpoint
+            self.history = TrainHistory.from_dict(checkpoint.history())
+            trainer.load_state_dict(trainer_state, self.history)
         else:
             trainer.history = self.history = TrainHistory()
+        last_good = _LastGood(output_dir, trainer.step_count if resume else None)
 
         def evaluate(step: int) -> dict:
             assert validation is not None
@@ -405,13 +440,16 @@ class ScalaBL:
         def checkpoint_fn(step: int) -> None:
             if output_dir is not None:
                 self._save_from_main(trainer, output_dir)
+                last_good.step = step
 
         try:
             self.history = trainer.run(evaluate if validation is not None else None, checkpoint_fn)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"{e}; {last_good.describe()}", e.step, e.loss) from e
         finally:
             self.history = trainer.history
-        if output_dir is not None and save_at_end:
-            self._save_from_main(trainer, output_dir)
+        if output_dir is not None and save_at_end and last_good.step != trainer.step_count:
+            self._save_from_main(trainer, output_dir)  # unless the last periodic save was this step
         return self.history
 
     def _save_from_main(self, trainer: Trainer, output_dir: str | Path) -> None:
@@ -578,4 +616,61 @@ class ScalaBL:
             f"{sub.num_lora_parameters()} LoRA parameters; "
             f"prior sigma_p={self.config.prior_scale}; "
             f"{self.num_extra_parameters} parameters beyond plain LoRA"
+        )
+
+
+class _LastGood:
+    """The newest checkpoint a diverged run leaves behind, for its error message."""
+
+    def __init__(self, output_dir: str | Path | None, step: int | None) -> None:
+        self.output_dir, self.step = output_dir, step
+        self.existed = output_dir is not None and (Path(output_dir) / ckpt.CONFIG_FILE).is_file()
+
+    def describe(self) -> str:
+        if self.output_dir is None:
+            return "nothing was saved (no output_dir)"
+        if self.step is not None:
+            return f"the last good checkpoint, {self.output_dir} (step {self.step}), is intact"
+        if self.existed:
+            return f"the checkpoint that was in {self.output_dir} is intact (not replaced)"
+        return f"nothing was saved to {self.output_dir}"
+
+
+_OPTIMIZER_SETTINGS = {  # what the optimizer state restores on resume: TrainConfig attribute
+    "lr": "lr",
+    "var_lr": "resolved_var_lr",
+    "weight_decay": "weight_decay",
+    "adam_eps": "resolved_adam_eps",
+}
+
+
+def _check_resume_config(
+    output_dir: str | Path, meta: dict, trainer_state: dict, config: TrainConfig
+) -> None:
+    """Refuse a resume that would train nothing or silently keep other learning rates."""
+    done = int(trainer_state.get("step", 0))
+    if config.steps <= done:
+        raise ScalaBLError(
+            f"resume=True: the checkpoint in {output_dir} has already trained {done} steps, so "
+            f"steps={config.steps} would train none; pass steps above {done} (the new total)"
+        )
+    saved = meta.get("train_config")
+    if not isinstance(saved, dict):
+        return
+    try:
+        before = TrainConfig(
+            **{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+        )
+    except (TypeError, ValueError):
+        return  # an unreadable saved config: the optimizer state is what counts
+    differ = [
+        f"{name} {getattr(config, attr):g} (saved {getattr(before, attr):g})"
+        for name, attr in _OPTIMIZER_SETTINGS.items()
+        if getattr(config, attr) != getattr(before, attr)
+    ]
+    if differ:
+        raise ScalaBLError(
+            f"resume=True restores the optimizer state of {output_dir}, which keeps its own "
+            f"learning rates, weight decay and eps, so {', '.join(differ)} would be ignored; "
+            "pass the saved values, or train anew into another output_dir"
         )

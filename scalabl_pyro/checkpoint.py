@@ -35,12 +35,12 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from scalabl_pyro.errors import ScalaBLError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, so that the
+    import torch  # output-directory checks of the CLI refuse in a fraction of a second
 
 CONFIG_FILE = "scalabl_config.json"
 GUIDE_FILE = "guide.safetensors"
@@ -50,6 +50,7 @@ HISTORY_FILE = "history.json"
 ENSEMBLE_FILE = "ensemble.safetensors"
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 #: Every name a checkpoint directory may hold (``--overwrite`` replaces only these).
 CHECKPOINT_ENTRIES = (
     CONFIG_FILE,
@@ -63,10 +64,18 @@ CHECKPOINT_ENTRIES = (
 
 
 def write_atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
-    """Create directory ``path`` by calling ``fill(tmpdir)`` then renaming into place."""
+    """Create directory ``path`` by calling ``fill(tmpdir)`` then renaming into place.
+
+    The new directory is built in ``.{name}.tmp-{pid}-*``; an existing
+    ``path`` is moved to ``.{name}.old-{pid}``, the new one renamed in, the old
+    one deleted. A process killed at any point leaves either the old or the
+    new directory complete (or both): :func:`recover_interrupted_save` puts
+    the survivor back at ``path`` and removes the leftovers.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_interrupted_save(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         fill(tmp)
         old = None
@@ -82,6 +91,44 @@ def write_atomic_dir(path: str | Path, fill: Callable[[Path], None]) -> Path:
     return path
 
 
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str | Path) -> None:
+    """Finish the swap of a :func:`write_atomic_dir` whose process was killed.
+
+    Only this library's own leftovers of writers that are no longer running
+    are touched: with ``path`` missing, the old directory moved aside
+    (``.{name}.old-{pid}``) is put back, since the new one never arrived;
+    with ``path`` present, the old copy is stale and deleted, and so are
+    unfinished build directories (``.{name}.tmp-{pid}-*``).
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    leftovers = []
+    for entry in parent.glob(f".{path.name}.*"):
+        kind, _, rest = entry.name[len(path.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("old", "tmp") and pid.isdigit() and not _writer_alive(int(pid)):
+            leftovers.append((kind, entry))
+    for kind, entry in sorted(leftovers, key=lambda e: e[0]):  # "old" before "tmp"
+        if kind == "old" and not path.exists() and (entry / CONFIG_FILE).is_file():
+            os.replace(entry, path)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def write_json(path: Path, obj: dict) -> None:
     """Write JSON (inside an atomic directory, or via a temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -91,13 +138,23 @@ def write_json(path: Path, obj: dict) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors of detached, contiguous CPU copies."""
+    from safetensors.torch import save_file
+
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _missing(path: Path) -> ScalaBLError:
+    return ScalaBLError(
+        f"{path} is missing; the checkpoint is incomplete: restore it or train again"
+    )
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no pickle); a damaged file is one clear error."""
     if not path.is_file():
-        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+        raise _missing(path)
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for bad headers/data
@@ -110,7 +167,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def tensor_shapes(path: Path) -> dict[str, list[int]]:
     """Names and shapes in a safetensors header, without reading any tensor data."""
     if not path.is_file():
-        raise ScalaBLError(f"{path} is missing; the checkpoint is incomplete (save it again)")
+        raise _missing(path)
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
@@ -152,11 +211,34 @@ def save_checkpoint(path: str | Path, contents: CheckpointContents) -> Path:
         write_json(tmp / CONFIG_FILE, contents.meta)
         write_json(tmp / HISTORY_FILE, contents.history)
         if contents.trainer_state is not None:
-            torch.save(contents.trainer_state, tmp / TRAINER_FILE)
+            import torch
+
+            torch.save(_canonical(contents.trainer_state), tmp / TRAINER_FILE)
         if contents.members is not None:
             save_tensors(tmp / ENSEMBLE_FILE, dict(contents.members))
 
     return write_atomic_dir(path, fill)
+
+
+def _canonical(obj):
+    """A copy whose pickle depends only on the values: fresh containers, interned strings.
+
+    Pickle writes a string or container seen before as a back-reference, so
+    the bytes depend on which objects are shared. A resumed run's optimizer
+    state (unpickled: its own copies of ``'step'``, ``'lr'``...) would
+    otherwise pickle differently from an uninterrupted run's, though equal.
+    """
+    import sys
+
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    return obj
 
 
 class Checkpoint:
@@ -164,6 +246,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        recover_interrupted_save(self.path)
         self.meta = read_config(self.path)
         if self.meta.get("library") != "scalabl-pyro" or "config" not in self.meta:
             raise ScalaBLError(
@@ -198,6 +281,23 @@ class Checkpoint:
                     f"checkpoint's {source} but {lora_shapes.get(bad[0])} on this base model; "
                     f"load it on the base model it was trained on ({base})"
                 )
+
+    def check_files(self) -> None:
+        """Refuse a damaged or incomplete checkpoint before any model is loaded.
+
+        Reads what is cheap and says whether every file is whole: the
+        safetensors headers (a truncated file fails here: its header names
+        more bytes than there are) of the LoRA factors, the guide and the
+        peft adapter, and the adapter's and the history's JSON.
+        ``trainer_state.pt`` is read in full when a run is resumed.
+        """
+        for f in (LORA_FILE, GUIDE_FILE, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}"):
+            tensor_shapes(self.path / f)
+        adapter_config = self.path / ADAPTER_DIR / ADAPTER_CONFIG
+        if not adapter_config.is_file():
+            raise _missing(adapter_config)
+        _read_json(adapter_config)
+        self.history()
 
     def lora(self) -> dict[str, torch.Tensor]:
         """The unfolded LoRA factors."""
@@ -243,9 +343,14 @@ def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScalaBLError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
+        raise ScalaBLError(
+            f"{path} is not valid JSON ({e}); the checkpoint is damaged: restore it or train again"
+        ) from e
     if not isinstance(obj, dict):
-        raise ScalaBLError(f"{path} does not hold a JSON object; the checkpoint is damaged")
+        raise ScalaBLError(
+            f"{path} does not hold a JSON object; the checkpoint is damaged: restore it or "
+            "train again"
+        )
     return obj
 
 
@@ -254,6 +359,8 @@ def load_trainer_state(path: str | Path) -> dict | None:
     f = Path(path) / TRAINER_FILE
     if not f.is_file():
         return None
+    import torch
+
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...
@@ -311,10 +418,13 @@ def check_output_dir(
 
     Then the location must be writable (:func:`check_writable`). ``flags``
     names the output, resume and overwrite options in the messages (the CLI's
-    by default). Raises :class:`ScalaBLError`; creates nothing.
+    by default). Raises :class:`ScalaBLError`; creates nothing (first it
+    finishes a save that a killed run left half done:
+    :func:`recover_interrupted_save`).
     """
     out, res, ovr = flags
     path = Path(path).expanduser()
+    recover_interrupted_save(path)
     if resume and overwrite:
         raise ScalaBLError(
             f"{res} continues the checkpoint in {out} and {ovr} replaces it; pass only one"

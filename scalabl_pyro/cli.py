@@ -36,7 +36,7 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
 EXIT_USAGE = 2
-log = logging.getLogger(__name__)
+log = logging.getLogger("scalabl_pyro.cli")  # not __main__ under python -m
 
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 """Guide families (``scalabl_pyro.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
@@ -659,9 +659,10 @@ def _check_evaluate_outputs(args: argparse.Namespace) -> None:
 
 
 def _read_checkpoint_meta(path: str, flag: str) -> dict:
-    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config
+    from scalabl_pyro.checkpoint import CONFIG_FILE, read_config, recover_interrupted_save
 
     p = Path(path).expanduser()
+    recover_interrupted_save(p)
     if not p.is_dir():
         what = "does not exist" if not p.exists() else "is a file, not a directory"
         raise ScalaBLError(
@@ -679,6 +680,13 @@ def _read_checkpoint_meta(path: str, flag: str) -> dict:
             "damaged or from another tool, so train it again"
         )
     return meta
+
+
+def _check_checkpoint_files(path: str) -> None:
+    """Every file of the checkpoint whole, before the model loads (headers only)."""
+    from scalabl_pyro.checkpoint import Checkpoint
+
+    Checkpoint(Path(path).expanduser()).check_files()
 
 
 def _load_data(args: argparse.Namespace) -> Any:
@@ -771,6 +779,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         s = _train_settings(args, None)
     train = _load_data(args)
     _check_letter_classes(train, s.task_format, s.num_classes)
+    if args.resume:
+        _check_checkpoint_files(args.output)
 
     _check_device(args.device)
     ScalaBL = _scalabl_class()
@@ -812,7 +822,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         sbl = ScalaBL.from_base(mcfg)
     adopt_library_loggers()
     print(sbl.summary())
-    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume)
+    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
     print(f"saved {args.output}")
 
 
@@ -870,6 +880,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _check_letter_classes(data, cfg.get("task_format", "choice"), cfg.get("num_classes"))
     else:
         _check_letter_classes(data, args.task_format or "choice", None)
+    if args.checkpoint:
+        _check_checkpoint_files(args.checkpoint)
 
     _check_device(args.device)
     ScalaBL = _scalabl_class()

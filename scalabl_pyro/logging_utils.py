@@ -8,7 +8,10 @@ command must print one ``error:`` line and nothing else, so for the duration
 of :func:`cli_logging`:
 
 * one handler on the root logger prints ``LEVEL name: message``; the
-  ``scalabl_pyro`` loggers log at WARNING (INFO with ``-v``);
+  ``scalabl_pyro`` loggers log at WARNING (INFO with ``-v``); the handler
+  passes any other logger's records only with ``-v`` (WARNING and up), so a
+  library missing from :data:`THIRD_PARTY_LOGGERS` (bitsandbytes warns at
+  import) cannot add a line either;
 * ``warnings.warn`` goes to the ``py.warnings`` logger
   (:func:`logging.captureWarnings`);
 * third-party loggers are silenced (shown from WARNING up with ``-v``), and
@@ -61,6 +64,20 @@ _OWN_HANDLER_LIBRARIES = ("transformers", "datasets", "huggingface_hub")
 _VERBOSITY_ENV = ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "HF_HUB_VERBOSITY")
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
 _QUIET = logging.CRITICAL + 1
+_OWN = "scalabl_pyro"
+
+
+class _OwnOrVerbose(logging.Filter):
+    """Pass this library's records; anyone else's only with ``-v`` and from WARNING up."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == _OWN or record.name.startswith(_OWN + "."):
+            return True
+        return self.verbose and record.levelno >= logging.WARNING
 
 
 class _Routing:
@@ -107,6 +124,7 @@ def cli_logging(verbose: bool, *, progress: bool = True) -> Iterator[None]:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(_OwnOrVerbose(verbose))
     saved_root_level = root.level
     own = logging.getLogger("scalabl_pyro")
     saved_levels = {name: logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS}

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -147,6 +148,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-serialisable settings."""
         return asdict(self)
+
+
+class NonFiniteError(ScalaBLError):
+    """Training diverged: a non-finite loss or parameter, or a distribution Pyro refused.
+
+    ``step`` is the step that failed, ``loss`` the last loss known (NaN if
+    none). Raised before that step's update is checkpointed, so what is on
+    disk is from an earlier, finite step.
+    """
+
+    def __init__(self, message: str, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step, self.loss = step, loss
+
+
+_INVALID = re.compile(
+    r"Expected parameter (\w+) .*? of distribution (\w+)\(.*?constraint (.*?), "
+    r"but found invalid values"
+)
 
 
 @dataclass
@@ -296,10 +316,30 @@ class Trainer:
 
     # ------------------------------------------------------------------- step
     def step(self) -> StepRecord:
-        """One optimizer step (with gradient accumulation); returns its ELBO terms."""
+        """One optimizer step (with gradient accumulation); returns its ELBO terms.
+
+        Raises :class:`NonFiniteError` on a non-finite loss or parameter, and
+        also when Pyro's validation refuses a distribution built from the
+        parameters (a scale that underflowed to 0, NaN logits): the same
+        divergence, seen one step later.
+        """
         t = self.step_count + 1
-        with pyro_settings(), seeded((self.config.seed * 1_000_003 + t) % 2**32, self._devices):
-            rec = self._step(t)
+        try:
+            with pyro_settings(), seeded((self.config.seed * 1_000_003 + t) % 2**32, self._devices):
+                rec = self._step(t)
+        except ValueError as e:
+            match = _INVALID.search(str(e))
+            if isinstance(e, ScalaBLError) or match is None:
+                raise
+            param, dist, constraint = match.groups()
+            last = self.history.steps[-1].loss if self.history.steps else float("nan")
+            raise self._diverged(
+                t,
+                f"Pyro found invalid values in the {param} of a {dist} (it must satisfy "
+                f"{constraint}), computed from the parameters of the update before; the last "
+                f"loss was {last:.4g}",
+                last,
+            ) from e
         self.step_count = t
         self.history.steps.append(rec)
         return rec
@@ -367,19 +407,35 @@ class Trainer:
 
     def _check_finite(self, loss: float, what: str) -> None:
         if not math.isfinite(loss):
-            raise ScalaBLError(
-                f"the {what} became {loss} at step {self.step_count + 1}; lower lr / var_lr, "
-                "set max_grad_norm, or train in float32 (bf16=False)"
-            )
+            step = self.step_count + 1
+            raise self._diverged(step, f"the {what} became {loss}", loss)
 
     def _check_parameters_finite(self, step: int, loss: float) -> None:
         """Refuse to go on (and so to save) once an update made a parameter non-finite."""
         for p in (*self.lora_params, *self.variational_params):
             if not bool(torch.isfinite(p).all()):
-                raise ScalaBLError(
-                    f"a parameter became non-finite in the update of step {step} (loss {loss:.4g});"
-                    " lower lr / var_lr or set max_grad_norm; nothing from this step was saved"
+                raise self._diverged(
+                    step, f"a parameter became non-finite in its update (loss {loss:.4g})", loss
                 )
+
+    def _diverged(self, step: int, what: str, loss: float) -> NonFiniteError:
+        """The one-line message of a diverged run: step, loss, likely cause, the fix."""
+        cfg = self.config
+        setting = f"lr {cfg.lr:g}, var_lr {cfg.resolved_var_lr:g}"
+        fixes = ["lower lr and var_lr (--lr, --var-lr)"]
+        if cfg.max_grad_norm is None:
+            setting += ", no gradient clipping"
+            fixes.append("set max_grad_norm (--max-grad-norm)")
+        if self.bf16:
+            setting += ", bf16"
+            fixes.append("train in float32 (bf16=False)")
+        fix = ", ".join(fixes[:-1]) + " or " + fixes[-1] if len(fixes) > 1 else fixes[0]
+        return NonFiniteError(
+            f"training diverged at step {step}: {what}; likely cause: updates too large for "
+            f"this model ({setting}); {fix}",
+            step,
+            loss,
+        )
 
     # -------------------------------------------------------------------- run
     def run(

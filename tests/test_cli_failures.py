@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -461,3 +462,117 @@ def test_failure_after_the_model_loaded_is_still_one_line(work: Path, tiny_model
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1
     assert "INFO scalabl_pyro.loading: loaded" in out.stderr
+
+
+# ------------------------------------------- damaged checkpoints (real, tiny model)
+
+
+@pytest.fixture(scope="module")
+def real_checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """Two real checkpoints trained in-process: on the tiny model, and on a wider one."""
+    from scalabl_pyro.api import ScalaBL
+    from scalabl_pyro.config import ScalaBLConfig
+    from scalabl_pyro.data import load_local
+    from scalabl_pyro.testing import tiny_model, tiny_tokenizer
+    from scalabl_pyro.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("ckpts")
+    (root / "data.jsonl").write_text(jsonl(GOOD_ROWS))
+    data = load_local(root / "data.jsonl")
+    tok = tiny_tokenizer()
+    wide = tiny_model(vocab_size=len(tok), hidden=96)
+    wide.config.pad_token_id = tok.pad_token_id
+    wide.save_pretrained(root / "tiny96")
+    tok.save_pretrained(root / "tiny96")
+    for name, base in (("good", tiny_model_dir), ("wide", root / "tiny96")):
+        sbl = ScalaBL.from_base(ScalaBLConfig(base_model=str(base), rank=4))
+        sbl.fit(data, TrainConfig(steps=2, batch_size=2, progress=False), output_dir=root / name)
+    return root
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGE = {  # what is done to a copy of a good checkpoint, and what the one line says
+    "truncated guide.safetensors": (
+        lambda c: _truncate(c / "guide.safetensors"),
+        "guide.safetensors is not a readable safetensors file",
+    ),
+    "truncated lora.safetensors": (
+        lambda c: _truncate(c / "lora.safetensors"),
+        "lora.safetensors is not a readable safetensors file",
+    ),
+    "truncated adapter safetensors": (
+        lambda c: _truncate(c / "adapter" / "adapter_model.safetensors"),
+        "adapter/adapter_model.safetensors is not a readable safetensors file",
+    ),
+    "missing adapter_config.json": (
+        lambda c: (c / "adapter" / "adapter_config.json").unlink(),
+        "adapter/adapter_config.json is missing; the checkpoint is incomplete",
+    ),
+    "truncated history.json": (
+        lambda c: _truncate(c / "history.json"),
+        "history.json is not valid JSON",
+    ),
+    "truncated trainer_state.pt (resume only)": (
+        lambda c: _truncate(c / "trainer_state.pt"),
+        "trainer_state.pt could not be read",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_checkpoint(work: Path, real_checkpoints: Path, case: str, command: str) -> None:
+    damage, fragment = DAMAGE[case]
+    shutil.copytree(real_checkpoints / "good", work / "bad")
+    damage(work / "bad")
+    if command == "evaluate":
+        if "resume only" in case:
+            pytest.skip("evaluate does not read the optimizer state")
+        args = ["evaluate", "--checkpoint", "bad", "--data", "data.jsonl"]
+    else:
+        args = ["train", "--data", "data.jsonl", "--output", "bad", "--resume", "--steps", "4"]
+    line = fails_cleanly(work, args, fragment, "restore it or train again")
+    assert "bad/" in line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+def test_checkpoint_from_another_base_model(work: Path, real_checkpoints: Path, command: str):
+    """Its model directory now holds a narrower model: refused from the headers, no traceback."""
+    shutil.copytree(real_checkpoints / "wide", work / "other")
+    meta_file = work / "other" / "scalabl_config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["base_model"] = json.loads(
+        (real_checkpoints / "good" / "scalabl_config.json").read_text()
+    )["config"]["base_model"]
+    meta_file.write_text(json.dumps(meta))
+    if command == "evaluate":
+        args = ["evaluate", "--checkpoint", "other", "--data", "data.jsonl"]
+    else:
+        args = ["train", "--data", "data.jsonl", "--output", "other", "--resume", "--steps", "4"]
+    fails_cleanly(work, args, "is [4, 96] in the checkpoint's config but [4, 64] on this base")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", "data.jsonl", "--output", "ckpt"],
+        ["train", "--data", "data.jsonl", "--output", "mine", "--overwrite"],
+        ["train", "--data", "data.jsonl", "--output", "/proc/scalabl/run"],
+        ["train", "--data", "data.jsonl", "--output", "run", "--batch-size", "0"],
+    ],
+)
+def test_output_and_flag_refusals_do_not_import_torch(work: Path, args: list[str]) -> None:
+    """Refusals that need no model stay cheap: torch is never imported (4 s here before)."""
+    code = (
+        "import sys\nfrom scalabl_pyro.cli import main\nrc = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=work, capture_output=True, text=True, env=env
+    )
+    assert_one_error(out)

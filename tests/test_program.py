@@ -3,6 +3,7 @@ no global side effects, per-example gradient clipping."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -19,7 +20,7 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.model import pyro_settings
 from scalabl_pyro.predict import draw_latents, predictive_scores
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import TrainConfig, Trainer
+from scalabl_pyro.train import NonFiniteError, TrainConfig, Trainer
 
 LETTER_HEAD = dict(task_format="letter", target_modules=("q_proj", "v_proj", "lm_head"))
 FORMATS = [pytest.param({}, id="choice"), pytest.param(LETTER_HEAD, id="letter-head")]
@@ -186,6 +187,79 @@ def test_resume_refuses_without_a_checkpoint_or_trainer_state(tmp_path):
     sbl.save_pretrained(tmp_path / "untrained")  # a checkpoint without optimizer state
     with pytest.raises(ScalaBLError, match="cannot be resumed"):
         sbl.fit(data, _cfg(steps=1), output_dir=tmp_path / "untrained", resume=True)
+
+
+def test_fit_checks_output_dir_like_the_cli(tmp_path):
+    """fit(output_dir=...) never replaces what it did not write, and refuses before training."""
+    data = toy_dataset(8)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ScalaBLError, match="^output_dir .*mine is not empty and is not a scalabl"):
+        make_scalabl().fit(data, _cfg(steps=1), output_dir=mine)
+    sbl = make_scalabl()
+    sbl.fit(data, _cfg(steps=2), output_dir=tmp_path / "run")
+    saved = (tmp_path / "run" / "lora.safetensors").read_bytes()
+    again = make_scalabl()
+    with pytest.raises(ScalaBLError, match="already holds a checkpoint; pass resume=True"):
+        again.fit(data, _cfg(steps=2), output_dir=tmp_path / "run")
+    assert again.history.steps == []  # refused before any step
+    again.fit(data, _cfg(steps=2, seed=1), output_dir=tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "lora.safetensors").read_bytes() != saved
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_no_new_steps_and_changed_learning_rates(tmp_path):
+    data = toy_dataset(8)
+    make_scalabl().fit(data, _cfg(steps=3, lr=1e-2), output_dir=tmp_path / "run")
+    fresh = make_scalabl()
+    with pytest.raises(ScalaBLError, match=r"already trained 3 steps, so steps=3 would train none"):
+        fresh.fit(data, _cfg(steps=3, lr=1e-2), output_dir=tmp_path / "run", resume=True)
+    with pytest.raises(ScalaBLError, match=r"so lr 0\.1 \(saved 0\.01\), var_lr 1 \(saved 0\.1\)"):
+        fresh.fit(data, _cfg(steps=5, lr=1e-1), output_dir=tmp_path / "run", resume=True)
+    with pytest.raises(ScalaBLError, match=r"weight_decay 0\.5 \(saved 0\) would be ignored"):
+        fresh.fit(data, _cfg(steps=5, weight_decay=0.5), output_dir=tmp_path / "run", resume=True)
+    fresh.fit(data, _cfg(steps=5, lr=1e-2), output_dir=tmp_path / "run", resume=True)
+    assert [s.step for s in fresh.history.steps] == [1, 2, 3, 4, 5]
+
+
+def test_divergence_names_step_cause_and_the_last_good_checkpoint(tmp_path):
+    """lr 1e19: step 1 is finite, its update overflows the logits, Pyro refuses them."""
+    data = toy_dataset(8)
+    sbl = make_scalabl()
+    config = _cfg(steps=4, lr=1e19, checkpoint_every=1, batch_size=2)
+    with pytest.raises(NonFiniteError) as info:
+        sbl.fit(data, config, output_dir=tmp_path / "run")
+    msg = str(info.value)
+    assert msg.startswith("training diverged at step 2: Pyro found invalid values in the logits")
+    assert "likely cause: updates too large for this model (lr 1e+19" in msg
+    assert msg.endswith(f"the last good checkpoint, {tmp_path / 'run'} (step 1), is intact")
+    assert info.value.step == 2 and math.isfinite(info.value.loss)
+    without_validation = pyro.validation_enabled(False)  # then the NaN loss is caught instead
+    raises = pytest.raises(NonFiniteError, match="^training diverged at step 2: the loss became")
+    with without_validation, raises:
+        make_scalabl().fit(data, config)
+
+
+def test_a_non_finite_parameter_is_never_saved(tmp_path):
+    sbl = make_scalabl()
+    data = toy_dataset(8)
+    trainer = Trainer(
+        sbl.model, sbl.guide, "mean_field", sbl.format_for(data), data, _cfg(), sbl.device
+    )
+    trainer.step()
+    real = trainer.optimizer.step
+
+    def spoil(*a, **k):  # an update that leaves a NaN behind
+        out = real(*a, **k)
+        with torch.no_grad():
+            trainer.lora_params[0].fill_(float("nan"))
+        return out
+
+    trainer.optimizer.step = spoil
+    with pytest.raises(NonFiniteError, match="step 2: a parameter became non-finite"):
+        trainer.step()
+    assert trainer.step_count == 1 and len(trainer.history.steps) == 1
 
 
 def test_checkpoint_for_another_base_model_is_refused_before_loading(tmp_path):
