@@ -292,6 +292,13 @@ class ScalaBL:
         self._check_alive()
         config = config or TrainConfig()
         self._check_train_config(config, resume)
+        if resume:
+            if output_dir is None:
+                raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
+            if not (Path(output_dir) / ckpt.CONFIG_FILE).is_file():
+                raise ScalaBLError(
+                    f"{output_dir} holds no checkpoint to resume; train without resume first"
+                )
         if output_dir is not None:
             ckpt.check_output_dir(
                 output_dir,
@@ -392,13 +399,6 @@ class ScalaBL:
     ) -> TrainHistory:
         """One training run of the current model and guide (``family`` picks the ELBO)."""
         checkpoint, trainer_state = None, None
-        if resume:
-            if output_dir is None:
-                raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
-            if not (Path(output_dir) / ckpt.CONFIG_FILE).is_file():
-                raise ScalaBLError(
-                    f"{output_dir} holds no checkpoint to resume; train without resume first"
-                )
         if resume:
             checkpoint = ckpt.Checkpoint(output_dir)
             checkpoint.check_files()
