@@ -35,7 +35,7 @@ test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check scalabl_pyro tests benchmarks examples
+	$(BIN)/ruff check scalabl_pyro tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache

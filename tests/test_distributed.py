@@ -16,7 +16,7 @@ from scalabl_pyro import checkpoint as ckpt
 from scalabl_pyro.distributed import DistributedContext
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "examples" / "train_ddp.py"
+SCRIPT = ROOT / "scalabl_pyro" / "launch_ddp.py"
 ARGS = ["--tiny", "--steps", "3", "--lr", "1e-2", "--guide", "mean_field"]
 
 

@@ -1,6 +1,6 @@
 """Train ScalaBL on several processes (DDP) with accelerate.
 
-    accelerate launch --multi_gpu --num_processes 2 examples/train_ddp.py \\
+    accelerate launch --multi_gpu --num_processes 2 -m scalabl_pyro.launch_ddp \\
         --task arc_easy --steps 200 --batch-size 4 --output runs/ddp
 
 ``--batch-size`` is per process: the global batch is ``num_processes x``
