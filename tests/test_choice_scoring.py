@@ -15,9 +15,10 @@ import pytest
 import torch
 from scalabl_testutils import make_scalabl, randomize_lora
 
+from scalabl_pyro import scoring
 from scalabl_pyro.data.examples import MCExample
 from scalabl_pyro.formats import ChoiceFormat
-from scalabl_pyro.scoring import _shared_prefix_scores, class_scores
+from scalabl_pyro.scoring import _buckets, _shared_prefix_scores, class_scores, decoder_tokens
 
 ARCHS = ["llama", "qwen2"]
 
@@ -86,7 +87,9 @@ def test_layout_rebuilds_every_row():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("normalization", ["sum", "mean"])
 @pytest.mark.parametrize("copies", [1, 3])
-def test_scores_equal_full_path(arch, normalization, copies):
+@pytest.mark.parametrize("call_cost", [0, 10**6], ids=["bucket-per-length", "one-bucket"])
+def test_scores_equal_full_path(arch, normalization, copies, call_cost, monkeypatch):
+    monkeypatch.setitem(scoring._CALL_COST_TOKENS, "cpu", call_cost)
     sbl, batch = _setup(arch, normalization)
     lat = _latents(sbl, copies)
     assert _shared_ran(sbl, batch, lat)
@@ -99,6 +102,40 @@ def test_scores_equal_full_path(arch, normalization, copies):
     torch.testing.assert_close(shared, full, atol=1e-4, rtol=1e-5)
     # the draws differ, so the copies do too
     assert (shared[0] - shared[-1]).abs().nan_to_num().max() > 1e-3 or copies == 1
+
+
+@pytest.mark.parametrize("call_cost", [0, 3, 8, 100])
+def test_buckets_are_the_cheapest_contiguous_split(call_cost):
+    """The dynamic programme against brute force over every split of the sorted widths."""
+    import itertools
+
+    need = torch.tensor([0, 5, 1, 1, 2, 7, 2, 2, 0, 19, 3, 1])
+    got = _buckets(need, call_cost)
+    covered = torch.cat([sel for sel, _ in got]).sort().values
+    assert torch.equal(covered, torch.nonzero(need > 0)[:, 0])  # every row once, none of 0
+    assert all(int(need[sel].max()) == w for sel, w in got)
+    cost = sum(len(sel) * w + call_cost for sel, w in got)
+    widths = sorted({int(w) for w in need.tolist() if w > 0})
+    best = float("inf")
+    for k in range(len(widths)):
+        for cuts in itertools.combinations(range(1, len(widths)), k):
+            bounds = [0, *cuts, len(widths)]
+            total = 0
+            for a, z in itertools.pairwise(bounds):
+                n = int(((need > (widths[a - 1] if a else 0)) & (need <= widths[z - 1])).sum())
+                total += n * widths[z - 1] + call_cost
+            best = min(best, total)
+    assert cost == best
+    assert len(_buckets(torch.zeros(3, dtype=torch.long), call_cost)) == 0
+
+
+def test_decoder_tokens_count_both_layouts():
+    _, batch = _setup("llama")
+    assert decoder_tokens(batch, 3, shared=False) == 3 * batch.input_ids.numel()
+    need = batch.answer_mask.sum(1).repeat(2) - 1
+    rest = sum(len(sel) * w for sel, w in _buckets(need, scoring._CALL_COST_TOKENS["cpu"]))
+    assert decoder_tokens(batch, 2) == 2 * batch.prefix_ids.numel() + rest
+    assert decoder_tokens(batch, 2) < decoder_tokens(batch, 2, shared=False)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -138,8 +175,10 @@ def test_single_token_answers_need_one_pass(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gradients_equal_full_path(arch):
+@pytest.mark.parametrize("call_cost", [0, 10**6], ids=["bucket-per-length", "one-bucket"])
+def test_gradients_equal_full_path(arch, call_cost, monkeypatch):
     """Gradients w.r.t. LoRA factors and the latent draws flow through the shared prefix."""
+    monkeypatch.setitem(scoring._CALL_COST_TOKENS, "cpu", call_cost)
     sbl, batch = _setup(arch)
     sbl.model.train()
     params = sbl.subspace.lora_parameters()
