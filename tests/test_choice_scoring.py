@@ -263,3 +263,32 @@ def test_real_smollm2_arc_easy_scores_equal():
         full = sbl.model.scores(_full(batch), lat)
     assert torch.isfinite(shared[full.isfinite()]).all()
     torch.testing.assert_close(shared, full, atol=1e-4, rtol=1e-5)
+
+
+def test_training_steps_equal_with_and_without_the_shared_prefix():
+    """End to end through the Trainer: the same losses and LoRA factors after three steps.
+
+    The third run uses activation checkpointing, which falls back to the full path and
+    recomputes layers during backward() under the model's (outer) scope.
+    """
+    from scalabl_testutils import lora_state, toy_dataset
+
+    from scalabl_pyro import TrainConfig
+    from scalabl_pyro.train import Trainer
+
+    data = toy_dataset(8)
+    runs = []
+    for shared, checkpointing in ((True, False), (False, False), (True, True)):
+        sbl = make_scalabl("llama", task_format="choice", guide="mean_field")
+        randomize_lora(sbl.subspace, seed=2)
+        fmt = ChoiceFormat(sbl.tokenizer, data.num_classes, shared_prefix=shared)
+        cfg = TrainConfig(
+            steps=3, lr=1e-2, batch_size=4, progress=False, gradient_checkpointing=checkpointing
+        )
+        trainer = Trainer(sbl.model, sbl.guide, "mean_field", fmt, data, cfg, torch.device("cpu"))
+        losses = [trainer.step().loss for _ in range(3)]
+        runs.append((losses, lora_state(sbl)))
+    for losses, state in runs[1:]:
+        assert losses == pytest.approx(runs[0][0], rel=1e-4)
+        for k in state:
+            torch.testing.assert_close(state[k], runs[0][1][k], atol=1e-4, rtol=1e-4)
