@@ -148,7 +148,7 @@ def _markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} "
-        f"(threads={m["torch_threads"]}), {m['device']}; {result['note']}",
+        f"(threads={m['torch_threads']}), {m['device']}; {result['note']}",
         f"Settings: {s['model']} in {s['dtype']}, mean-field ScalaBL, {s['task']} validation, "
         f"{result['questions']} questions, choice scoring with the shared prefix, batch "
         f"{s['batch_size']}, max_rows {s['max_rows']}, {s['rounds']} interleaved rounds.",

@@ -54,6 +54,13 @@ def _formats(sbl: ScalaBL, data):
     return {"before": before, "after": after}
 
 
+def _per_task(spec: str, task: str) -> int:
+    """``"24"`` for every task, or ``"arc_easy=24,boolq=10"``."""
+    if "=" not in spec:
+        return int(spec)
+    return int(dict(kv.split("=") for kv in spec.split(","))[task])
+
+
 def _order(i: int) -> tuple[str, str]:
     return PATHS if i % 2 == 0 else PATHS[::-1]
 
@@ -114,7 +121,7 @@ def _eval_tokens(fmt, data, batch_size: int, samples: int) -> int:
 
 def bench_evaluation(args, task: str) -> dict:
     """Seconds and decoder tokens per evaluated question, S-sample BMA, both paths."""
-    val = load_task(task, "validation", limit=args.eval_questions, seed=0)
+    val = load_task(task, "validation", limit=_per_task(args.eval_questions, task), seed=0)
     base, tok = load_base_model(args.model, dtype=args.dtype)
     sbl = ScalaBL(ScalaBLConfig(guide="mean_field"), base, tok)
     fmts = _formats(sbl, val)
@@ -156,11 +163,11 @@ def _markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, "
-        f"torch {result['machine']['torch']} ({result['machine']['torch_threads']} threads), "
+        f"torch {result['machine']['torch']} (threads={result['machine']['torch_threads']}), "
         f"{result['machine']['device']}; {result['note']}",
         f"Settings: {s['model']} in {s['dtype']}, mean-field ScalaBL, q_proj/v_proj r = 8, "
         f"training batch {s['batch_size']} ({s['steps']} timed steps), evaluation "
-        f"{s['samples']}-sample BMA on {s['eval_questions']} validation questions "
+        f"{s['samples']}-sample BMA on validation questions ({s['eval_questions']}) "
         f"(batch {s['eval_batch_size']}, {s['eval_rounds']} rounds).",
         "",
         "| task | measure | before | after | speed-up (wall) | speed-up (CPU time) | token ratio |",
@@ -215,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--samples", type=int, default=10)
-    p.add_argument("--eval-questions", type=int, default=24)
+    p.add_argument(
+        "--eval-questions",
+        default="arc_easy=24,boolq=10",
+        help="validation questions per task: N, or task=N,task=N",
+    )
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--eval-rounds", type=int, default=2)
     p.add_argument(

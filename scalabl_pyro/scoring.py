@@ -126,7 +126,8 @@ def _row_scores(
     d x V, never a (rows, T, V) one.
     """
     logits = model.get_output_embeddings()(h).float()
-    tok_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+    # log p(target) = logit - logsumexp(logits): no second (P, V) tensor as log_softmax makes
+    tok_lp = logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     row = torch.zeros(counts.shape[0], dtype=tok_lp.dtype, device=tok_lp.device)
     row = row.index_add(0, rows, tok_lp)
     if batch.normalization == "mean":
