@@ -11,7 +11,10 @@ Two formats, one output type (:class:`TaskBatch`), whose class scores
 * :class:`ChoiceFormat` — choice scoring, as evaluation harnesses do for ARC,
   OBQA and WinoGrande: the question followed by each answer text; a class
   score is the log-likelihood of that answer's tokens (summed, or divided by
-  the token count with ``normalization="mean"``).
+  the token count with ``normalization="mean"``). Its batches also carry the
+  question prefix once per example and the answers on their own, so that
+  ``scoring.py`` can run each prefix once and score the C answers against its
+  cached keys and values (``shared_prefix=False`` leaves them out).
 
 Inputs are left-padded; too-long prompts are truncated from the left so that
 the answer cue (and the answer text) survives, and the count is reported.
@@ -43,6 +46,10 @@ class TaskBatch:
     or one row per (example, choice) pair (choice format). ``row_example`` and
     ``row_choice`` map rows to their (example, choice); ``class_mask`` marks
     the real choices of each example (examples may have fewer than ``C``).
+    In the choice format, ``prefix_*`` and ``answer_*`` hold the same rows
+    split into one shared prefix per example and the answers alone, right-
+    padded: row ``r`` is ``prefix_ids[row_example[r]]`` followed by
+    ``answer_ids[r]`` (their real tokens).
     """
 
     kind: Literal["letter", "choice"]
@@ -55,6 +62,11 @@ class TaskBatch:
     row_choice: torch.Tensor  # (R,) long
     class_token_ids: torch.Tensor | None = None  # (C,) long, letter format
     target_mask: torch.Tensor | None = None  # (R, T) bool, choice format: answer tokens
+    # choice format, shared-prefix layout (None where an example's choices see different prefixes)
+    prefix_ids: torch.Tensor | None = None  # (B, Tp) long, left-padded question prefixes
+    prefix_mask: torch.Tensor | None = None  # (B, Tp) long
+    answer_ids: torch.Tensor | None = None  # (R, Ta) long, right-padded answer tokens
+    answer_mask: torch.Tensor | None = None  # (R, Ta) long
     normalization: str = "sum"
     num_truncated: int = 0
 
@@ -98,6 +110,16 @@ def _left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         if s:
             ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def _right_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -266,7 +288,14 @@ class LetterFormat(_BaseFormat):
 
 
 class ChoiceFormat(_BaseFormat):
-    """Choice scoring: a class score is the log-likelihood of the answer text."""
+    """Choice scoring: a class score is the log-likelihood of the answer text.
+
+    ``shared_prefix=True`` (the default) adds the shared-prefix layout to each
+    batch, which lets the scorer run every question once instead of once per
+    choice; ``False`` keeps only the one-row-per-choice layout (the reference
+    path, e.g. for benchmarks). A batch in which truncation cut an example's
+    prefix differently for different choices has no shared layout.
+    """
 
     kind = "choice"
 
@@ -278,6 +307,7 @@ class ChoiceFormat(_BaseFormat):
         normalization: Literal["sum", "mean"] = "sum",
         max_length: int = 300,
         template: str = "Question: {question}\nAnswer:",
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__(tokenizer, max_length)
         if normalization not in ("sum", "mean"):
@@ -287,6 +317,7 @@ class ChoiceFormat(_BaseFormat):
         self.num_classes = num_classes
         self.normalization = normalization
         self.template = template
+        self.shared_prefix = shared_prefix
 
     def encode(
         self, examples: Sequence[MCExample], indices: Sequence[int] | None = None
@@ -294,6 +325,9 @@ class ChoiceFormat(_BaseFormat):
         """One left-padded row per (example, choice): context then answer tokens."""
         mask = self._class_mask(examples)
         seqs, targets, row_ex, row_ch, truncated = [], [], [], [], 0
+        prefixes: list[list[int]] = []
+        answers: list[list[int]] = []
+        shared = self.shared_prefix
         for i, ex in enumerate(examples):
             context = self._prefix() + self._encode(
                 self.template.format(question=ex.question.strip())
@@ -309,6 +343,10 @@ class ChoiceFormat(_BaseFormat):
                 room = self.max_length - len(cont)
                 ctx = context[-room:] if len(context) > room else context
                 any_cut |= len(ctx) < len(context)
+                if j == 0:
+                    prefixes.append(ctx)
+                shared &= ctx == prefixes[-1] and len(ctx) > 0
+                answers.append(cont)
                 seqs.append(ctx + cont)
                 targets.append(len(cont))
                 row_ex.append(i)
@@ -320,6 +358,11 @@ class ChoiceFormat(_BaseFormat):
         for r, n in enumerate(targets):
             tmask[r, ids.shape[1] - n :] = True
         b = len(examples)
+        layout: dict[str, torch.Tensor] = {}
+        if shared:
+            pad = self.tokenizer.pad_token_id
+            layout["prefix_ids"], layout["prefix_mask"] = _left_pad(prefixes, pad)
+            layout["answer_ids"], layout["answer_mask"] = _right_pad(answers, pad)
         return TaskBatch(
             kind="choice",
             input_ids=ids,
@@ -332,6 +375,7 @@ class ChoiceFormat(_BaseFormat):
             target_mask=tmask,
             normalization=self.normalization,
             num_truncated=truncated,
+            **layout,
         )
 
 

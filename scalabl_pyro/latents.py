@@ -43,7 +43,7 @@ class LatentFamily:
 
     def __init__(self) -> None:
         self._scopes: list[_Scope] = []
-        self._retained: list[_Scope | None] = []
+        self._retained: list[list] = []  # [scope depth at entry, kept scope or None]
         self._point_fn: Callable[[], Draws] | None = None
 
     # --------------------------------------------------------------- sites
@@ -96,8 +96,11 @@ class LatentFamily:
             yield
         finally:
             popped = self._scopes.pop()
-            if self._retained and self._retained[-1] is None:
-                self._retained[-1] = popped
+            # keep the first scope that closes at the retaining block's own depth
+            # (an inner, nested scope, e.g. a shared-prefix pass, is not kept)
+            ret = self._retained[-1] if self._retained else None
+            if ret is not None and ret[1] is None and len(self._scopes) == ret[0]:
+                ret[1] = popped
 
     @contextlib.contextmanager
     def retained(self) -> Iterator[None]:
@@ -107,7 +110,7 @@ class LatentFamily:
         after the model's own scope has closed; the trainer wraps forward and
         backward in this block so that the recomputation sees the same draws.
         """
-        self._retained.append(None)
+        self._retained.append([len(self._scopes), None])
         try:
             yield
         finally:
@@ -116,12 +119,12 @@ class LatentFamily:
     @property
     def in_scope(self) -> bool:
         """Whether draws are active (inside :meth:`use` or a retaining block)."""
-        return bool(self._scopes) or any(r is not None for r in self._retained)
+        return bool(self._scopes) or any(r[1] is not None for r in self._retained)
 
     def _active(self) -> _Scope | None:
         if self._scopes:
             return self._scopes[-1]
-        for kept in reversed(self._retained):
+        for _, kept in reversed(self._retained):
             if kept is not None:
                 return kept
         return None

@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmark scripts: machine description and atomic result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+
+def machine() -> dict:
+    """The machine and library versions a result was measured on."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "load_average_1_5_15_at_start": [round(x, 2) for x in load],
+        "niceness": os.nice(0),
+    }
+
+
+def command() -> str:
+    """The command line that produced a result."""
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(path: str | Path, result: dict, markdown: str) -> None:
+    """``path`` (.json) and the same name with ``.md``, both atomically."""
+    path = Path(path)
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
+    write_atomic(path.with_suffix(".md"), markdown)
