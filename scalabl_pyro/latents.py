@@ -56,6 +56,12 @@ class LatentFamily:
         """Event shape of one site (``(r,)`` for ``s``; ``(r, d_in)`` for BLoB's ``A``)."""
         return self.init_values[name].shape
 
+    #: Whether a question's prefix may run once for all its answers (shared-prefix
+    #: choice scoring). False for a family that draws noise per input row or
+    #: per example inside a scope (BLoB's flipout): the prefix pass and the
+    #: answer pass would see different noise for the same example.
+    shares_prefix: bool = True
+
     @property
     def num_latents(self) -> int:
         """Total latent dimension D."""

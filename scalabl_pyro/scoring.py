@@ -212,7 +212,14 @@ def _buckets(need: torch.Tensor, call_cost: int) -> list[tuple[torch.Tensor, int
     return out[::-1]
 
 
-def _prefix_draws(batch: TaskBatch, rows: Draws, copies: int, owner: torch.Tensor) -> Draws | None:
+def _dropout_active(model: nn.Module) -> bool:
+    """Whether any dropout module would draw a mask now (MC dropout keeps them on)."""
+    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in model.modules())
+
+
+def _prefix_draws(
+    subspace: SubspaceLoRA, batch: TaskBatch, rows: Draws, copies: int, owner: torch.Tensor
+) -> Draws | None:
     """The draws for the copies*B prefix rows, or None if a question's rows disagree.
 
     Per-row draws ``rows`` come as (copies*R, r), one per answer row;
@@ -226,7 +233,7 @@ def _prefix_draws(batch: TaskBatch, rows: Draws, copies: int, owner: torch.Tenso
     pick = (torch.arange(copies, device=owner.device)[:, None] * r + first[None]).reshape(-1)
     out = {}
     for name, v in rows.items():
-        if v.dim() == 2:
+        if v.dim() == len(subspace.event_shape(name)) + 1:  # per-row draws
             if v.shape[0] != copies * r:
                 return None
             pv = v[pick]
@@ -242,6 +249,8 @@ def _shared_prefix_scores(
 ) -> torch.Tensor | None:
     """The shared path (module docstring); None where it cannot apply."""
     model: nn.Module = subspace.peft_model
+    if not subspace.shares_prefix or _dropout_active(model):
+        return None  # per-row noise (flipout, MC dropout) would differ between the passes
     decoder = model.get_base_model().get_decoder()
     made = _cache_factory(decoder)
     if made is None:
@@ -254,7 +263,7 @@ def _shared_prefix_scores(
     # owner[k * R + r] = k * B + row_example[r]: the prefix row of answer row r in copy k
     owner = (torch.arange(copies, device=dev)[:, None] * b + batch.row_example[None]).reshape(-1)
     row_draws = {name: subspace.current(name) for name in subspace.site_names}
-    draws = _prefix_draws(batch, row_draws, copies, owner)
+    draws = _prefix_draws(subspace, batch, row_draws, copies, owner)
     if draws is None:
         return None
     p_ids = batch.prefix_ids.repeat(copies, 1)

@@ -58,6 +58,8 @@ class BlobLoRA(SubspaceLoRA):
     ``s``), ``B = 0``. The answer-token head is not supported.
     """
 
+    shares_prefix = False  # flipout noise is per example: prefix and answers must share it
+
     site_prefix = SITE_PREFIX
 
     def __init__(
