@@ -9,8 +9,10 @@ COMMON=(--train-limit 64 --steps 160 --batch-size 4 --lr 1e-3 --select-limit 100
         --eval-every 32 --curve-limit 50 --no-progress)
 phase=${1:-A}
 case "$phase" in
-  A) scalabl benchmark "${COMMON[@]}" --tasks openbookqa --seeds 0 --output "$OUT/openbookqa" \
-       --methods "${METHODS:-mle,mle+ts,scalabl,reference}" ;;
+  A) for task in ${TASKS:-openbookqa arc_easy}; do
+       scalabl benchmark "${COMMON[@]}" --tasks "$task" --seeds 0 --output "$OUT/$task" \
+         --methods "${METHODS:-mle,mle+ts,scalabl,reference}"
+     done ;;
   B) for task in openbookqa arc_easy; do
        scalabl benchmark "${COMMON[@]}" --tasks "$task" --seeds 0,1,2 --output "$OUT/${task}" \
          --methods "${METHODS:?set METHODS to the chosen specs}"
