@@ -321,9 +321,14 @@ def guide_covariance(sbl: Any) -> np.ndarray | None:
 
     Mean-field: diagonal of the scales; full-rank / low-rank: Pyro's
     ``get_posterior()`` (the joint Normal over the packed latent vector,
-    identity transform since ``s`` is real). Other families: None.
+    identity transform since ``s`` is real); block (``AutoStructured`` with
+    dense conditionals and no dependencies, ``s_l = loc_l + diag(scale_l) L_l
+    z``): block-diagonal ``diag(scale_l) L_l L_l^T diag(scale_l)``. Other
+    families: None.
     """
-    from pyro.infer.autoguide import AutoContinuous
+    from operator import attrgetter
+
+    from pyro.infer.autoguide import AutoContinuous, AutoStructured
 
     from scalabl_pyro.guides import AutoLogMeanField, AutoMeanFieldNormal
     from scalabl_pyro.model import pyro_settings
@@ -339,6 +344,15 @@ def guide_covariance(sbl: Any) -> np.ndarray | None:
                 return None
             post = guide.get_posterior()
             return post.covariance_matrix.double().cpu().numpy()
+        if isinstance(guide, AutoStructured) and not guide.dependencies:
+            blocks = []
+            for n in sbl.model.site_names:
+                if guide.conditionals.get(n) != "mvn":
+                    return None
+                scale = attrgetter(n)(guide.scales).reshape(-1).double()
+                tril = attrgetter(n)(guide.scale_trils).double()
+                blocks.append(scale[:, None] * (tril @ tril.T) * scale[None, :])
+            return torch.block_diag(*blocks).cpu().numpy()
     return None
 
 
