@@ -403,11 +403,8 @@ def guide_draws_with_log_q(
     (auxiliary latents included, with Pyro's Jacobian terms on the Delta
     sites): the same quantity the ELBO uses, exact for every family.
     """
-    if num_samples < MIN_KHAT_SAMPLES:
-        raise ScalaBLError(
-            f"Pareto-k needs at least {MIN_KHAT_SAMPLES} draws (PSIS fits the largest 20 % "
-            f"of the weights), got {num_samples}; draw more samples"
-        )
+    if num_samples < 1:
+        raise ScalaBLError(f"num_samples must be >= 1, got {num_samples}")
     values: dict[str, list[torch.Tensor]] = {n: [] for n in model.site_names}
     log_q = np.empty(num_samples)
     with pyro_settings(), seeded(seed, model_devices(model.lm)):
@@ -455,6 +452,11 @@ def pareto_k_of_q(
     have no density ratio: that is an error.
     """
     f = as_fit(fit, fmt=fmt)
+    if num_samples < MIN_KHAT_SAMPLES:
+        raise ScalaBLError(
+            f"Pareto-k needs at least {MIN_KHAT_SAMPLES} draws (PSIS fits the largest 20 % "
+            f"of the weights), got {num_samples}; draw more samples"
+        )
     if isinstance(f.guide, AutoDelta):
         raise ScalaBLError(
             "a point-mass guide (delta/mle) has no density, so Pareto-k of q is undefined; "
