@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_cli import run_cli, tiny_dir  # noqa: F401  (fixture)
 
 from scalabl_pyro.cli import main

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from scalabl_testutils import toy_dataset
@@ -54,7 +55,7 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, monkeypatch):
     data = json.loads((out / "guide_comparison.json").read_text(), parse_constant=_no_nan)
     assert data["config"]["steps"] == 2 and len(data["rows"]) == 4
     for key in ("metrics", "khat", "traces", "scales", "correlation"):
-        assert open(result.files[key], "rb").read(4) == b"\x89PNG"
+        assert Path(result.files[key]).read_bytes()[:4] == b"\x89PNG"
 
     # a re-run loads every finished family instead of fitting it again
     def refit(*a, **k):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -85,4 +87,4 @@ def test_write_diagnostics_writes_every_png(idata, tmp_path):
     files = dp.write_diagnostics(idata, tmp_path)
     assert set(files) == {"forest", "scales", "correlation", "density", "pair", "traces"}
     for f in files.values():
-        assert open(f, "rb").read(4) == b"\x89PNG"
+        assert Path(f).read_bytes()[:4] == b"\x89PNG"
