@@ -8,15 +8,18 @@ the same ``--output`` skips finished families.
 
     nice -n 15 python benchmarks/guide_comparison.py --output runs/guide_comparison
 
-Copy ``guide_comparison.{md,csv,json}`` to ``benchmarks/results/`` and the PNGs to
-``docs/img/`` to publish a run.
+``--publish`` then copies ``guide_comparison.{md,csv,json}`` to ``benchmarks/results/``
+and the PNGs to ``docs/img/`` (re-run with it after an unpublished run: finished
+families are loaded, not refitted).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from scalabl_pyro.comparison import DEFAULT_FAMILIES, CompareConfig, compare_guides
 
@@ -32,6 +35,7 @@ def main() -> None:
     p.add_argument("--khat-subset", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--publish", action="store_true", help="copy tables and PNGs into the repo")
     a = p.parse_args()
     cfg = CompareConfig(
         families=tuple(a.families.split(",")),
@@ -46,6 +50,14 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     result = compare_guides(cfg, figures=not a.no_figures, command=command)
     print(result.table())
+    if a.publish:
+        root = Path(__file__).resolve().parents[1]
+        for key, src in result.files.items():
+            dest = root / ("docs/img" if src.endswith(".png") else "benchmarks/results")
+            tmp = dest / f".{Path(src).name}.tmp"
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest / Path(src).name)
+            print(f"published {key}: {dest / Path(src).name}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,10 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, monkeypatch):
     assert rows["mle"]["khat_q"] is None and rows["mle"]["elpd_loo"] is None
     assert rows["mean_field"]["max_abs_corr"] == 0.0  # mean-field cannot correlate
     assert rows["block"]["corr_exact"] and rows["full_rank"]["corr_exact"]
+    # full-rank and block start uncorrelated: every correlation they have, training made
+    for fam in ("full_rank", "block"):
+        assert rows[fam]["max_abs_corr_init"] == 0.0
+        assert rows[fam]["corr_change"] == pytest.approx(rows[fam]["max_abs_corr"])
     assert len(result.loo_compare) == 3  # the point mass has one draw: no LOO
     out = tmp_path / "cmp"
     md = (out / "guide_comparison.md").read_text()
