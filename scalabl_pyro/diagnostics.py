@@ -43,7 +43,7 @@ estimates: the diagnostic is of q(s) against p(s | D, A, B).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,22 +76,29 @@ _HISTORY_KEYS = {"elbo": "loss", "nll": "nll", "kl": "kl", "kl_weight": "kl_weig
 
 @dataclass
 class Fit:
-    """One fitted posterior: the Pyro model and guide, how to encode data, its history."""
+    """One fitted posterior: the Pyro model and guide, how to encode data, its history.
+
+    ``fmt`` (a fixed task format) or ``format_fn`` (data -> format, e.g.
+    ``ScalaBL.format_for``) is needed only to score data.
+    """
 
     model: ScalaBLModel
     guide: AutoGuide
     fmt: TaskFormat | None = None
     history: Any = None  # TrainHistory, its to_dict(), or None
     device: torch.device | str = "cpu"
+    format_fn: Callable[[MCDataset], TaskFormat] | None = None
 
     def format_for(self, data: MCDataset) -> TaskFormat:
         """The task format used to encode ``data``."""
-        if self.fmt is None:
-            raise ScalaBLError(
-                "a (model, guide) fit needs a task format to score data; pass fmt=... "
-                "or a ScalaBL object"
-            )
-        return self.fmt
+        if self.fmt is not None:
+            return self.fmt
+        if self.format_fn is not None:
+            return self.format_fn(data)
+        raise ScalaBLError(
+            "a (model, guide) fit needs a task format to score data; pass fmt=... "
+            "or a ScalaBL object"
+        )
 
 
 def as_fit(obj: Any, *, fmt: TaskFormat | None = None, history: Any = None) -> Fit:
@@ -99,15 +106,8 @@ def as_fit(obj: Any, *, fmt: TaskFormat | None = None, history: Any = None) -> F
     if isinstance(obj, Fit):
         return obj
     if hasattr(obj, "model") and hasattr(obj, "guide") and hasattr(obj, "format_for"):
-        sbl = obj
-
-        class _SBLFit(Fit):
-            def format_for(self, data: MCDataset) -> TaskFormat:
-                return fmt if fmt is not None else sbl.format_for(data)
-
-        return _SBLFit(
-            sbl.model, sbl.guide, fmt, history if history is not None else sbl.history, sbl.device
-        )
+        hist = history if history is not None else obj.history
+        return Fit(obj.model, obj.guide, fmt, hist, obj.device, obj.format_for)
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], ScalaBLModel):
         device = next(obj[0].lm.parameters()).device
         return Fit(obj[0], obj[1], fmt, history, device)

@@ -174,3 +174,17 @@ def test_pareto_k_of_q_on_a_tiny_model():
     delta, _ = _fitted("delta", steps=1)
     with pytest.raises(ScalaBLError, match="point-mass"):
         pareto_k_of_q(delta, data)
+
+
+def test_a_model_guide_pair_needs_a_format_to_score_data():
+    sbl, data = _fitted()
+    idata = to_inference_data((sbl.model, sbl.guide), num_samples=3)
+    assert set(idata.groups()) == {"posterior", "prior"}
+    with pytest.raises(ScalaBLError, match="needs a task format"):
+        to_inference_data((sbl.model, sbl.guide), data, num_samples=3)
+    with_fmt = to_inference_data(
+        (sbl.model, sbl.guide), data, num_samples=3, fmt=sbl.format_for(data)
+    )
+    assert with_fmt.log_likelihood["obs"].shape == (1, 3, 8)
+    with pytest.raises(ScalaBLError, match="cannot read a fit"):
+        to_inference_data("nope")
