@@ -73,7 +73,7 @@ def posterior_vs_prior(
     _check_idata(idata, "prior")
     chosen = _layers(idata, layers)
     rows = len(chosen) * idata.posterior.sizes["rank"]
-    fig = Figure(figsize=(6.0, 1.2 + 0.22 * rows), layout="constrained")
+    fig = Figure(figsize=(7.5, 1.2 + 0.22 * rows), layout="constrained")
     ax = fig.add_subplot()
     post = az.InferenceData(posterior=idata.posterior.sel(layer=chosen))
     prior = az.InferenceData(posterior=idata.prior.sel(layer=chosen))
@@ -83,6 +83,7 @@ def posterior_vs_prior(
         var_names=[LATENT_VAR],
         combined=True,
         hdi_prob=hdi_prob,
+        textsize=8,
         ax=ax,
         show=False,
     )
