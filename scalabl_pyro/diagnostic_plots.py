@@ -120,7 +120,8 @@ def scale_heatmap(
                 raise ScalaBLError(f"results[{name!r}] must be an (L, r) array of sds")
     vmax = max(float(np.nanmax(m)) for m in mats.values()) or 1.0
     n_layers = max(m.shape[0] for m in mats.values())
-    fig = Figure(figsize=(1.0 + 2.6 * len(mats), 1.5 + 0.16 * n_layers), layout="constrained")
+    height = min(1.5 + 0.16 * n_layers, 6.0)
+    fig = Figure(figsize=(1.0 + 2.6 * len(mats), height), layout="constrained")
     axes = fig.subplots(1, len(mats), squeeze=False)[0]
     im = None
     for ax, (name, m) in zip(axes, mats.items()):
