@@ -4,7 +4,9 @@ inference) as a Pyro probabilistic program over Hugging Face causal LMs.
 Where things are: the Pyro model in ``model.py``, guide families in
 ``guides.py``, objectives in ``objectives.py``, the training loop in
 ``train.py``, Bayesian model averaging in ``predict.py``, metrics in
-``metrics.py``; :class:`ScalaBL` (``api.py``) ties them together.
+``metrics.py``, ArviZ diagnostics in ``diagnostics.py`` (figures in
+``diagnostic_plots.py``), guide-family comparison in ``comparison.py``;
+:class:`ScalaBL` (``api.py``) ties them together.
 
 Public names are imported lazily, so ``scalabl fetch`` and ``import
 scalabl_pyro.assets`` do not pay for importing peft and Pyro.
@@ -31,6 +33,10 @@ _EXPORTS = {
     "MCDataset": "scalabl_pyro.data",
     "MCExample": "scalabl_pyro.data",
     "ScalaBLError": "scalabl_pyro.errors",
+    "to_inference_data": "scalabl_pyro.diagnostics",
+    "pareto_k_of_q": "scalabl_pyro.diagnostics",
+    "CompareConfig": "scalabl_pyro.comparison",
+    "compare_guides": "scalabl_pyro.comparison",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

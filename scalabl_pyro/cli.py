@@ -1,4 +1,4 @@
-"""Command line: ``scalabl {fetch,demo,train,evaluate,data,benchmark}``.
+"""Command line: ``scalabl {fetch,demo,train,evaluate,data,benchmark,compare,diagnose}``.
 
 Every problem with the input ends the command with one line
 ``error: <problem>; <fix>`` on stderr and exit status 2, without a traceback.
@@ -138,6 +138,8 @@ RANGES: dict[str, Range] = {
     "--curve-limit": Range(int, 1),
     "--ensemble-size": Range(int, 2),
     "--dropout": Range(float, 0, 1),
+    "--khat-samples": Range(int, 25),
+    "--khat-subset": Range(int, 1),
 }
 """Every numeric option's documented range (the same for each command that has it)."""
 
@@ -345,9 +347,60 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="show a data set (or a local file): splits, size, an example")
     _verbose_flag(p, top=False)
     _add_data_args(p, "validation")
+    _add_compare_parser(sub)
+    _add_diagnose_parser(sub)
 
     cli_benchmark.add_parser(sub, _num, _verbose_flag, _add_model_args)
     return parser
+
+
+def _add_compare_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare", help="fit several guide families on the same data and compare them side by side"
+    )
+    _verbose_flag(p, top=False)
+    p.add_argument(
+        "--families",
+        default="mean_field,full_rank,low_rank,block",
+        help="comma-separated guide families (default mean_field,full_rank,low_rank,block)",
+    )
+    p.add_argument(
+        "--output", required=True, help="directory for the table, figures and per-family results"
+    )
+    p.add_argument("--model", default="smollm2-135m", help="base model (default smollm2-135m)")
+    p.add_argument("--dtype", type=_dtype, default="bfloat16", help="base weights (bfloat16)")
+    p.add_argument("--data", default="arc_easy", help="named data set (train / validation)")
+    _num(p, "--eval-limit", "validation questions", 200)
+    _num(p, "--steps", "training steps per family", 150)
+    _num(p, "--batch-size", "examples per step", 4)
+    _num(p, "--lr", "learning rate of the LoRA factors", 1e-3)
+    _num(p, "--var-lr", "learning rate of the variational parameters", 1e-2)
+    _num(p, "--prior-scale", "prior standard deviation", 1.0)
+    _num(p, "--rank", "LoRA rank", 8)
+    _num(p, "--samples", "posterior samples for BMA and LOO", 10)
+    _num(p, "--khat-samples", "draws for the Pareto k-hat of q", 48)
+    _num(p, "--khat-subset", "training questions for k-hat's likelihood", 16)
+    _num(p, "--seed", "seed of data order, subsets and draws", 0)
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke version")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
+
+
+def _add_diagnose_parser(sub: Any) -> None:
+    p = sub.add_parser("diagnose", help="ArviZ diagnostics (summary, LOO, figures) of a checkpoint")
+    _verbose_flag(p, top=False)
+    p.add_argument("--checkpoint", required=True, help="directory written by `scalabl train`")
+    p.add_argument("--output", required=True, help="directory for PNGs and summary files")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data set for the pointwise log-likelihood and PSIS-LOO (default: none, "
+        "posterior and prior only)",
+    )
+    p.add_argument("--split", default="validation", help="split of --data (default validation)")
+    _num(p, "--limit", "random subset of --data", 50)
+    _num(p, "--samples", "posterior draws", 100)
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
 
 # -------------------------------------------------------------- checks
@@ -920,6 +973,114 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         reliability_diagram({name: (pred.probs, pred.labels)}, args.plot)
 
 
+def _check_report_dir(path: str, marker: str) -> Path:
+    """An output directory that is new, empty, or one this command wrote (holds ``marker``)."""
+    from scalabl_pyro.checkpoint import check_writable
+
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ScalaBLError(f"--output {path} is a file; name a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
+        raise ScalaBLError(
+            f"--output {path} is not empty and was not written by this command (no {marker}); "
+            "choose a new or empty directory"
+        )
+    check_writable(out, flag="--output")
+    return out
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    bad = [f for f in families if f not in GUIDES]
+    if bad:
+        raise ScalaBLError(f"--families: unknown guide family {bad[0]!r}; choose from {GUIDES}")
+    _check_report_dir(args.output, "families")
+    from scalabl_pyro.comparison import CompareConfig, compare_guides
+
+    adopt_library_loggers()
+    given = {
+        "families": families,
+        "base_model": args.model,
+        "dtype": args.dtype,
+        "task": args.data,
+        "output_dir": args.output,
+        "progress": args.progress,
+    }
+    for flag, key in (
+        ("eval_limit", "eval_limit"),
+        ("steps", "steps"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("var_lr", "var_lr"),
+        ("prior_scale", "prior_scale"),
+        ("rank", "rank"),
+        ("samples", "num_samples"),
+        ("khat_samples", "khat_samples"),
+        ("khat_subset", "khat_subset"),
+        ("seed", "seed"),
+    ):
+        if getattr(args, flag) is not None:
+            given[key] = getattr(args, flag)
+    cfg = CompareConfig.quick(**given) if args.quick else CompareConfig(**given)
+    command = "scalabl " + " ".join(sys.argv[1:]) if sys.argv[1:] else None
+    result = compare_guides(cfg, command=command)
+    print(result.table())
+    print("wrote " + ", ".join(sorted(result.files.values())))
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> None:
+    _read_checkpoint_meta(args.checkpoint, "--checkpoint")
+    out = _check_report_dir(args.output, "posterior_scales.png")
+    data = None
+    if args.data is not None:
+        from scalabl_pyro.data import load_task
+
+        data = load_task(args.data, args.split, limit=args.limit)
+    _check_device(args.device)
+    ScalaBL = _scalabl_class()
+    import arviz as az
+
+    from scalabl_pyro.comparison import _write_text_atomic
+    from scalabl_pyro.diagnostic_plots import write_diagnostics
+    from scalabl_pyro.diagnostics import to_inference_data
+
+    sbl = ScalaBL.from_pretrained(args.checkpoint, device=args.device)
+    adopt_library_loggers()
+    idata = to_inference_data(
+        sbl,
+        data,
+        num_samples=args.samples if args.samples is not None else 100,
+        progress=args.progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_diagnostics(idata, out)
+    summary = az.summary(idata, var_names=["s"], kind="stats")
+    _write_text_atomic(out / "summary.csv", summary.to_csv())
+    files["summary"] = str(out / "summary.csv")
+    if data is not None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loo = az.loo(idata, pointwise=True)
+        print(loo)
+        from scalabl_pyro.checkpoint import write_json
+
+        k = [float(x) for x in loo.pareto_k.values]
+        write_json(
+            out / "loo.json",
+            {
+                "data": f"{data.name}/{data.split}",
+                "elpd_loo": float(loo.elpd_loo),
+                "se": float(loo.se),
+                "p_loo": float(loo.p_loo),
+                "pareto_k_above_0.7": int(sum(x > 0.7 for x in k)),
+            },
+        )
+        files["loo"] = str(out / "loo.json")
+    print("wrote " + ", ".join(sorted(files.values())))
+
+
 def _choice_counts(ds: Any) -> str:
     counts = [len(e.choices) for e in ds]
     lo, hi = min(counts), max(counts)
@@ -956,6 +1117,8 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "data": _cmd_data,
     "benchmark": cli_benchmark.cmd_benchmark,
+    "compare": _cmd_compare,
+    "diagnose": _cmd_diagnose,
 }
 
 

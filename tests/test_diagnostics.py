@@ -1,0 +1,190 @@
+"""ArviZ conversion and Pareto-k of q, checked against the Pyro draws and exact answers."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
+
+from scalabl_pyro.comparison import guide_covariance
+from scalabl_pyro.diagnostics import (
+    MIN_KHAT_SAMPLES,
+    combine_chains,
+    guide_draws_with_log_q,
+    layer_names,
+    pareto_k_from_log_weights,
+    pareto_k_of_q,
+    prior_draws,
+    to_inference_data,
+)
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.model import pyro_settings
+from scalabl_pyro.predict import draw_latents, predict
+from scalabl_pyro.train import TrainConfig
+
+
+def _fitted(guide: str = "mean_field", seed: int = 0, steps: int = 2):
+    sbl = make_scalabl(guide=guide, seed=seed)
+    randomize_lora(sbl.subspace)
+    data = toy_dataset(8)
+    sbl.fit(data, TrainConfig(steps=steps, batch_size=4, lr=1e-2, seed=seed, progress=False))
+    return sbl, data
+
+
+def test_inference_data_matches_the_pyro_draws():
+    sbl, data = _fitted()
+    idata = to_inference_data(sbl, data, num_samples=12, seed=5)
+    draws = draw_latents(sbl.model, sbl.guide, 12, 5)
+    sites = sbl.model.site_names
+    post = idata.posterior["s"]
+    assert post.dims == ("chain", "draw", "layer", "rank")
+    assert post.shape == (1, 12, len(sites), 4)
+    paths = [sbl.subspace.paths[n].removeprefix("base_model.model.") for n in sites]
+    assert list(post.coords["layer"].values) == paths == layer_names(sbl.model)
+    for i, name in enumerate(sites):
+        np.testing.assert_allclose(post.values[0, :, i], draws[name].numpy(), rtol=0, atol=1e-7)
+    # the pointwise log-likelihood is the model's, under exactly those draws
+    pred = predict(sbl.model, sbl.guide, sbl.format_for(data), data, latents=draws, progress=False)
+    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0], pred.log_likelihood())
+    np.testing.assert_array_equal(idata.observed_data["obs"].values, [ex.label for ex in data])
+    pp = idata.posterior_predictive["obs"].values
+    assert pp.shape == (1, 12, 8) and pp.min() >= 0 and pp.max() < 3
+    assert idata.prior["s"].shape == post.shape
+    # the training history, step by step
+    steps = sbl.history.to_dict()["steps"]
+    np.testing.assert_allclose(idata.sample_stats["elbo"].values[0], [r["loss"] for r in steps])
+    np.testing.assert_allclose(idata.sample_stats["kl"].values[0], [r["kl"] for r in steps])
+    loo = az.loo(idata, pointwise=True)
+    assert np.isfinite(loo.elpd_loo) and loo.pareto_k.shape == (8,)
+
+
+def test_prior_draws_use_each_sites_own_loc_and_scale():
+    sbl = make_scalabl(prior_scale=0.5)
+    sites = sbl.model.site_names
+    sbl.subspace.prior_loc = {sites[0]: torch.full((4,), 3.0)}  # N(3, (0.5 * (1 + 3))^2)
+    draws = prior_draws(sbl.model, 4000, seed=1)
+    assert draws.shape == (4000, len(sites), 4)
+    np.testing.assert_allclose(draws[:, 0].mean(0), 3.0, atol=0.15)
+    np.testing.assert_allclose(draws[:, 0].std(0), 2.0, rtol=0.06)
+    np.testing.assert_allclose(draws[:, 1].mean(0), 0.0, atol=0.05)
+    np.testing.assert_allclose(draws[:, 1].std(0), 0.5, rtol=0.06)
+    assert prior_draws(make_scalabl(guide="mle").model, 10) is None
+
+
+def test_fits_combine_as_chains():
+    a, data = _fitted(seed=0)
+    b, _ = _fitted(seed=1)
+    both = to_inference_data([a, b], data, num_samples=6, seed=0)
+    assert both.posterior.sizes["chain"] == 2
+    joined = combine_chains(
+        [
+            to_inference_data(a, data, num_samples=6, seed=0),
+            to_inference_data(b, data, num_samples=6, seed=1),
+        ]
+    )
+    for group in ("posterior", "prior", "log_likelihood", "sample_stats"):
+        first, second = getattr(both, group), getattr(joined, group)
+        for var in first.data_vars:
+            np.testing.assert_allclose(first[var].values, second[var].values)
+    rhat = az.rhat(joined)["s"]
+    assert rhat.shape == (len(a.model.site_names), 4) and np.all(np.isfinite(rhat.values))
+    assert np.all(az.ess(joined)["s"].values > 0)
+    with pytest.raises(ScalaBLError, match="does not line up"):
+        combine_chains([joined, to_inference_data(a, data, num_samples=5, seed=0)])
+
+
+def test_khat_of_the_exact_posterior_of_a_gaussian_is_small_and_weights_are_flat():
+    """theta ~ N(0, I_d), y_i ~ N(theta, sigma^2 I_d): q = the exact posterior."""
+    rng = np.random.default_rng(0)
+    d, n, sigma = 5, 20, 0.7
+    y = rng.normal(1.0, sigma, size=(n, d))
+    prec = 1.0 + n / sigma**2
+    mu, sd = y.sum(0) / sigma**2 / prec, prec**-0.5
+
+    def log_joint(th):
+        ll = -0.5 * (((y[None] - th[:, None]) / sigma) ** 2).sum((1, 2))
+        return ll - 0.5 * (th**2).sum(1)
+
+    def log_normal(th, m, s):
+        return (-0.5 * ((th - m) / s) ** 2 - np.log(s)).sum(1)
+
+    th = mu + sd * rng.standard_normal((400, d))
+    lw = log_joint(th) - log_normal(th, mu, sd)
+    assert np.ptp(lw) < 1e-8  # equal up to the normalising constant
+    k, smoothed = pareto_k_from_log_weights(lw)
+    assert k < 0.5
+    np.testing.assert_allclose(np.exp(smoothed), 1 / 400, rtol=1e-6)
+    # an approximation 3x too narrow misses the tails: heavy-tailed weights
+    th = mu + 0.3 * sd * rng.standard_normal((400, d))
+    k_narrow, _ = pareto_k_from_log_weights(log_joint(th) - log_normal(th, mu, 0.3 * sd))
+    assert k_narrow > 0.7
+    # exactly constant weights have no tail
+    assert pareto_k_from_log_weights(np.zeros(30))[0] == float("-inf")
+
+
+@pytest.mark.parametrize("family", ["mean_field", "full_rank", "low_rank", "block"])
+def test_log_q_of_guide_draws_is_the_guides_density(family):
+    sbl, _ = _fitted(family)
+    draws, log_q = guide_draws_with_log_q(sbl.model, sbl.guide, 6, seed=2)
+    z = torch.cat([draws[n] for n in sbl.model.site_names], dim=1)
+    with pyro_settings(), torch.no_grad():
+        if family == "mean_field":
+            exact = sum(
+                torch.distributions.Normal(*sbl.guide._get_loc_and_scale(n))
+                .log_prob(draws[n])
+                .sum(1)
+                for n in sbl.model.site_names
+            )
+        elif family == "block":
+            cov = torch.as_tensor(guide_covariance(sbl))
+            loc = torch.cat([sbl.posterior_mean()[n].reshape(-1) for n in sbl.model.site_names])
+            exact = torch.distributions.MultivariateNormal(loc.double(), cov).log_prob(z.double())
+        else:
+            exact = sbl.guide.get_posterior().log_prob(z)
+    np.testing.assert_allclose(log_q, exact.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_block_covariance_matches_its_draws():
+    sbl, _ = _fitted("block")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in sbl.guide.named_parameters():
+            if "scale_trils" in name:
+                p.add_(0.5 * torch.randn(p.shape, generator=gen))
+    exact = guide_covariance(sbl)
+    draws = draw_latents(sbl.model, sbl.guide, 8000, seed=4)
+    flat = torch.cat([draws[n] for n in sbl.model.site_names], dim=1).double().numpy()
+    emp = np.cov(flat, rowvar=False)
+    np.testing.assert_allclose(emp, exact, atol=0.08 * np.max(np.diag(exact)))
+    r = 4
+    assert np.all(exact[:r, r:] == 0)  # layers are independent
+    assert np.abs(exact[:r, :r] - np.diag(np.diag(exact[:r, :r]))).max() > 0
+
+
+def test_pareto_k_of_q_on_a_tiny_model():
+    sbl, data = _fitted("full_rank")
+    pk = pareto_k_of_q(sbl, data, num_samples=MIN_KHAT_SAMPLES, subset_size=4, seed=1)
+    assert np.isfinite(pk.khat) and pk.log_weights.shape == (MIN_KHAT_SAMPLES,)
+    assert pk.subset_size == 4 and pk.num_data == 8
+    assert 1.0 <= pk.ess <= MIN_KHAT_SAMPLES
+    with pytest.raises(ScalaBLError, match="at least 25 draws"):
+        pareto_k_of_q(sbl, data, num_samples=10)
+    delta, _ = _fitted("delta", steps=1)
+    with pytest.raises(ScalaBLError, match="point-mass"):
+        pareto_k_of_q(delta, data)
+
+
+def test_a_model_guide_pair_needs_a_format_to_score_data():
+    sbl, data = _fitted()
+    idata = to_inference_data((sbl.model, sbl.guide), num_samples=3)
+    assert set(idata.groups()) == {"posterior", "prior"}
+    with pytest.raises(ScalaBLError, match="needs a task format"):
+        to_inference_data((sbl.model, sbl.guide), data, num_samples=3)
+    with_fmt = to_inference_data(
+        (sbl.model, sbl.guide), data, num_samples=3, fmt=sbl.format_for(data)
+    )
+    assert with_fmt.log_likelihood["obs"].shape == (1, 3, 8)
+    with pytest.raises(ScalaBLError, match="cannot read a fit"):
+        to_inference_data("nope")
