@@ -138,6 +138,13 @@ def test_rst_simple_table_becomes_markdown(rst):
     )
 
 
+def test_rst_literal_marker_becomes_a_colon(rst):
+    text = "Cache layout::\n\n    root/\n        models/\n\nNot a role: a::b stays."
+    assert rst.rst_to_markdown(text) == (
+        "Cache layout:\n\n    root/\n        models/\n\nNot a role: a::b stays."
+    )
+
+
 def test_rst_unterminated_table_is_left_alone(rst):
     text = "=====  =====\nname   value\n=====  =====\nno closing rule"
     assert rst.rst_to_markdown(text) == text

@@ -7,7 +7,9 @@ so they are rewritten when griffe loads each object (the source is untouched):
 - cross-reference roles, ``:func:`~scalabl_pyro.metrics.aurc``` -> ```aurc```
   (``~`` keeps the last dotted component, as in Sphinx);
 - simple tables (rows between ``=====  ====`` rules) -> Markdown tables; a row
-  whose first cell is empty continues the row above.
+  whose first cell is empty continues the row above;
+- the literal-block marker ``text::`` -> ``text:`` (the indented block after
+  it is already a Markdown code block).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|exc|obj|const):`(~?)([^`]+)`")
 _RULE = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
+_LITERAL = re.compile(r"(?<=\S)::$", re.MULTILINE)
 
 
 def _role(match: re.Match) -> str:
@@ -67,7 +70,7 @@ def _table(lines: list[str]) -> list[str]:
 
 def rst_to_markdown(text: str) -> str:
     """Rewrite roles and simple tables in a docstring (other text unchanged)."""
-    text = _ROLE.sub(_role, text)
+    text = _LITERAL.sub(":", _ROLE.sub(_role, text))
     lines = text.splitlines()
     out: list[str] = []
     i = 0
