@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-fast lint fetch clean
+.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,15 @@ test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check scalabl_pyro tests benchmarks
+	$(BIN)/ruff check scalabl_pyro tests benchmarks tools
+
+# The documentation site (mkdocs-material + mkdocstrings + mkdocs-jupyter) into site/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# Rewrite docs/cli.md from the argument parser (the docs build fails while it is stale).
+cli-docs: install
+	$(BIN)/python tools/docs_hooks.py
 
 clean:
-	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache
+	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache site

@@ -1,0 +1,177 @@
+"""The documentation site: strict mkdocs build, generated CLI reference, docstring filter."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scalabl_pyro.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    """Import a module from tools/ (not a package: mkdocs and griffe load them by path)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    return _load("docs_hooks")
+
+
+@pytest.fixture(scope="module")
+def rst():
+    return _load("griffe_rst")
+
+
+def test_cli_reference_is_up_to_date(hooks):
+    committed = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert committed == hooks.render_cli_reference(), (
+        "docs/cli.md is stale: run `make cli-docs` (python tools/docs_hooks.py) and commit it"
+    )
+
+
+def test_cli_reference_lists_every_command_and_option(hooks):
+    text = hooks.render_cli_reference()
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"fetch", "demo", "train", "evaluate", "data"} <= set(subs.choices)
+    for name, sub in subs.choices.items():
+        section = text.split(f"## `scalabl {name}`", 1)[1].split("\n## ", 1)[0]
+        assert f"usage: scalabl {name}" in section
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in section, (name, flag)
+            if action.choices:
+                assert all(f"`{c}`" in section for c in action.choices), (name, action.dest)
+
+
+def test_write_cli_reference_is_atomic_and_idempotent(hooks, tmp_path):
+    path = tmp_path / "cli.md"
+    path.write_text("old", encoding="utf-8")
+    assert hooks.write_cli_reference(path) is True
+    assert path.read_text(encoding="utf-8") == hooks.render_cli_reference()
+    assert hooks.write_cli_reference(path) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.md"]  # no temp file left
+
+
+def test_api_reference_has_a_page_per_public_module(hooks):
+    package = ROOT / "scalabl_pyro"
+    public = {m.name for m in pkgutil.iter_modules([str(package)]) if not m.name.startswith("_")}
+    listed = hooks.api_modules()
+    assert {m.removeprefix("scalabl_pyro.") for m in listed} == public
+    assert len(listed) == len(set(listed))
+    ordered = [m for m in hooks.API_ORDER if m in public]
+    assert [m.removeprefix("scalabl_pyro.") for m in listed[: len(ordered)]] == ordered
+    for name in ("api", "config", "latents", "model", "guides", "metrics", "plots", "checkpoint"):
+        assert f"scalabl_pyro.{name}" in listed
+    assert hooks.api_page("scalabl_pyro.metrics") == (
+        "# `scalabl_pyro.metrics`\n\n::: scalabl_pyro.metrics\n"
+    )
+
+
+def test_nav_sections_are_filled(hooks):
+    nav = [{"Home": "index.md"}, {"Guides": [{"Tutorials": []}]}, {"API reference": []}]
+    assert hooks._fill(nav, "Tutorials", [{"A": "a.ipynb"}])
+    assert hooks._fill(nav, "API reference", [{"m": "api/m.md"}])
+    assert not hooks._fill(nav, "Tutorials", [{"B": "b.ipynb"}])  # already filled
+    assert nav == [
+        {"Home": "index.md"},
+        {"Guides": [{"Tutorials": [{"A": "a.ipynb"}]}]},
+        {"API reference": [{"m": "api/m.md"}]},
+    ]
+
+
+def test_notebook_title_is_the_first_heading(hooks):
+    title = hooks.notebook_title(ROOT / "notebooks" / "01_quickstart.ipynb")
+    assert title.startswith("Quickstart")
+
+
+def test_rst_roles_become_code(rst):
+    text = "See :func:`~scalabl_pyro.metrics.aurc`, :class:`KLScale` and :py:meth:`a.b.c`."
+    assert rst.rst_to_markdown(text) == "See `aurc`, `KLScale` and `a.b.c`."
+
+
+def test_rst_simple_table_becomes_markdown(rst):
+    text = "\n".join(
+        [
+            "Intro.",
+            "",
+            "    =====  ==========  =====",
+            "    name   posterior   count",
+            "    =====  ==========  =====",
+            "    mf     diagonal    2 D",
+            "    lmf    diagonal,   2 D",
+            "           log params",
+            "    a|b    full        D^2",
+            "    =====  ==========  =====",
+            "",
+            "After.",
+        ]
+    )
+    assert rst.rst_to_markdown(text) == "\n".join(
+        [
+            "Intro.",
+            "",
+            "",
+            "| name | posterior | count |",
+            "|---|---|---|",
+            "| mf | diagonal | 2 D |",
+            "| lmf | diagonal, log params | 2 D |",
+            "| a\\|b | full | D^2 |",
+            "",
+            "",
+            "After.",
+        ]
+    )
+
+
+def test_rst_literal_marker_becomes_a_colon(rst):
+    text = "Cache layout::\n\n    root/\n        models/\n\nNot a role: a::b stays."
+    assert rst.rst_to_markdown(text) == (
+        "Cache layout:\n\n    root/\n        models/\n\nNot a role: a::b stays."
+    )
+
+
+def test_rst_unterminated_table_is_left_alone(rst):
+    text = "=====  =====\nname   value\n=====  =====\nno closing rule"
+    assert rst.rst_to_markdown(text) == text
+
+
+def test_mkdocs_build_strict(tmp_path):
+    """The whole site builds with every warning an error (~10-20 s on 2 cores)."""
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (site / "index.html").exists()
+    for page in ("installation", "elbo", "guides", "method", "metrics", "cli", "results"):
+        assert (site / page / "index.html").exists(), page
+    metrics_page = (site / "api" / "metrics" / "index.html").read_text(encoding="utf-8")
+    assert "ood_detection" in metrics_page and ":func:" not in metrics_page
+    guides_page = (site / "api" / "guides" / "index.html").read_text(encoding="utf-8")
+    assert "<table>" in guides_page and "=====" not in guides_page
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        html = site / "notebooks" / nb.stem / "index.html"
+        assert html.exists(), f"tutorial {nb.name} was not rendered"
+    assert "scalabl train" in (site / "cli" / "index.html").read_text(encoding="utf-8")
+    assert not (ROOT / ".cache" / "mkdocs-jupyter").exists()  # nothing written into the checkout
