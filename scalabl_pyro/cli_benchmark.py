@@ -54,7 +54,7 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
     p.add_argument(
         "--methods",
         default="mle,mle+ts,scalabl",
-        help="method specs name[key=value,...][+ts], comma-separated "
+        help="method specs name[key=value,...] (add +ts for temperature scaling), comma-separated "
         "(names: mle, scalabl, full_rank, low_rank, block, reference, map, mc_dropout, "
         "ensemble, blob, laplace)",
     )
