@@ -67,7 +67,7 @@ def posterior_ratio_figure(runs: dict[str, dict]) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("posterior std / |mean| of s (per layer)")
-    ax.set_title("relative noise on each layer's update (median, 10-90 % over layers)")
+    ax.set_title("std / |mean| of s per layer (median, 10-90 %)")
     ax.legend(fontsize=8)
     return fig
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 #: Base method -> (ScalaBLConfig overrides, TrainConfig overrides, BMA samples).
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
-    "mle": ({"guide": "mle"}, {}, 1),
+    "mle": ({"method": "mle"}, {}, 1),
     "scalabl": ({"guide": "mean_field"}, {}, 10),
     "full_rank": ({"guide": "full_rank"}, {}, 10),
     "low_rank": ({"guide": "low_rank"}, {}, 10),

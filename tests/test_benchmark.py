@@ -35,6 +35,7 @@ def test_parse_method_overrides_and_temperature():
     assert spec.train == {"kl_weight": 10}
     assert spec.samples == 4
     assert spec.trained == "scalabl[kl_weight=10,init_scale=0.2,samples=4,normalization=mean]"
+    assert parse_method("mle").model == {"method": "mle"}
     assert parse_method("mle").samples == 1 and not parse_method("mle").temperature
     assert parse_method("scalabl[prior_scale=none]").model["prior_scale"] is None
 
