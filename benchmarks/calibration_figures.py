@@ -88,7 +88,7 @@ def mi_figure(runs: dict[str, dict[str, np.ndarray]], split: str) -> Figure:
     ax.boxplot(data, positions=pos, widths=0.8, showfliers=False)
     ax.set_xticks(pos, labels, fontsize=7)
     ax.set_ylabel("mutual information (nats)")
-    ax.set_title("epistemic uncertainty on correct vs wrong test answers")
+    ax.set_title("MI on correct vs wrong test answers")
     return fig
 
 
