@@ -245,6 +245,9 @@ _PREFIX = {
     "evaluate": EVAL,
     "demo": ["demo", "--output", "demo_out"],
     "data": ["data", "--data", "data.jsonl"],
+    "benchmark": ["benchmark", "--output", "bench_out"],
+    "compare": ["compare", "--output", "compare_out"],
+    "diagnose": ["diagnose", "--checkpoint", "ckpt", "--output", "diag_out"],
 }
 
 
