@@ -933,10 +933,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _check_letter_classes(data, cfg.get("task_format", "choice"), cfg.get("num_classes"))
     else:
         _check_letter_classes(data, args.task_format or "choice", None)
+    _check_device(args.device)
+
     if args.checkpoint:
         _check_checkpoint_files(args.checkpoint)
-
-    _check_device(args.device)
     ScalaBL = _scalabl_class()
     from scalabl_pyro.checkpoint import write_json
     from scalabl_pyro.config import ScalaBLConfig
