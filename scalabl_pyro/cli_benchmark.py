@@ -87,29 +87,25 @@ def config_from_args(args: argparse.Namespace) -> Any:
     tasks = [t.strip() for t in args.tasks.split(",")]
     for t in tasks:
         check_task(t)
-    sizes = {
-        "train_limit": args.train_limit or 256,
-        "steps": args.steps or 256,
-        "select_limit": args.select_limit or 200,
-        "eval_limit": args.eval_limit or 500,
+    given = {  # options left unset keep BenchmarkConfig's own defaults
+        "train_limit": args.train_limit,
+        "steps": args.steps,
+        "select_limit": args.select_limit,
+        "eval_limit": args.eval_limit,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "eval_every": args.eval_every,
+        "curve_limit": args.curve_limit,
     }
+    sizes = {k: v for k, v in given.items() if v is not None}
     if args.quick:
-        typed = [
-            f
-            for f, k in (
-                ("--train-limit", "train_limit"),
-                ("--steps", "steps"),
-                ("--select-limit", "select_limit"),
-                ("--eval-limit", "eval_limit"),
-            )
-            if getattr(args, k) is not None
-        ]
+        typed = ["--" + k.replace("_", "-") for k in QUICK if given[k] is not None]
         if typed:
             raise ScalaBLError(
                 f"--quick sets the grid's sizes itself, so {', '.join(typed)} would be ignored; "
                 "drop --quick or the size options"
             )
-        sizes = dict(QUICK)
+        sizes.update(QUICK)
     return BenchmarkConfig(
         methods=split_specs(args.methods),
         tasks=tasks,
@@ -119,10 +115,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
         model=args.model or "smollm2-135m",
         dtype=args.dtype,
         device=args.device,
-        batch_size=args.batch_size or 4,
-        lr=args.lr or 1e-3,
-        eval_every=args.eval_every or 0,
-        curve_limit=args.curve_limit or 100,
         progress=args.progress,
         extra={"command": "scalabl " + " ".join(sys.argv[1:]), "quick": args.quick},
         **sizes,

@@ -276,18 +276,7 @@ def to_inference_data(
         prior.append(prior_draws(f.model, num_samples, chain_seed + 7919))
         hist.append(history_arrays(f.history))
         if data is not None:
-            pred = predict(
-                f.model,
-                f.guide,
-                f.format_for(data),
-                data,
-                latents=draws,
-                batch_size=batch_size,
-                max_rows=max_rows,
-                seed=chain_seed,
-                device=f.device,
-                progress=progress,
-            )
+            pred = _predict_under(f, data, draws, chain_seed, batch_size, max_rows, progress)
             ll.append(pred.log_likelihood())
             pp.append(_sample_labels(pred.sample_log_probs, chain_seed))
             observed = pred.labels.astype(np.int64)
@@ -470,18 +459,7 @@ def pareto_k_of_q(
         raise ScalaBLError(f"subset_size must be >= 1, got {subset_size}")
     subset = data.subset(n, seed=seed)
     draws, log_q = guide_draws_with_log_q(f.model, f.guide, num_samples, seed)
-    pred = predict(
-        f.model,
-        f.guide,
-        f.format_for(subset),
-        subset,
-        latents=draws,
-        batch_size=batch_size,
-        max_rows=max_rows,
-        seed=seed,
-        device=f.device,
-        progress=progress,
-    )
+    pred = _predict_under(f, subset, draws, seed, batch_size, max_rows, progress)
     log_lik = pred.log_likelihood().sum(axis=1) * (n_total / n)
     lw = log_lik + log_prior(f.model, draws) - log_q
     khat, smoothed = pareto_k_from_log_weights(lw)
@@ -507,3 +485,19 @@ __all__ = [
     "prior_draws",
     "to_inference_data",
 ]
+
+
+def _predict_under(f, data, draws, seed, batch_size, max_rows, progress):
+    """The fit's predictive on ``data`` with the latents fixed to ``draws`` (S per site)."""
+    return predict(
+        f.model,
+        f.guide,
+        f.format_for(data),
+        data,
+        latents=draws,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        seed=seed,
+        device=f.device,
+        progress=progress,
+    )
