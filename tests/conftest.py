@@ -16,11 +16,20 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _pyro_hygiene():
-    """Validate distributions and start each test with an empty param store."""
+    """Validate distributions; start each test with an empty param store and the same globals.
+
+    A test that changes Pyro's global settings or torch's default dtype gets them
+    put back afterwards, so no test's outcome depends on which tests ran before it
+    in the same process (xdist distributes them differently from run to run).
+    """
     pyro.enable_validation(True)
     pyro.clear_param_store()
+    settings, dtype = pyro.settings.get(), torch.get_default_dtype()
     yield
     pyro.clear_param_store()
+    for key, value in settings.items():
+        pyro.settings.set(**{key: value})
+    torch.set_default_dtype(dtype)
 
 
 def _figures_file(config) -> Path | None:

@@ -35,9 +35,11 @@ LOW_RANK = 4
 def _float64_module_local():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    pyro.settings.set(module_local_params=True)
-    yield
-    torch.set_default_dtype(old)
+    try:
+        with pyro.settings.context(module_local_params=True):  # restored for later tests
+            yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _problem():
