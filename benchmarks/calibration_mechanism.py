@@ -92,7 +92,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for spec, rs in by.items():
-        mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        mean = lambda k, rs=rs: float(np.mean([r[k] for r in rs]))  # noqa: E731
         shares = [1 - math.log(r["T_needed"]) / ref[r["seed"]] for r in rs if ref.get(r["seed"])]
         share = f"{np.mean(shares):+.2f}" if shares else "–"
         out.append(
