@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/img")
     p.add_argument("--label", action="append", default=[], help="spec=short name")
+    p.add_argument("--tag", default="", help="suffix of the figure names (e.g. _mean)")
     args = p.parse_args(argv)
     root, out = Path(args.root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,23 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     if curves:
         training_curves(
             curves,
-            out / f"overfit_{args.task}.png",
+            out / f"overfit_{args.task}{args.tag}.png",
             val_metrics=("ece", "acc"),
             smooth=10,
             title=f"{args.task}: training NLL vs validation NLL (seed {args.seed})",
         )
     bayes = {n: m for n, m in trained.items() if m.get("posterior")}
     if bayes:
-        posterior_ratio_figure(bayes).savefig(out / f"posterior_ratio_{args.task}.png", dpi=110)
+        posterior_ratio_figure(bayes).savefig(
+            out / f"posterior_ratio_{args.task}{args.tag}.png", dpi=110
+        )
     sampled = {n: a for n, (m, a) in cells.items() if a[f"{split}/slp"].shape[0] > 1}
     if sampled:
-        mi_figure(sampled, split).savefig(out / f"mi_{args.task}.png", dpi=110)
+        mi_figure(sampled, split).savefig(out / f"mi_{args.task}{args.tag}.png", dpi=110)
     probs = {
         n: (np.exp(_bma_log_probs(a[f"{split}/slp"].astype(np.float64))), a[f"{split}/labels"])
         for n, (_, a) in cells.items()
     }
-    reliability_diagram(probs, out / f"reliability_{args.task}.png", title=f"{args.task} test")
-    risk_coverage_plot(probs, out / f"risk_coverage_{args.task}.png", title=f"{args.task} test")
+    reliability_diagram(
+        probs, out / f"reliability_{args.task}{args.tag}.png", title=f"{args.task} test"
+    )
+    risk_coverage_plot(
+        probs, out / f"risk_coverage_{args.task}{args.tag}.png", title=f"{args.task} test"
+    )
     print(f"figures written to {out}")
     return 0
 
