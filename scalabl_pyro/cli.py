@@ -232,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--eval-limit", "validation examples", 200)
     _num(p, "--samples", "posterior samples for BMA", 10)
     p.add_argument("--quick", action="store_true", help="a 1-2 minute smoke version")
+    p.add_argument(
+        "--regime",
+        choices=("short", "overfit"),
+        default="short",
+        help="short: 150 steps on all of train, validation split (~15 min); overfit: 64 "
+        "training questions for 10 epochs, test split, MLE + temperature scaling (~25 min)",
+    )
     p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
@@ -794,7 +801,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     }
     overrides["output_dir"] = args.output
     overrides["progress"] = args.progress
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.regime == "overfit":
+        cfg = DemoConfig.overfit(quick=args.quick, **overrides)
+    else:
+        cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     run_demo(cfg)
 
 

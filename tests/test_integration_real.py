@@ -77,6 +77,22 @@ def test_quick_demo_writes_table_plot_and_json(tmp_path):
     assert saved["results"][2]["num_samples"] == 3
 
 
+def test_overfit_demo_reports_test_split_and_temperature_scaled_mle(tmp_path):
+    from scalabl_pyro.demo import DemoConfig, run_demo
+    from scalabl_pyro.temperature import TemperatureScaler
+
+    cfg = DemoConfig.overfit(quick=True, output_dir=str(tmp_path), progress=False)
+    assert (cfg.report_split, cfg.train_limit) == ("test", 8)
+    res = run_demo(cfg)
+    rows = {r["method"]: r for r in res["results"]}
+    assert list(rows) == ["zero-shot", "MLE LoRA", "MLE LoRA + TS", "ScalaBL (mean-field)"]
+    mle, ts = rows["MLE LoRA"], rows["MLE LoRA + TS"]
+    assert ts["acc"] == mle["acc"]  # one temperature never changes the argmax
+    assert ts["temperature"] != TemperatureScaler().temperature or ts["nll"] == mle["nll"]
+    assert res["config"]["report_split"] == "test"
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize(
     "config",
     [
