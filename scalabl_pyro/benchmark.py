@@ -284,6 +284,32 @@ def split_metrics(slp: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict
     return out
 
 
+def _check_cell_config(path: Path, spec: MethodSpec, seed: int, cfg: BenchmarkConfig) -> None:
+    """Refuse to reuse a finished cell whose model settings the spec no longer resolves to.
+
+    A cell is named by its spec; when a library default changes (as
+    ``normalization`` did), the same spec means another model, and skipping the
+    cell would put the old model's numbers under the new meaning.
+    """
+    from scalabl_pyro.config import ScalaBLConfig
+
+    want = ScalaBLConfig(base_model=cfg.model, dtype=cfg.dtype, seed=seed, **spec.model).to_dict()
+    saved = dict(json.loads(path.read_text()).get("model_config", {}))
+    if saved.get("method") == "scalabl" and saved.get("guide") == "mle":
+        saved["method"] = "mle"  # how plain LoRA was written before ScalaBLConfig.method existed
+    differ = sorted(
+        k for k in set(want) | set(saved) if k != "device" and saved.get(k) != want.get(k)
+    )
+    if differ:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {want.get(k)!r})" for k in differ[:3])
+        raise ScalaBLError(
+            f"finished cell {path.name} was trained with {shown}, which the spec "
+            f"{spec.trained!r} no longer means; name the setting in the spec "
+            f"(e.g. {spec.trained.split('[')[0]}[{differ[0]}={saved.get(differ[0])}]) or use "
+            "a new --output"
+        )
+
+
 def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Path:
     """Train and predict one cell; returns its JSON path (skips a finished cell)."""
     from scalabl_pyro.api import ScalaBL
@@ -292,6 +318,7 @@ def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Pa
     root = Path(cfg.output)
     path = cell_path(root, spec.trained, task, seed)
     if path.is_file() and path.with_suffix(".npz").is_file():
+        _check_cell_config(path, spec, seed, cfg)
         log.info("skip finished cell %s", path.name)
         return path
     train, select, report = task_splits(task, cfg)
@@ -555,6 +582,30 @@ def run_benchmark(cfg: BenchmarkConfig, on_cell: Callable[[str], None] | None = 
                 if on_cell:
                     on_cell(msg)
                 run_cell(spec, task, seed, cfg)
+    return build_table(cfg)
+
+
+def rebuild_table(cfg: BenchmarkConfig) -> dict:
+    """The table of the cells already finished in ``cfg.output``, training none.
+
+    For a grid that finishes over several sittings: look at what is done. The
+    folder must hold cells made with ``cfg``'s settings, and each finished cell
+    must still be what its spec means (see :func:`_check_cell_config`).
+    """
+    root = Path(cfg.output)
+    if not (root / SETTINGS_FILE).is_file():
+        raise ScalaBLError(
+            f"{root} is not a benchmark folder (no {SETTINGS_FILE}); run the grid first, "
+            "without --table-only"
+        )
+    _check_settings(root, cfg)
+    for trained in dict.fromkeys(s.trained for s in cfg.specs):
+        spec = parse_method(trained)
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                path = cell_path(root, spec.trained, task, seed)
+                if path.is_file():
+                    _check_cell_config(path, spec, seed, cfg)
     return build_table(cfg)
 
 

@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="choice scoring (default) or the lettered format",
     )
     p.add_argument(
+        "--normalization",
+        default=None,
+        choices=("mean", "sum"),
+        help="choice scoring: an answer's mean token log-likelihood (default) or its sum",
+    )
+    p.add_argument(
         "--method",
         default=None,
         choices=METHODS,
@@ -337,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=("choice", "letter"),
         help="zero-shot scoring format (default choice; a checkpoint keeps its own)",
+    )
+    p.add_argument(
+        "--normalization",
+        default=None,
+        choices=("mean", "sum"),
+        help="zero-shot choice scoring: mean token log-likelihood (default) or sum; "
+        "a checkpoint keeps its own",
     )
     _add_data_args(p, "validation")
     _num(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)
@@ -444,6 +457,7 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         args,
         "model",
         "task_format",
+        "normalization",
         "method",
         "guide",
         "targets",
@@ -473,6 +487,7 @@ class TrainSettings:
 
     model: str = "smollm2-135m"
     task_format: str = "choice"
+    normalization: str = "mean"
     method: str = "scalabl"
     guide: str = "mean_field"
     ensemble_size: int = 5
@@ -519,6 +534,7 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         cfg = meta.get("config", {})
         s.model = cfg.get("base_model", s.model)
         s.task_format = cfg.get("task_format", s.task_format)
+        s.normalization = cfg.get("normalization", "sum")  # checkpoints before the default changed
         s.guide = cfg.get("guide", s.guide)
         s.method = cfg.get("method", s.method)
         s.num_classes = cfg.get("num_classes")
@@ -625,6 +641,11 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
         raise ScalaBLError(
             "--targets lm_head adapts the answer-token rows, which only the letter format "
             "scores; add --format letter or drop lm_head from --targets"
+        )
+    if args.normalization is not None and s.task_format != "choice":
+        raise ScalaBLError(
+            "--normalization sets how answer texts are scored, which only the choice format "
+            "does; drop --normalization or use --format choice"
         )
 
 
@@ -872,6 +893,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             **method_args,
             base_model=s.model,
             task_format=s.task_format,
+            normalization=s.normalization,
             guide=s.guide if s.method == "scalabl" else "mean_field",
             target_modules=s.targets,
             rank=s.rank,
@@ -891,6 +913,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _check_evaluate_flags(args: argparse.Namespace) -> None:
     """Options that zero-shot evaluation, a checkpoint or --mode mean would ignore."""
+    if args.normalization is not None and (args.checkpoint or args.task_format == "letter"):
+        raise ScalaBLError(
+            "--normalization applies to zero-shot choice scoring (--model without --format "
+            "letter); a checkpoint keeps the scoring it was trained with, so drop --normalization"
+        )
     if args.model is not None:
         ignored = _given(args, "samples", "mode")
         if ignored:
@@ -959,6 +986,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                 base_model=args.model,
                 guide="mle",
                 task_format=args.task_format or "choice",
+                normalization=args.normalization or "mean",
                 num_classes=max(data.num_classes, 2),
                 device=args.device,
             )

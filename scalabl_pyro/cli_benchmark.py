@@ -77,6 +77,11 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
     num(p, "--curve-limit", "selection questions in the validation curve", 100)
     p.add_argument("--quick", action="store_true", help="a smoke-sized grid (1-2 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rebuild the table from the cells already finished in --output; train nothing",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -123,8 +128,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
     """Run or resume the grid and print the table."""
-    from scalabl_pyro.benchmark import run_benchmark
+    from scalabl_pyro.benchmark import rebuild_table, run_benchmark
 
     cfg = config_from_args(args)
-    run_benchmark(cfg, on_cell=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.table_only:
+        rebuild_table(cfg)
+    else:
+        run_benchmark(cfg, on_cell=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(Path(cfg.output, "table.md").read_text(), end="")

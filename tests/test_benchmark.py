@@ -17,6 +17,7 @@ from scalabl_pyro.benchmark import (
     load_cell,
     markdown_table,
     parse_method,
+    rebuild_table,
     run_benchmark,
     split_metrics,
     summarise,
@@ -167,6 +168,13 @@ def test_grid_runs_resumes_and_rebuilds_the_table(tiny_base, tmp_path):
     # a lost table is rebuilt from the cells alone
     (out / "table.json").unlink()
     assert build_table(cfg)["summary"] == result["summary"]
+    # --table-only: the finished cells of a larger grid, training none
+    bigger = _config(tiny_base, out, methods=[*cfg.methods, "map"], seeds=[0, 1])
+    partial = rebuild_table(bigger)
+    assert [r["method"] for r in partial["summary"]] == methods
+    assert not cell_path(out, "map", "boolq", 0).exists()
+    with pytest.raises(ScalaBLError, match="not a benchmark folder"):
+        rebuild_table(_config(tiny_base, tmp_path / "empty"))
 
 
 def test_other_settings_into_the_same_folder_are_refused(tiny_base, tmp_path):
@@ -180,6 +188,22 @@ def test_other_settings_into_the_same_folder_are_refused(tiny_base, tmp_path):
     with pytest.raises(ScalaBLError, match="not a benchmark folder"):
         run_benchmark(_config(tiny_base, foreign, methods=["mle"]))
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_a_cell_whose_spec_now_means_another_model_is_refused(tiny_base, tmp_path):
+    """A library default that changes (normalization did) must not relabel old cells."""
+    out = tmp_path / "bench"
+    cfg = _config(tiny_base, out, methods=["mle"])
+    run_benchmark(cfg)
+    path = cell_path(out, "mle", "boolq", 0)
+    meta = json.loads(path.read_text())
+    assert meta["model_config"]["normalization"] == "mean"  # today's default
+    meta["model_config"]["normalization"] = "sum"  # as a cell from before the change
+    path.write_text(json.dumps(meta))
+    with pytest.raises(
+        ScalaBLError, match=r"normalization='sum' \(now 'mean'\).*mle\[normalization=sum\]"
+    ):
+        run_benchmark(cfg)
 
 
 def test_ood_protocol_reports_shifted_sets_with_auroc(tiny_base, tmp_path):
@@ -203,25 +227,26 @@ def test_ood_protocol_reports_shifted_sets_with_auroc(tiny_base, tmp_path):
     assert table["settings"]["protocol"] == "ood"
 
 
-def test_cli_benchmark_bad_input_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        (["--methods", "mle,bogus"], "unknown method 'bogus'"),
+        (["--table-only"], "is not a benchmark folder"),
+    ],
+    ids=["unknown method", "table-only without a grid"],
+)
+def test_cli_benchmark_bad_input_is_one_line(tmp_path, extra, line):
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scalabl_pyro.cli",
-            "benchmark",
-            "--output",
-            str(tmp_path / "b"),
-            "--methods",
-            "mle,bogus",
-        ],
+        [sys.executable, "-m", "scalabl_pyro.cli", "benchmark", "--output", str(tmp_path / "b")]
+        + extra,
         capture_output=True,
         text=True,
     )
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert lines[-1].startswith("error: unknown method 'bogus'")
+    assert lines[-1].startswith("error: ") and line in lines[-1], lines[-1]
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "b").exists()  # nothing created by a refused command
 
 
 @pytest.mark.slow

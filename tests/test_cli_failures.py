@@ -280,6 +280,14 @@ def test_numeric_option_out_of_range(work: Path, command: str, flag: str, value:
 
 
 COMBINATION_CASES = {
+    "--normalization with the letter format": (
+        [*TRAIN, "--format", "letter", "--normalization", "sum"],
+        ["--normalization sets how answer texts are scored", "--format choice"],
+    ),
+    "evaluate a checkpoint with --normalization": (
+        [*EVAL, "--normalization", "sum"],
+        ["a checkpoint keeps the scoring it was trained with"],
+    ),
     "--guide mle with --prior-scale": (
         [*TRAIN, "--guide", "mle", "--prior-scale", "2"],
         ["--guide mle is plain LoRA", "--prior-scale would be ignored"],

@@ -153,3 +153,37 @@ def test_batch_to_and_tile(tiny):
     ids, att, tm = batch.tile_rows(3)
     assert ids.shape[0] == 3 * batch.num_rows and tm.shape == ids.shape
     assert torch.equal(ids[: batch.num_rows], ids[batch.num_rows : 2 * batch.num_rows])
+
+
+def test_default_scoring_is_not_decided_by_answer_length(tiny):
+    """The library default (per-token mean) keeps zero-shot choices near even on a random model.
+
+    Summed scores add one token's log-likelihood per token, so before any
+    training a long answer loses by about (length difference) x log V nats: the
+    prediction is certain and decided by length, the over-confidence that the
+    calibration study (docs/calibration.md) traced to this choice.
+    """
+    from scalabl_pyro.config import ScalaBLConfig
+
+    model, tok = tiny
+    assert ScalaBLConfig().normalization == "mean"
+    sub = SubspaceLoRA(model, rank=2)
+    long = " ".join(["a very long answer about the colour of the sky"] * 3)
+    ex = [MCExample("q", "What colour is the sky?", ("blue", long), 0)]
+    probs = {}
+    for norm in ("sum", "mean"):
+        batch = ChoiceFormat(tok, 2, normalization=norm).encode(ex)
+        with sub.use(sub.init_values), torch.no_grad():
+            probs[norm] = torch.softmax(class_scores(sub, batch)[0].double(), -1)
+    assert probs["sum"][0] > 1 - 1e-6  # the short answer wins by length alone
+    assert 0.2 < probs["mean"][0] < 0.8, probs["mean"]
+
+
+def test_a_config_saved_before_the_mean_default_keeps_summed_scores():
+    from scalabl_pyro.config import ScalaBLConfig
+
+    saved = ScalaBLConfig(normalization="sum").to_dict()
+    assert ScalaBLConfig.from_dict(saved).normalization == "sum"
+    del saved["normalization"]  # written before the field's default changed
+    assert ScalaBLConfig.from_dict(saved).normalization == "sum"
+    assert ScalaBLConfig.from_dict(ScalaBLConfig().to_dict()).normalization == "mean"
