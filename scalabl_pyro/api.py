@@ -17,6 +17,7 @@ plain Hugging Face model / peft adapter equal to the posterior-mean model.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -476,6 +477,7 @@ class ScalaBL:
         max_rows: int = 256,
         seed: int | None = 0,
         progress: bool = True,
+        width: float = 1.0,
     ) -> Prediction:
         """The method's predictive distribution on ``data``.
 
@@ -483,8 +485,19 @@ class ScalaBL:
         dropout masks (mc_dropout), or the posterior mean with ``mode='mean'``;
         an ensemble averages its K members; point estimates (mle, map and
         point-mass guides) give one deterministic pass (S = 1).
+
+        ``width`` moves every draw of ``s`` that many times as far from the
+        posterior mean (``mu + width (s - mu)``: the posterior's std times
+        ``width``; 1 is the fitted posterior, 0 the mean). A post-hoc knob for a
+        Gaussian posterior over ``s`` (scalabl, laplace): choose it on a
+        validation split, as temperature scaling is, never on test; see
+        ``docs/calibration.md`` for what it did in the overfitting regime.
         """
         self._check_alive()
+        if width != 1.0:
+            return self._predict_widened(
+                data, width, num_samples, mode, seed, batch_size, max_rows, progress
+            )
 
         def run(latents=None, stochastic=()) -> Prediction:
             return predict(
@@ -512,6 +525,49 @@ class ScalaBL:
             latents = {k: v[None].expand(num_samples, *v.shape) for k, v in point.items()}
             return run(latents, dropout_modules(self.subspace))
         return run()
+
+    def _predict_widened(
+        self,
+        data: MCDataset,
+        width: float,
+        num_samples: int,
+        mode: str,
+        seed: int | None,
+        batch_size: int,
+        max_rows: int,
+        progress: bool,
+    ) -> Prediction:
+        """BMA over posterior draws of ``s`` moved ``width`` times as far from the mean."""
+        if not (math.isfinite(width) and width >= 0):
+            raise ScalaBLError(f"width must be a finite number >= 0, got {width}")
+        gaussian = self.method in ("scalabl", "laplace") and self.config.guide not in (
+            "mle",
+            "delta",
+        )
+        if not gaussian:
+            raise ScalaBLError(
+                f"width scales a Gaussian posterior over s, which method {self.method!r} "
+                f"(guide {self.config.guide!r}) does not have; drop width"
+            )
+        if mode != "bma":
+            raise ScalaBLError("width scales the draws of a BMA; drop width or use mode='bma'")
+        from scalabl_pyro.predict import draw_latents, posterior_point
+
+        mean = posterior_point(self.guide, self.model.site_names)
+        draws = draw_latents(self.model, self.guide, num_samples, seed=seed)
+        latents = {n: mean[n] + width * (v - mean[n]) for n, v in draws.items()}
+        return predict(
+            self.model,
+            self.guide,
+            self.format_for(data),
+            data,
+            batch_size=batch_size,
+            max_rows=max_rows,
+            seed=seed,
+            device=self.device,
+            progress=progress,
+            latents=latents,
+        )
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""

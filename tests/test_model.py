@@ -220,3 +220,41 @@ def test_draw_latents_returns_exactly_the_model_sites(family):
     assert all(torch.equal(draws[k], again[k]) for k in draws)
     if family != "delta":
         assert not torch.equal(draws[sbl.model.site_names[0]][0], draws[sbl.model.site_names[0]][1])
+
+
+def test_width_moves_draws_from_the_mean_and_widens_the_predictive():
+    """width = 1 is the fitted posterior, 0 its mean; wider draws raise the mutual information."""
+    from scalabl_pyro.metrics import uncertainty_decomposition
+
+    sbl = make_scalabl(init_scale=0.3)
+    randomize_lora(sbl.subspace)
+    data = toy_dataset(6)
+    kw = dict(num_samples=4, seed=3, progress=False)
+    plain = sbl.predict(data, **kw)
+    np.testing.assert_allclose(sbl.predict(data, width=1.0, **kw).probs, plain.probs)
+    at_zero = sbl.predict(data, width=0.0, **kw)
+    mean = sbl.predict(data, mode="mean", progress=False)
+    np.testing.assert_allclose(
+        at_zero.sample_log_probs, np.repeat(mean.sample_log_probs, 4, 0), atol=1e-5
+    )
+    mi = [
+        uncertainty_decomposition(
+            np.exp(sbl.predict(data, width=k, **kw).sample_log_probs)
+        ).epistemic.mean()
+        for k in (1.0, 3.0)
+    ]
+    assert mi[1] > 2 * mi[0] > 0
+
+
+@pytest.mark.parametrize(
+    "config, kw, words",
+    [
+        ({"guide": "mle"}, {"width": 2.0}, "does not have"),
+        ({}, {"width": -1.0}, "finite number >= 0"),
+        ({}, {"width": 2.0, "mode": "mean"}, "use mode='bma'"),
+    ],
+)
+def test_width_refusals_name_the_fix(config, kw, words):
+    sbl = make_scalabl(**config)
+    with pytest.raises(ScalaBLError, match=words):
+        sbl.predict(toy_dataset(2), progress=False, **kw)
