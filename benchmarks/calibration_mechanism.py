@@ -80,14 +80,14 @@ def analyse(root: Path, task: str, split: str) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown, mean over seeds per method, with MLE's log-temperature as the reference."""
+def table(rows: list[dict], reference: str = "mle") -> str:
+    """Markdown, mean over seeds per method, with ``reference``'s log-temperature as the scale."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         by.setdefault(r["spec"], []).append(r)
-    ref = {r["seed"]: math.log(r["T_needed"]) for r in by.get("mle", [])}
+    ref = {r["seed"]: math.log(r["T_needed"]) for r in by.get(reference, [])}
     out = [
-        "| method | seeds | T needed | share of MLE's log T removed | margin (nats) "
+        f"| method | seeds | T needed | share of {reference}'s log T removed | margin (nats) "
         "| draw std of margin | std / margin | flip | MI (nats) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -109,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", required=True)
     p.add_argument("--split", default="selection", choices=["selection", "report"])
     p.add_argument("--out", required=True, help="output stem: writes <out>.json and <out>.md")
+    p.add_argument("--reference", default="mle", help="the spec whose log T is the scale")
     a = p.parse_args(argv)
     rows = analyse(a.root, a.task, a.split)
     if not rows:
         print(f"error: no cells for {a.task!r} under {a.root / CELL_DIR}", file=sys.stderr)
         return 2
-    md = f"{a.task}, {a.split} split\n\n" + table(rows)
+    md = f"{a.task}, {a.split} split\n\n" + table(rows, a.reference)
     print(md)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
