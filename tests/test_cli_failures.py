@@ -435,7 +435,9 @@ def test_offline_hub_model_fails_fast(work: Path) -> None:
         "could not load model 'some-org/some-model'",
         env={"HF_HUB_OFFLINE": "1"},
     )
-    assert time.monotonic() - start < 30
+    # a bound against a hang on network retries (minutes), not a speed test: a busy
+    # 2-core machine needs ~30 s for the interpreter and its imports alone
+    assert time.monotonic() - start < 120
 
 
 def test_unreachable_hub_data_fails_fast(work: Path) -> None:
@@ -448,7 +450,7 @@ def test_unreachable_hub_data_fails_fast(work: Path) -> None:
         "--source embedded",
         env={"HF_ENDPOINT": _closed_port_url()},
     )
-    assert time.monotonic() - start < 15
+    assert time.monotonic() - start < 120  # against a hang on retries, as above
 
 
 # ---------------------------------------------------- one line after a model load
