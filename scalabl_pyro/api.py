@@ -494,10 +494,6 @@ class ScalaBL:
         ``docs/calibration.md`` for what it did in the overfitting regime.
         """
         self._check_alive()
-        if width != 1.0:
-            return self._predict_widened(
-                data, width, num_samples, mode, seed, batch_size, max_rows, progress
-            )
 
         def run(latents=None, stochastic=()) -> Prediction:
             return predict(
@@ -516,6 +512,8 @@ class ScalaBL:
                 stochastic_modules=stochastic,
             )
 
+        if width != 1.0:
+            return run(self._widened_draws(width, num_samples, mode, seed))
         if self.method == "ensemble" and self.members:
             return ens.predict_members(self.subspace, self.guide, self.members, run)
         if self.method == "mc_dropout" and mode == "bma":
@@ -526,25 +524,14 @@ class ScalaBL:
             return run(latents, dropout_modules(self.subspace))
         return run()
 
-    def _predict_widened(
-        self,
-        data: MCDataset,
-        width: float,
-        num_samples: int,
-        mode: str,
-        seed: int | None,
-        batch_size: int,
-        max_rows: int,
-        progress: bool,
-    ) -> Prediction:
-        """BMA over posterior draws of ``s`` moved ``width`` times as far from the mean."""
+    def _widened_draws(
+        self, width: float, num_samples: int, mode: str, seed: int | None
+    ) -> dict[str, torch.Tensor]:
+        """Posterior draws of ``s`` moved ``width`` times as far from the posterior mean."""
         if not (math.isfinite(width) and width >= 0):
             raise ScalaBLError(f"width must be a finite number >= 0, got {width}")
-        gaussian = self.method in ("scalabl", "laplace") and self.config.guide not in (
-            "mle",
-            "delta",
-        )
-        if not gaussian:
+        point_mass = self.config.guide in ("mle", "delta")
+        if self.method not in ("scalabl", "laplace") or point_mass:
             raise ScalaBLError(
                 f"width scales a Gaussian posterior over s, which method {self.method!r} "
                 f"(guide {self.config.guide!r}) does not have; drop width"
@@ -555,19 +542,7 @@ class ScalaBL:
 
         mean = posterior_point(self.guide, self.model.site_names)
         draws = draw_latents(self.model, self.guide, num_samples, seed=seed)
-        latents = {n: mean[n] + width * (v - mean[n]) for n, v in draws.items()}
-        return predict(
-            self.model,
-            self.guide,
-            self.format_for(data),
-            data,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            seed=seed,
-            device=self.device,
-            progress=progress,
-            latents=latents,
-        )
+        return {n: mean[n] + width * (v - mean[n]) for n, v in draws.items()}
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""
