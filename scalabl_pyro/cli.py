@@ -131,6 +131,7 @@ RANGES: dict[str, Range] = {
     "--seed": Range(int, 0, (2**32 - 1) // STEP_SEED_FACTOR - 1),
     "--limit": Range(int, 1),
     "--samples": Range(int, 1),
+    "--width": Range(float, 0),
     "--eval-limit": Range(int, 1),
     "--train-limit": Range(int, 1),
     "--select-limit": Range(int, 1),
@@ -353,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p, "validation")
     _num(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)
+    _num(
+        p,
+        "--width",
+        "multiply the posterior's std around its mean for the BMA (scalabl and laplace "
+        "checkpoints; choose it on validation data, docs/calibration.md)",
+        1.0,
+    )
     p.add_argument(
         "--mode",
         default=None,
@@ -919,7 +927,7 @@ def _check_evaluate_flags(args: argparse.Namespace) -> None:
             "letter); a checkpoint keeps the scoring it was trained with, so drop --normalization"
         )
     if args.model is not None:
-        ignored = _given(args, "samples", "mode")
+        ignored = _given(args, "samples", "mode", "width")
         if ignored:
             raise ScalaBLError(
                 f"--model evaluates the base model zero-shot, with no posterior to sample, so "
@@ -936,12 +944,23 @@ def _check_evaluate_flags(args: argparse.Namespace) -> None:
             "--mode mean predicts with the posterior mean, so --samples would be ignored; "
             "drop --samples, or use --mode bma"
         )
+    if args.mode == "mean" and args.width is not None:
+        raise ScalaBLError(
+            "--mode mean predicts with the posterior mean, so --width would be ignored; "
+            "drop --width, or use --mode bma"
+        )
 
 
 def _check_point_mass(args: argparse.Namespace, meta: dict) -> None:
     """A point-mass checkpoint has nothing to sample: --samples and --mode change nothing."""
     guide = meta["config"].get("guide")
     method = meta["config"].get("method", "scalabl")
+    gaussian = method == "laplace" or (method == "scalabl" and guide not in POINT_MASS_GUIDES)
+    if args.width is not None and not gaussian:
+        raise ScalaBLError(
+            f"--width scales a Gaussian posterior over s, which the checkpoint's method {method} "
+            f"(guide {guide}) does not have; drop --width"
+        )
     ignored = _given(args, "samples", "mode")
     if not ignored:
         return
@@ -996,6 +1015,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         data,
         num_samples=args.samples if args.samples is not None else 10,
         mode=args.mode or "bma",
+        width=args.width if args.width is not None else 1.0,
         progress=args.progress,
     )
     metrics = pred.metrics()

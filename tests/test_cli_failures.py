@@ -284,6 +284,14 @@ COMBINATION_CASES = {
         [*TRAIN, "--format", "letter", "--normalization", "sum"],
         ["--normalization sets how answer texts are scored", "--format choice"],
     ),
+    "evaluate zero-shot with --width": (
+        ["evaluate", "--model", "smollm2-135m", "--data", "data.jsonl", "--width", "4"],
+        ["--width would be ignored"],
+    ),
+    "evaluate --mode mean with --width": (
+        [*EVAL, "--mode", "mean", "--width", "4"],
+        ["--mode mean predicts with the posterior mean", "--width would be ignored"],
+    ),
     "evaluate a checkpoint with --normalization": (
         [*EVAL, "--normalization", "sum"],
         ["a checkpoint keeps the scoring it was trained with"],
@@ -358,6 +366,10 @@ COMBINATION_CASES = {
     "point-mass checkpoint with --samples": (
         ["evaluate", "--checkpoint", "ckpt_delta", "--data", "data.jsonl", "--samples", "4"],
         ["guide delta is a point mass"],
+    ),
+    "point-mass checkpoint with --width": (
+        ["evaluate", "--checkpoint", "ckpt_delta", "--data", "data.jsonl", "--width", "4"],
+        ["--width scales a Gaussian posterior over s", "guide delta"],
     ),
     "letter checkpoint, more choices than answers": (
         ["evaluate", "--checkpoint", "ckpt_letter", "--data", "nine.jsonl"],
