@@ -127,6 +127,7 @@ RANGES: dict[str, Range] = {
     "--var-lr": Range(float, 0, 10, low_open=True),
     "--max-grad-norm": Range(float, 0, 1e6, low_open=True),
     "--kl-warmup-steps": Range(int, 0),
+    "--kl-weight": Range(float, 0, 1e6, low_open=True),
     "--checkpoint-every": Range(int, 0),
     "--seed": Range(int, 0, (2**32 - 1) // STEP_SEED_FACTOR - 1),
     "--limit": Range(int, 1),
@@ -328,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="KL weight schedule (default constant; cyclic with --objective reference)",
     )
     _num(p, "--kl-warmup-steps", "steps of the warm-up of --kl-schedule linear", 0)
+    _num(
+        p,
+        "--kl-weight",
+        "multiplier of the KL term (1: the proper ELBO; > 1 a tempered, wider posterior, "
+        "see docs/calibration.md)",
+        1.0,
+    )
     _num(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     _num(p, "--seed", "seed of the data order and the posterior draws", 0)
@@ -513,6 +521,7 @@ class TrainSettings:
     particles: int = 1
     objective: str = "elbo"
     kl_schedule: str | None = None  # None: the objective's own (constant; reference: cyclic)
+    kl_weight: float = 1.0
     kl_warmup_steps: int = 0
     checkpoint_every: int = 0
     seed: int = 0
@@ -529,6 +538,7 @@ _SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a che
     "particles": "num_particles",
     "objective": "objective",
     "kl_schedule": "kl_schedule",
+    "kl_weight": "kl_weight",
     "kl_warmup_steps": "kl_warmup_steps",
     "checkpoint_every": "checkpoint_every",
     "seed": "seed",
@@ -593,7 +603,7 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
         s.guide = "mle"  # what ScalaBLConfig sets for these methods
     point_mass = s.guide in POINT_MASS_GUIDES or s.method == "laplace"
     if s.guide == "mle":
-        extra = _given(args, "prior_scale", "kl_warmup_steps")
+        extra = _given(args, "prior_scale", "kl_warmup_steps", "kl_weight")
         if args.kl_schedule is not None:
             extra.append("--kl-schedule")
         if extra:

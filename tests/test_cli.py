@@ -116,6 +116,10 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         "2",
         "--lr",
         "1e-2",
+        "--kl-weight",
+        "4",
+        "--normalization",
+        "sum",
         "--no-progress",
     )
     assert out.returncode == 0, out.stderr
@@ -124,6 +128,8 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
     assert (ckpt / "guide.safetensors").is_file()
     meta = json.loads((ckpt / "scalabl_config.json").read_text())
     assert meta["guide_family"] == "mean_field" and len(meta["site_names"]) == 4
+    assert meta["train_config"]["kl_weight"] == 4.0
+    assert meta["config"]["normalization"] == "sum"
     metrics = tmp_path / "m.json"
     plot = tmp_path / "rel.png"
     out = run_cli(
@@ -134,6 +140,8 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         str(data),
         "--samples",
         "3",
+        "--width",
+        "2",
         "--output",
         str(metrics),
         "--plot",

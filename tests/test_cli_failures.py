@@ -300,6 +300,10 @@ COMBINATION_CASES = {
         [*TRAIN, "--guide", "mle", "--prior-scale", "2"],
         ["--guide mle is plain LoRA", "--prior-scale would be ignored"],
     ),
+    "--guide mle with --kl-weight": (
+        [*TRAIN, "--guide", "mle", "--kl-weight", "4"],
+        ["--kl-weight would be ignored"],
+    ),
     "--guide mle with --kl-schedule": (
         [*TRAIN, "--guide", "mle", "--kl-schedule", "cyclic"],
         ["--kl-schedule would be ignored"],
