@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", required=True, help="method specs, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/img")
-    p.add_argument("--label", action="append", default=[], help="spec=short name")
+    p.add_argument("--label", action="append", default=[], help="spec=name (split at the last =)")
     p.add_argument("--tag", default="", help="suffix of the figure names (e.g. _mean)")
     args = p.parse_args(argv)
     root, out = Path(args.root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = dict(item.split("=", 1) for item in args.label)
+    names = dict(item.rsplit("=", 1) for item in args.label)  # specs hold "=" too
     cells = {}
     for spec in split_specs(args.methods):
         got = _cell(root, spec, args.task, args.seed)
