@@ -17,7 +17,7 @@ SUM="mle[normalization=sum],mle[normalization=sum]+ts,scalabl[normalization=sum]
 MEAN="mle[normalization=mean],mle[normalization=mean]+ts,scalabl[normalization=mean],scalabl[normalization=mean]+ts"
 REF="reference[normalization=sum]"
 BASELINES="full_rank[normalization=mean],blob[normalization=mean],mc_dropout[normalization=mean],map[normalization=mean]"
-WIDTH="scalabl[normalization=mean,kl_weight=16],scalabl[normalization=mean,init_scale=0.3]"
+WIDTH="scalabl[normalization=mean,kl_weight=16],scalabl[normalization=mean,init_scale=0.4],scalabl[normalization=mean,var_lr=0.1]"
 ARC_ALL="$SUM,$REF,$MEAN,$BASELINES,$WIDTH"
 OBQA_ALL="$SUM,$REF,$MEAN"
 phase=${1:-A}
@@ -27,7 +27,8 @@ case "$phase" in
        bench --tasks "$task" --seeds 0 --output "$OUT/$task" --methods "$SUM,$REF"
      done ;;
   B) bench --tasks arc_easy --seeds 0,1,2 --output "$OUT/arc_easy" --methods "$SUM,$MEAN" ;;
-  C) bench --tasks arc_easy --seeds 0 --output "$OUT/arc_easy" --methods "$BASELINES,$WIDTH" ;;
+  C) bench --tasks arc_easy --seeds 0 --output "$OUT/arc_easy" --methods "$BASELINES,$WIDTH"
+     bench --tasks arc_easy --seeds 0,1,2 --output "$OUT/arc_easy" --methods "scalabl[normalization=mean,kl_weight=16]" ;;
   D) bench --tasks openbookqa --seeds 0 --output "$OUT/openbookqa" --methods "$MEAN" ;;
   P) python benchmarks/posterior_width.py --task arc_easy --normalization mean \
        --out "$OUT/posterior_width_arc_easy_mean_test.json"
