@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from scalabl_pyro import __version__
 from scalabl_pyro import checkpoint as ckpt
 from scalabl_pyro.adapters import SubspaceLoRA
-from scalabl_pyro.baselines import DETERMINISTIC_METHODS, POINT_S_METHODS
+from scalabl_pyro.baselines import DETERMINISTIC_METHODS, POINT_S_METHODS, gaussian_over_s
 from scalabl_pyro.baselines import ensemble as ens
 from scalabl_pyro.baselines.blob import BlobGuide, BlobLoRA
 from scalabl_pyro.baselines.laplace import (
@@ -530,8 +530,7 @@ class ScalaBL:
         """Posterior draws of ``s`` moved ``width`` times as far from the posterior mean."""
         if not (math.isfinite(width) and width >= 0):
             raise ScalaBLError(f"width must be a finite number >= 0, got {width}")
-        point_mass = self.config.guide in ("mle", "delta")
-        if self.method not in ("scalabl", "laplace") or point_mass:
+        if not gaussian_over_s(self.method, self.config.guide):
             raise ScalaBLError(
                 f"width scales a Gaussian posterior over s, which method {self.method!r} "
                 f"(guide {self.config.guide!r}) does not have; drop width"

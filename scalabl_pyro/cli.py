@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from scalabl_pyro import cli_benchmark
+from scalabl_pyro.baselines import gaussian_over_s
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
@@ -552,7 +553,6 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         cfg = meta.get("config", {})
         s.model = cfg.get("base_model", s.model)
         s.task_format = cfg.get("task_format", s.task_format)
-        s.normalization = cfg.get("normalization", "sum")  # checkpoints before the default changed
         s.guide = cfg.get("guide", s.guide)
         s.method = cfg.get("method", s.method)
         s.num_classes = cfg.get("num_classes")
@@ -965,8 +965,7 @@ def _check_point_mass(args: argparse.Namespace, meta: dict) -> None:
     """A point-mass checkpoint has nothing to sample: --samples and --mode change nothing."""
     guide = meta["config"].get("guide")
     method = meta["config"].get("method", "scalabl")
-    gaussian = method == "laplace" or (method == "scalabl" and guide not in POINT_MASS_GUIDES)
-    if args.width is not None and not gaussian:
+    if args.width is not None and not gaussian_over_s(method, guide):
         raise ScalaBLError(
             f"--width scales a Gaussian posterior over s, which the checkpoint's method {method} "
             f"(guide {guide}) does not have; drop --width"

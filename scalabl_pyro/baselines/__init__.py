@@ -22,3 +22,8 @@ METHODS = ("scalabl", "mle", "map", "mc_dropout", "ensemble", "blob", "laplace")
 POINT_S_METHODS = ("mle", "map", "mc_dropout", "ensemble")
 #: Methods that predict with one deterministic pass (S = 1 whatever num_samples is).
 DETERMINISTIC_METHODS = ("mle", "map")
+
+
+def gaussian_over_s(method: str, guide: str) -> bool:
+    """Whether the method's posterior is a Gaussian over ``s`` (what ``predict(width=)`` scales)."""
+    return method == "laplace" or (method == "scalabl" and guide not in ("mle", "delta"))
