@@ -9,6 +9,8 @@ study stays resumable and its tables keep their meaning:
 
     python benchmarks/name_cell_settings.py benchmarks/results/calibration/arc_easy \
         --key normalization --value sum
+    python benchmarks/name_cell_settings.py benchmarks/results/calibration/arc_easy \
+        --key init_scale --value 0.05 --methods scalabl,full_rank
 
 Cells that already name the key, or were trained with another value, are left alone.
 Each rename writes the new JSON atomically before the old files go.
@@ -32,12 +34,20 @@ def with_setting(spec: str, key: str, value: str) -> str:
     return f"{spec}[{key}={value}]"
 
 
-def rename_cells(root: Path, key: str, value: str) -> list[tuple[str, str]]:
-    """Rename every cell under ``root`` trained with ``key == value`` that does not name it."""
+def rename_cells(
+    root: Path, key: str, value: str, methods: tuple[str, ...] | None = None
+) -> list[tuple[str, str]]:
+    """Rename every cell under ``root`` trained with ``key == value`` that does not name it.
+
+    ``methods`` limits the renaming to those method names (the spec before ``[``):
+    a setting that only some methods use (``init_scale``) names only their cells.
+    """
     done = []
     for path in sorted((root / CELL_DIR).glob("*.json")):
         meta = json.loads(path.read_text())
         spec = meta["spec"]
+        if methods is not None and spec.split("[")[0] not in methods:
+            continue
         if f"{key}=" in spec or str(meta["model_config"].get(key)) != value:
             continue
         new_spec = with_setting(spec, key, value)
@@ -61,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("roots", nargs="+", type=Path, help="benchmark folders (hold cells/)")
     p.add_argument("--key", required=True)
     p.add_argument("--value", required=True)
+    p.add_argument("--methods", default=None, help="only these methods, comma-separated")
     a = p.parse_args(argv)
+    methods = tuple(a.methods.split(",")) if a.methods else None
     for root in a.roots:
-        rename_cells(root, a.key, a.value)
+        rename_cells(root, a.key, a.value, methods)
     return 0
 
 

@@ -93,7 +93,7 @@ class ScalaBL:
                 seed=config.seed,
                 prior_scale=config.prior_scale,
             )
-        self._init_scales = self.subspace.initial_scales(config.init_scale, config.seed)
+        self._init_scales = self.subspace.initial_scales(config.initial_scale, config.seed)
         if config.reference_prior_quirk:
             self.subspace.set_reference_prior_quirk(self._init_scales)
         lora_prior = config.lora_prior_scale if config.method == "map" else None
@@ -119,7 +119,7 @@ class ScalaBL:
         with pyro_settings(), seeded(config.seed, model_devices(self.subspace.peft_model)):
             if config.method == "blob":
                 assert isinstance(self.subspace, BlobLoRA)
-                self.guide = BlobGuide(self.model, self.subspace, init_scale=config.init_scale)
+                self.guide = BlobGuide(self.model, self.subspace, init_scale=config.initial_scale)
             elif config.method == "laplace":
                 init = {k: v.clone() for k, v in self.subspace.init_values.items()}
                 self.guide = LaplaceGuide(self.model, init_loc_fn=init_to_value(values=init))
@@ -128,7 +128,7 @@ class ScalaBL:
                     config.guide,
                     self.model,
                     self.subspace.init_values,
-                    init_scale=config.init_scale,
+                    init_scale=config.initial_scale,
                     low_rank=config.guide_rank,
                     init_scales=self._init_scales,
                 )

@@ -293,12 +293,14 @@ def _check_cell_config(path: Path, spec: MethodSpec, seed: int, cfg: BenchmarkCo
     """
     from scalabl_pyro.config import ScalaBLConfig
 
-    want = ScalaBLConfig(base_model=cfg.model, dtype=cfg.dtype, seed=seed, **spec.model).to_dict()
+    resolved = ScalaBLConfig(base_model=cfg.model, dtype=cfg.dtype, seed=seed, **spec.model)
+    want = resolved.to_dict()
     saved = dict(json.loads(path.read_text()).get("model_config", {}))
     if saved.get("method") == "scalabl" and saved.get("guide") == "mle":
         saved["method"] = "mle"  # how plain LoRA was written before ScalaBLConfig.method existed
+    unused = {"device"} | (set() if resolved.uses_init_scale else {"init_scale"})
     differ = sorted(
-        k for k in set(want) | set(saved) if k != "device" and saved.get(k) != want.get(k)
+        k for k in set(want) | set(saved) if k not in unused and saved.get(k) != want.get(k)
     )
     if differ:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {want.get(k)!r})" for k in differ[:3])

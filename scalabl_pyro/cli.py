@@ -124,6 +124,7 @@ RANGES: dict[str, Range] = {
     "--rank": Range(int, 1),
     "--alpha": Range(float, 0, low_open=True),
     "--prior-scale": Range(float, 0, low_open=True),
+    "--init-scale": Range(float, 0, 100, low_open=True),
     "--lr": Range(float, 0, 1, low_open=True),
     "--var-lr": Range(float, 0, 10, low_open=True),
     "--max-grad-norm": Range(float, 0, 1e6, low_open=True),
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--rank", "LoRA rank", 8)
     _num(p, "--alpha", "LoRA alpha", 16.0)
     _num(p, "--prior-scale", "prior standard deviation, not with --guide mle", 1.0)
+    _num(
+        p,
+        "--init-scale",
+        "initial posterior std of s (docs/calibration.md), not with a point-mass method",
+        "0.4; 0.05 for log_mean_field and blob",
+    )
     _num(p, "--steps", "total optimizer steps, with --resume the new total", 200)
     _num(p, "--batch-size", "examples per micro-batch", 4)
     _num(p, "--lr", "learning rate of the LoRA factors", 1e-4)
@@ -481,6 +488,7 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         "rank",
         "alpha",
         "prior_scale",
+        "init_scale",
         "ensemble_size",
         "dropout",
     )
@@ -513,6 +521,7 @@ class TrainSettings:
     rank: int = 8
     alpha: float = 16.0
     prior_scale: float = 1.0
+    init_scale: float | None = None  # None: the method's default (ScalaBLConfig.initial_scale)
     steps: int = 200
     batch_size: int = 4
     lr: float = 1e-4
@@ -612,6 +621,12 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
                 f"would be ignored; drop {_them(extra)}, or pick a Bayesian --guide such as "
                 "mean_field"
             )
+    if point_mass and args.init_scale is not None and not args.resume:
+        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
+        raise ScalaBLError(
+            f"{what} starts from a point, not a Gaussian, so --init-scale would be ignored; "
+            "drop --init-scale or pick a Gaussian --guide such as mean_field"
+        )
     if point_mass and s.particles > 1:
         what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
         raise ScalaBLError(
@@ -907,6 +922,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
         if s.dropout is not None:
             method_args["dropout"] = s.dropout
+        if s.init_scale is not None:
+            method_args["init_scale"] = s.init_scale
         mcfg = ScalaBLConfig(
             **method_args,
             base_model=s.model,

@@ -60,7 +60,8 @@ def test_method_settings_resolve_and_bad_ones_are_refused():
     with pytest.raises(ScalaBLError, match="lm_head"):
         ScalaBLConfig(method="blob", task_format="letter", target_modules=("q_proj", "lm_head"))
     cfg = ScalaBLConfig(method="ensemble", ensemble_size=3)
-    assert ScalaBLConfig.from_dict(cfg.to_dict()) == cfg
+    # a saved config reloads to the same model (init_scale is saved resolved: 0.4)
+    assert ScalaBLConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
 def test_point_methods_refuse_particles_and_the_reference_objective():

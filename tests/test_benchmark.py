@@ -206,6 +206,25 @@ def test_a_cell_whose_spec_now_means_another_model_is_refused(tiny_base, tmp_pat
         run_benchmark(cfg)
 
 
+def test_an_init_scale_default_change_relabels_only_the_cells_that_use_it(tmp_path):
+    """Cells from before the 0.4 default: scalabl's are refused, mle's (no Gaussian) are kept."""
+    from scalabl_pyro.benchmark import _check_cell_config
+    from scalabl_pyro.config import ScalaBLConfig
+
+    cfg = BenchmarkConfig(methods=["mle"], output=str(tmp_path), dtype="float32")
+    for method, refused in (("scalabl", True), ("blob", False), ("mle", False)):
+        spec = parse_method(method)
+        old = ScalaBLConfig(base_model=cfg.model, dtype=cfg.dtype, seed=0, **spec.model)
+        saved = old.to_dict() | {"init_scale": 0.05}  # as written before the change
+        path = tmp_path / f"{method}.json"
+        path.write_text(json.dumps({"model_config": saved}))
+        if refused:
+            with pytest.raises(ScalaBLError, match=r"init_scale=0.05 \(now 0.4\)"):
+                _check_cell_config(path, spec, 0, cfg)
+        else:
+            _check_cell_config(path, spec, 0, cfg)  # blob keeps 0.05; mle has no initial std
+
+
 def test_ood_protocol_reports_shifted_sets_with_auroc(tiny_base, tmp_path):
     cfg = _config(
         tiny_base, tmp_path / "ood", methods=["scalabl[samples=2]"], protocol="ood", eval_limit=4

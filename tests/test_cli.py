@@ -120,6 +120,8 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
         "4",
         "--normalization",
         "sum",
+        "--init-scale",
+        "0.2",
         "--no-progress",
     )
     assert out.returncode == 0, out.stderr
@@ -130,6 +132,7 @@ def test_train_then_evaluate_on_local_model(tiny_dir, tmp_path):
     assert meta["guide_family"] == "mean_field" and len(meta["site_names"]) == 4
     assert meta["train_config"]["kl_weight"] == 4.0
     assert meta["config"]["normalization"] == "sum"
+    assert meta["config"]["init_scale"] == 0.2
     metrics = tmp_path / "m.json"
     plot = tmp_path / "rel.png"
     out = run_cli(

@@ -308,6 +308,14 @@ COMBINATION_CASES = {
         [*TRAIN, "--guide", "mle", "--kl-schedule", "cyclic"],
         ["--kl-schedule would be ignored"],
     ),
+    "point mass with --init-scale": (
+        [*TRAIN, "--method", "map", "--init-scale", "0.2"],
+        ["--method map starts from a point", "--init-scale would be ignored"],
+    ),
+    "--init-scale out of range": (
+        [*TRAIN, "--init-scale", "0"],
+        ["--init-scale"],
+    ),
     "point mass with --particles": (
         [*TRAIN, "--guide", "delta", "--particles", "4"],
         ["--guide delta is a point mass"],

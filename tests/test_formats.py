@@ -187,3 +187,26 @@ def test_a_config_saved_before_the_mean_default_keeps_summed_scores():
     del saved["normalization"]  # written before the field's default changed
     assert ScalaBLConfig.from_dict(saved).normalization == "sum"
     assert ScalaBLConfig.from_dict(ScalaBLConfig().to_dict()).normalization == "mean"
+
+
+def test_initial_scale_is_resolved_per_method_and_saved_with_the_run():
+    """0.4 for the library's Gaussian guides; the official recipe's and BLoB's 0.05 kept."""
+    from dataclasses import replace
+
+    from scalabl_pyro.config import ScalaBLConfig
+    from scalabl_pyro.errors import ScalaBLError
+
+    cfg = ScalaBLConfig()
+    assert cfg.init_scale is None and cfg.initial_scale == 0.4
+    for guide in ("full_rank", "low_rank", "block"):
+        assert ScalaBLConfig(guide=guide).initial_scale == 0.4
+    assert ScalaBLConfig(guide="log_mean_field").initial_scale == 0.05  # the official draw
+    assert replace(cfg, method="blob").initial_scale == 0.05  # unresolved field: new default
+    assert not ScalaBLConfig(method="mle").uses_init_scale
+    assert not ScalaBLConfig(method="laplace").uses_init_scale
+    assert ScalaBLConfig(init_scale=0.2, guide="log_mean_field").initial_scale == 0.2
+    # a saved run records the value it started from, so a later default cannot change it
+    assert cfg.to_dict()["init_scale"] == 0.4
+    assert ScalaBLConfig.from_dict(ScalaBLConfig(init_scale=0.05).to_dict()).initial_scale == 0.05
+    with pytest.raises(ScalaBLError, match="init_scale must be > 0"):
+        ScalaBLConfig(init_scale=0.0)

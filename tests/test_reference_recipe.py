@@ -92,7 +92,7 @@ def test_kl_step_is_sgd_at_02_times_schedule_factor_on_pi_times_reverse_kl():
 
 def test_reverse_kl_with_the_prior_quirk_by_hand():
     sbl = make_scalabl(guide="log_mean_field", reference_prior_quirk=True, prior_scale=1.0)
-    u = sbl.subspace.initial_scales(sbl.config.init_scale, sbl.config.seed)
+    u = sbl.subspace.initial_scales(sbl.config.initial_scale, sbl.config.seed)
     total = 0.0
     for name in sbl.model.site_names:
         mu, sigma = sbl.guide._get_loc_and_scale(name)

@@ -272,12 +272,36 @@ def test_prediction_is_in_data_order_whatever_the_length_sorting():
         )
 
 
-@pytest.mark.parametrize("family,std", [("mean_field", 0.05), ("full_rank", 0.05), ("mle", 0.0)])
+@pytest.mark.parametrize("family,std", [("mean_field", 0.4), ("full_rank", 0.4), ("mle", 0.0)])
 def test_posterior_spread_reports_initial_scale(family, std):
     from scalabl_pyro.predict import posterior_spread
 
     sbl = make_scalabl(guide=family)
+    assert sbl.config.initial_scale == 0.4 and sbl.config.uses_init_scale == (std > 0)
     spread = posterior_spread(sbl.model, sbl.guide, num_samples=400)
-    assert spread["mean_std_s"] == pytest.approx(std, abs=0.006)
+    assert spread["mean_std_s"] == pytest.approx(std, rel=0.06, abs=1e-9)
     init = torch.cat(list(sbl.subspace.init_values.values()))
     assert spread["mean_abs_s"] == pytest.approx(float(init.abs().mean()), rel=0.05)
+
+
+def test_default_posterior_stays_wide_on_a_model_trained_to_overfit():
+    """The default initial std (0.4) keeps std/|mu| of s above 0.5 after the data are fitted.
+
+    In the overfitting regime of docs/calibration.md a posterior started at the
+    paper's 0.05 could not widen within the step budget (Adam moves log sigma by
+    about var_lr per step) and stayed near a point estimate (std/|mu| 0.67 on
+    SmolLM2 against 4.0 from 0.4). Here a tiny model fits its training set
+    (accuracy 1) from both starts; only the default keeps the noise on s.
+    """
+    from scalabl_pyro.predict import posterior_spread
+
+    data = toy_dataset(64, num_choices=2, label=0)
+    ratio = {}
+    for init in (None, 0.05):
+        sbl = make_scalabl(**({} if init is None else {"init_scale": init}))
+        randomize_lora(sbl.subspace)
+        sbl.fit(data, _cfg(steps=150, batch_size=8, var_lr=1e-2))
+        assert sbl.evaluate(data, num_samples=10, progress=False)["acc"] == 1.0
+        spread = posterior_spread(sbl.model, sbl.guide, num_samples=256)
+        ratio[init] = spread["mean_std_s"] / spread["mean_abs_s"]
+    assert ratio[None] > 0.5 > ratio[0.05], ratio
