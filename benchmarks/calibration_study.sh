@@ -8,8 +8,10 @@
 #   B  3 seeds of MLE and ScalaBL under both normalisations, and of initial sigma 0.4 (ARC-Easy)
 #   C  the baselines and the width candidates in the regime (ARC-Easy)
 #   D  OpenBookQA with mean-normalised scores: the second data set
-#   P  the probes: posterior width (trains one model) and the mechanism table (cells only)
+#   P  the probes: posterior width (trains one model), the mechanism tables (cells only) and
+#      the zero-shot model on the cells' own questions
 #   T  rebuild both tables from the finished cells, training nothing
+#   F  the figures of docs/calibration.md, from the cells
 set -euo pipefail
 OUT=${OUT:-benchmarks/results/calibration}
 COMMON=(--train-limit 64 --steps 160 --batch-size 4 --lr 1e-3 --select-limit 100 --eval-limit 200
@@ -43,9 +45,22 @@ case "$phase" in
      for split in selection report; do
        python benchmarks/calibration_mechanism.py --root "$OUT/arc_easy" --task arc_easy \
          --split "$split" --reference "mle[normalization=sum]" --out "$OUT/mechanism_arc_easy_$split"
+       python benchmarks/calibration_mechanism.py --root "$OUT/openbookqa" --task openbookqa \
+         --split "$split" --reference "mle[normalization=mean]" --out "$OUT/mechanism_openbookqa_$split"
+     done
+     for task in arc_easy openbookqa; do
+       python benchmarks/zero_shot_reference.py --root "$OUT/$task" --task "$task" \
+         --out "$OUT/zero_shot_$task.json"
      done ;;
   T) bench --tasks arc_easy --seeds 0,1,2 --output "$OUT/arc_easy" --methods "$ARC_ALL" --table-only
      bench --tasks openbookqa --seeds 0,1,2 --output "$OUT/openbookqa" --methods "$OBQA_ALL" \
        --table-only ;;
-  *) echo "usage: $0 A|B|C|D|P|T" >&2; exit 2 ;;
+  F) python benchmarks/calibration_figures.py --root "$OUT/arc_easy" --task arc_easy --tag _mean \
+       --out docs/img/calibration \
+       --methods "mle[normalization=sum],mle[normalization=sum]+ts,scalabl[normalization=mean,$OLD],scalabl[normalization=mean,init_scale=0.4],blob[normalization=mean],mc_dropout[normalization=mean]" \
+       --label "mle[normalization=sum]=MLE (summed)" --label "mle[normalization=sum]+ts=MLE (summed) + TS" \
+       --label "scalabl[normalization=mean,$OLD]=ScalaBL, initial sigma 0.05" \
+       --label "scalabl[normalization=mean,init_scale=0.4]=ScalaBL (default)" \
+       --label "blob[normalization=mean]=BLoB" --label "mc_dropout[normalization=mean]=MC dropout" ;;
+  *) echo "usage: $0 A|B|C|D|P|T|F" >&2; exit 2 ;;
 esac

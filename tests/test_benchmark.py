@@ -295,3 +295,25 @@ def test_cli_benchmark_quick_on_the_embedded_model(tmp_path):
     assert "| mle+ts | arc_easy | arc_easy |" in proc.stdout
     table = json.loads((out / "table.json").read_text())
     assert {r["method"] for r in table["summary"]} == {"mle", "mle+ts", "scalabl[samples=2]"}
+
+
+def test_zero_shot_reference_scores_the_folders_own_questions(tiny_base, tmp_path):
+    """benchmarks/zero_shot_reference.py: the base model on the cells' selection/report sets."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot_reference.py"
+    spec = importlib.util.spec_from_file_location("zero_shot_reference", script)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "bench"
+    run_benchmark(_config(tiny_base, out, methods=["mle"]))
+    dest = tmp_path / "zero.json"
+    assert tool.main(["--root", str(out), "--task", "boolq", "--out", str(dest)]) == 0
+    result = json.loads(dest.read_text())["results"]
+    _, mle = load_cell(cell_path(out, "mle", "boolq", 0))
+    for norm in ("mean", "sum"):
+        row = result[norm]
+        assert row["report"]["n"] == len(mle["report/boolq/labels"])  # the cells' questions
+        assert row["selection"]["n"] == len(mle["selection/labels"])
+        assert row["temperature"] > 0 and row["report+ts"]["acc"] == row["report"]["acc"]
