@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from scalabl_pyro.baselines import METHODS, POINT_S_METHODS
+from scalabl_pyro.baselines import METHODS, POINT_S_METHODS, gaussian_over_s
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import check_family
 from scalabl_pyro.loading import check_quantization
@@ -176,8 +176,9 @@ class ScalaBLConfig:
     @property
     def uses_init_scale(self) -> bool:
         """Whether training starts from a Gaussian whose std is :attr:`initial_scale`."""
+        # a Gaussian over s trained from a start (Laplace's comes from the MAP), or BLoB's over A
         return self.method == "blob" or (
-            self.method == "scalabl" and self.guide not in ("mle", "delta")
+            self.method != "laplace" and gaussian_over_s(self.method, self.guide)
         )
 
     def to_dict(self) -> dict:
