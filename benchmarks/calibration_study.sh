@@ -8,8 +8,8 @@
 #   B  3 seeds of MLE and ScalaBL under both normalisations, and of initial sigma 0.4 (ARC-Easy)
 #   C  the baselines and the width candidates in the regime (ARC-Easy)
 #   D  OpenBookQA with mean-normalised scores: the second data set
-#   P  the probes: posterior width (trains one model), the mechanism tables (cells only) and
-#      the zero-shot model on the cells' own questions
+#   P  the probes: posterior width (trains one model), the mechanism and BMA-sample tables
+#      (cells only) and the zero-shot model on the cells' own questions
 #   T  rebuild both tables from the finished cells, training nothing
 #   F  the figures of docs/calibration.md, from the cells
 set -euo pipefail
@@ -47,6 +47,10 @@ case "$phase" in
          --split "$split" --reference "mle[normalization=sum]" --out "$OUT/mechanism_arc_easy_$split"
        python benchmarks/calibration_mechanism.py --root "$OUT/openbookqa" --task openbookqa \
          --split "$split" --reference "mle[normalization=mean]" --out "$OUT/mechanism_openbookqa_$split"
+       for task in arc_easy openbookqa; do
+         python benchmarks/bma_samples.py --root "$OUT/$task" --task "$task" --split "$split" \
+           --out "$OUT/bma_samples_${task}_$split"
+       done
      done
      for task in arc_easy openbookqa; do
        python benchmarks/zero_shot_reference.py --root "$OUT/$task" --task "$task" \
