@@ -3,7 +3,7 @@
 A posterior over the adapter can at most take predictions back towards the base
 model's (``s`` near 0 switches the LoRA update off), so how calibrated the base model
 itself is bounds what ScalaBL can do where fine-tuning teaches little. This scores the
-zero-shot model (both choice normalisations, one pass, nothing trained) on exactly the
+zero-shot model (every choice normalisation, one pass, nothing trained) on exactly the
 questions the cells of ``scalabl benchmark --output ROOT`` were scored on, with the
 temperature that temperature scaling would fit on the selection split:
 
@@ -29,6 +29,7 @@ from scalabl_pyro.benchmark import (
     split_metrics,
     task_splits,
 )
+from scalabl_pyro.formats import NORMALIZATIONS
 from scalabl_pyro.temperature import apply_temperature, fit_temperature
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchmarkConfig(methods=["mle"], **{k: v for k, v in settings.items() if k in known})
     _, select, report = task_splits(a.task, cfg)
     out: dict = {"task": a.task, "root": str(a.root), "machine": machine(), "results": {}}
-    for norm in ("mean", "sum"):
+    for norm in NORMALIZATIONS:
         sbl = ScalaBL.from_base(base_model=cfg.model, dtype=cfg.dtype, normalization=norm)
         preds = {
             "selection": sbl.predict(select, mode="mean", progress=False),

@@ -37,6 +37,9 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
 EXIT_USAGE = 2
+#: formats.NORMALIZATIONS, spelled out so that building the parser imports no torch (a test
+#: checks that the two agree)
+NORMALIZATIONS = ("mean", "sum", "byte")
 log = logging.getLogger("scalabl_pyro.cli")  # not __main__ under python -m
 
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
@@ -272,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--normalization",
         default=None,
-        choices=("mean", "sum"),
-        help="choice scoring: an answer's mean token log-likelihood (default) or its sum",
+        choices=NORMALIZATIONS,
+        help="choice scoring: an answer's log-likelihood per token (mean, the default), "
+        "in total (sum) or per UTF-8 byte of its text (byte)",
     )
     p.add_argument(
         "--method",
@@ -364,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--normalization",
         default=None,
-        choices=("mean", "sum"),
-        help="zero-shot choice scoring: mean token log-likelihood (default) or sum; "
-        "a checkpoint keeps its own",
+        choices=NORMALIZATIONS,
+        help="zero-shot choice scoring: log-likelihood per token (mean, the default), in total "
+        "(sum) or per byte (byte); a checkpoint keeps its own",
     )
     _add_data_args(p, "validation")
     _num(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)

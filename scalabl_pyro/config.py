@@ -40,8 +40,9 @@ class ScalaBLConfig:
 
     ``normalization`` is how the choice format turns an answer's token
     log-likelihoods into its class score: ``"mean"`` (the default) per token,
-    ``"sum"`` the total. Summed scores differ by many nats between answers of
-    different lengths before any training; in the overfitting regime of
+    ``"sum"`` the total, ``"byte"`` per UTF-8 byte of the answer text. Summed
+    scores differ by many nats between answers of different lengths before any
+    training; in the overfitting regime of
     ``docs/calibration.md`` the validation split picked ``"mean"`` for ScalaBL
     (ECE 18 % -> 11 %, NLL 1.32 -> 0.92 at equal accuracy) and for MLE LoRA.
 
@@ -72,7 +73,7 @@ class ScalaBLConfig:
     num_classes: int = 5  # letter format: number of answer tokens
     answer_tokens: tuple[str, ...] | None = None
     chat_template: bool = False
-    normalization: str = "mean"  # choice format: "mean" | "sum" (see the docstring)
+    normalization: str = "mean"  # choice format: "mean" | "sum" | "byte" (see the docstring)
     max_length: int = 300
     dtype: str = "auto"
     device: str = "auto"

@@ -10,8 +10,11 @@ Two formats, one output type (:class:`TaskBatch`), whose class scores
   tokenizer's chat template. Each answer cue must be a single, distinct token.
 * :class:`ChoiceFormat` — choice scoring, as evaluation harnesses do for ARC,
   OBQA and WinoGrande: the question followed by each answer text; a class
-  score is the log-likelihood of that answer's tokens (summed, or divided by
-  the token count with ``normalization="mean"``). Its batches also carry the
+  score is the log-likelihood of that answer's tokens: summed
+  (``normalization="sum"``), divided by the token count (``"mean"``), or by
+  the answer text's UTF-8 bytes (``"byte"``, as evaluation harnesses'
+  length-normalised accuracy does; for ASCII text that is per character, and
+  unlike ``"mean"`` it does not depend on the tokenizer). Its batches also carry the
   question prefix once per example and the answers on their own, so that
   ``scoring.py`` can run each prefix once and score the C answers against its
   cached keys and values (``shared_prefix=False`` leaves them out).
@@ -32,6 +35,10 @@ from transformers import PreTrainedTokenizerBase
 
 from scalabl_pyro.data.examples import MCExample
 from scalabl_pyro.errors import ScalaBLError
+
+#: How the choice format turns an answer's token log-likelihoods into its class score.
+Normalization = Literal["mean", "sum", "byte"]
+NORMALIZATIONS: tuple[str, ...] = ("mean", "sum", "byte")
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,8 @@ class TaskBatch:
     prefix_mask: torch.Tensor | None = None  # (B, Tp) long
     answer_ids: torch.Tensor | None = None  # (R, Ta) long, right-padded answer tokens
     answer_mask: torch.Tensor | None = None  # (R, Ta) long
+    # choice format: UTF-8 bytes of each row's answer text, the divisor of normalization="byte"
+    answer_bytes: torch.Tensor | None = None  # (R,) long
     normalization: str = "sum"
     num_truncated: int = 0
 
@@ -304,14 +313,16 @@ class ChoiceFormat(_BaseFormat):
         tokenizer: PreTrainedTokenizerBase,
         num_classes: int,
         *,
-        normalization: Literal["sum", "mean"] = "sum",
+        normalization: Normalization = "sum",
         max_length: int = 300,
         template: str = "Question: {question}\nAnswer:",
         shared_prefix: bool = True,
     ) -> None:
         super().__init__(tokenizer, max_length)
-        if normalization not in ("sum", "mean"):
-            raise ScalaBLError(f"unknown normalization {normalization!r}; use 'sum' or 'mean'")
+        if normalization not in NORMALIZATIONS:
+            raise ScalaBLError(
+                f"unknown normalization {normalization!r}; use one of {', '.join(NORMALIZATIONS)}"
+            )
         if "{question}" not in template:
             raise ScalaBLError("the choice template must contain '{question}'")
         self.num_classes = num_classes
@@ -324,7 +335,7 @@ class ChoiceFormat(_BaseFormat):
     ) -> TaskBatch:
         """One left-padded row per (example, choice): context then answer tokens."""
         mask = self._class_mask(examples)
-        seqs, targets, row_ex, row_ch, truncated = [], [], [], [], 0
+        seqs, targets, row_ex, row_ch, nbytes, truncated = [], [], [], [], [], 0
         prefixes: list[list[int]] = []
         answers: list[list[int]] = []
         shared = self.shared_prefix
@@ -334,12 +345,16 @@ class ChoiceFormat(_BaseFormat):
             )
             any_cut = False
             for j, choice in enumerate(ex.choices):
-                cont = self._encode(" " + choice.strip())
+                text = " " + choice.strip()
+                cont = self._encode(text)
                 if not cont:
                     raise ScalaBLError(
                         f"example {ex.id!r} choice {j} is empty; every choice needs text"
                     )
-                cont = cont[: self.max_length - 1]
+                if len(cont) > self.max_length - 1:  # an over-long answer keeps its first tokens
+                    cont = cont[: self.max_length - 1]
+                    text = self.tokenizer.decode(cont)
+                nbytes.append(max(len(text.encode("utf-8")), 1))
                 room = self.max_length - len(cont)
                 ctx = context[-room:] if len(context) > room else context
                 any_cut |= len(ctx) < len(context)
@@ -373,6 +388,7 @@ class ChoiceFormat(_BaseFormat):
             row_example=torch.tensor(row_ex, dtype=torch.long),
             row_choice=torch.tensor(row_ch, dtype=torch.long),
             target_mask=tmask,
+            answer_bytes=torch.tensor(nbytes, dtype=torch.long),
             normalization=self.normalization,
             num_truncated=truncated,
             **layout,
@@ -390,7 +406,7 @@ def make_format(
     max_length: int = 300,
     answer_tokens: Sequence[str] | None = None,
     chat_template: bool = False,
-    normalization: Literal["sum", "mean"] = "sum",
+    normalization: Normalization = "sum",
 ) -> TaskFormat:
     """Build a task format by name: ``"letter"`` or ``"choice"``."""
     if kind == "letter":

@@ -122,7 +122,8 @@ def _row_scores(
     ``targets`` (P,) are the tokens predicted, ``rows`` (P,) their row among
     the copies*R rows and ``counts`` (copies*R,) each row's answer length; a
     row's score is the sum of its tokens' log-probabilities, divided by the
-    count under ``normalization="mean"``. The head is a 2-D matmul of P x d by
+    count under ``normalization="mean"`` and by the answer's UTF-8 bytes
+    under ``"byte"``. The head is a 2-D matmul of P x d by
     d x V, never a (rows, T, V) one.
     """
     logits = model.get_output_embeddings()(h).float()
@@ -132,6 +133,10 @@ def _row_scores(
     row = row.index_add(0, rows, tok_lp)
     if batch.normalization == "mean":
         row = row / counts.to(row.dtype)
+    elif batch.normalization == "byte":
+        if batch.answer_bytes is None:
+            raise ScalaBLError("normalization='byte' needs the batch's answer_bytes")
+        row = row / batch.answer_bytes.repeat(copies).to(row.device, row.dtype)
     return _scatter_scores(batch, row, copies)
 
 

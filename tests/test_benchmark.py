@@ -312,7 +312,8 @@ def test_zero_shot_reference_scores_the_folders_own_questions(tiny_base, tmp_pat
     assert tool.main(["--root", str(out), "--task", "boolq", "--out", str(dest)]) == 0
     result = json.loads(dest.read_text())["results"]
     _, mle = load_cell(cell_path(out, "mle", "boolq", 0))
-    for norm in ("mean", "sum"):
+    assert list(result) == ["mean", "sum", "byte"]
+    for norm in ("mean", "sum", "byte"):
         row = result[norm]
         assert row["report"]["n"] == len(mle["report/boolq/labels"])  # the cells' questions
         assert row["selection"]["n"] == len(mle["selection/labels"])

@@ -85,7 +85,7 @@ def test_layout_rebuilds_every_row():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("normalization", ["sum", "mean"])
+@pytest.mark.parametrize("normalization", ["sum", "mean", "byte"])
 @pytest.mark.parametrize("copies", [1, 3])
 @pytest.mark.parametrize("call_cost", [0, 10**6], ids=["bucket-per-length", "one-bucket"])
 def test_scores_equal_full_path(arch, normalization, copies, call_cost, monkeypatch):

@@ -218,9 +218,10 @@ def test_data_shows_a_named_data_set(monkeypatch, capsys):
 
 
 def test_parser_lists_agree_with_the_library():
-    from scalabl_pyro.formats import LETTERS
+    from scalabl_pyro.formats import LETTERS, NORMALIZATIONS
     from scalabl_pyro.guides import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
 
+    assert cli.NORMALIZATIONS == NORMALIZATIONS
     assert cli.GUIDES == GUIDE_FAMILIES
     assert cli.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES
     assert len(LETTERS) == cli.MAX_LETTER_CHOICES

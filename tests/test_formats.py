@@ -90,6 +90,25 @@ def test_mean_normalization_divides_by_token_count(tiny):
     torch.testing.assert_close(s_mean[0], s_sum[0] / counts)
 
 
+def test_byte_normalization_divides_by_the_answer_texts_bytes(tiny):
+    """Per byte, as harnesses' length-normalised accuracy: the answer text with its leading
+    space, in UTF-8 (a non-ASCII answer counts its multi-byte characters by their bytes)."""
+    model, tok = tiny
+    sub = SubspaceLoRA(model, rank=2)
+    examples = [*EXAMPLES[:1], MCExample("u", "Which is hot?", ("café crème", "ice"), 0)]
+    b_sum = ChoiceFormat(tok, 3).encode(examples)
+    b_byte = ChoiceFormat(tok, 3, normalization="byte").encode(examples)
+    want_bytes = [len((" " + c.strip()).encode("utf-8")) for ex in examples for c in ex.choices]
+    assert b_byte.answer_bytes.tolist() == want_bytes
+    assert want_bytes[-2] == len(" café crème") + 2  # two two-byte characters
+    with sub.use(sub.init_values), torch.no_grad():
+        s_sum, s_byte = class_scores(sub, b_sum), class_scores(sub, b_byte)
+    per_row = s_sum[b_sum.row_example, b_sum.row_choice] / torch.tensor(want_bytes).float()
+    torch.testing.assert_close(s_byte[b_byte.row_example, b_byte.row_choice], per_row)
+    with pytest.raises(ScalaBLError, match="normalization 'chars'; use one of mean, sum, byte"):
+        ChoiceFormat(tok, 3, normalization="chars")
+
+
 def test_letter_scores_match_full_logits(tiny):
     model, tok = tiny
     sub = SubspaceLoRA(model, rank=2)

@@ -93,7 +93,7 @@ def test_scores_match_full_model_logits():
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
     assert torch.isinf(scores[:, 3:]).all() and torch.isfinite(scores[:, :3]).all()
 
-    for normalization in ("sum", "mean"):
+    for normalization in ("sum", "mean", "byte"):
         sbl, data, fmt, batch = _setup(task_format="choice", normalization=normalization)
         scores = sbl.model.scores(batch, s)
         with torch.no_grad(), sbl.subspace.use(s):
@@ -104,7 +104,10 @@ def test_scores_match_full_model_logits():
         for row in range(batch.num_rows):
             pos = torch.nonzero(batch.target_mask[row]).flatten().tolist()
             want = sum(logp[row, p - 1, batch.input_ids[row, p]] for p in pos)
-            want = want / len(pos) if normalization == "mean" else want
+            if normalization != "sum":  # per token, or per UTF-8 byte of the answer text
+                ex, ch = int(batch.row_example[row]), int(batch.row_choice[row])
+                text = " " + data.examples[ex].choices[ch].strip()
+                want = want / (len(pos) if normalization == "mean" else len(text.encode()))
             ex, ch = batch.row_example[row], batch.row_choice[row]
             assert scores[ex, ch].item() == pytest.approx(want.item(), abs=1e-4)
 
