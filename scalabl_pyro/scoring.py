@@ -50,7 +50,14 @@ quantised cache falls back), no activation checkpointing (Hugging Face
 turns the cache off while training under it), and per-row latent draws that
 agree across the rows of each question (what the model's sample folding
 gives). Otherwise the full path runs; both give the same scores to
-round-off, which the tests check. Position ids of the shared path count
+round-off, which the tests check.
+
+Dropout kept on (MC dropout) takes the shared path too. Masks are drawn
+per element, so a row's prefix and answer passes draw exactly what one
+pass over the row would; what changes is that the C answers of a question
+in one copy see the same prefix masks, as they would in the lettered format
+(one pass per question): a copy is one dropout network per question, and
+the marginal law of every score is the full path's (tested). Position ids of the shared path count
 real tokens only (``cumsum(mask) - 1``); with rotary embeddings that equals
 the full path's padded positions up to a common offset.
 """
@@ -217,11 +224,6 @@ def _buckets(need: torch.Tensor, call_cost: int) -> list[tuple[torch.Tensor, int
     return out[::-1]
 
 
-def _dropout_active(model: nn.Module) -> bool:
-    """Whether any dropout module would draw a mask now (MC dropout keeps them on)."""
-    return any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in model.modules())
-
-
 def _prefix_draws(
     subspace: SubspaceLoRA, batch: TaskBatch, rows: Draws, copies: int, owner: torch.Tensor
 ) -> Draws | None:
@@ -254,8 +256,8 @@ def _shared_prefix_scores(
 ) -> torch.Tensor | None:
     """The shared path (module docstring); None where it cannot apply."""
     model: nn.Module = subspace.peft_model
-    if not subspace.shares_prefix or _dropout_active(model):
-        return None  # per-row noise (flipout, MC dropout) would differ between the passes
+    if not subspace.shares_prefix:
+        return None  # per-row noise (flipout) would differ between the prefix and answer passes
     decoder = model.get_base_model().get_decoder()
     made = _cache_factory(decoder)
     if made is None:

@@ -292,3 +292,41 @@ def test_training_steps_equal_with_and_without_the_shared_prefix():
         assert losses == pytest.approx(runs[0][0], rel=1e-4)
         for k in state:
             torch.testing.assert_close(state[k], runs[0][1][k], atol=1e-4, rtol=1e-4)
+
+
+def test_mc_dropout_takes_the_shared_path_with_the_full_paths_marginals():
+    """Dropout kept on: every (question, answer) score has the full path's law, while the
+    answers of one question in one copy share the prefix masks (one network per question)."""
+    from scalabl_pyro.baselines.mc_dropout import dropout_modules
+
+    sbl = make_scalabl("llama", task_format="choice", method="mc_dropout", dropout=0.3)
+    randomize_lora(sbl.subspace, seed=2, scale=2.0)
+    batch = ChoiceFormat(sbl.tokenizer, 4).encode(EXAMPLES, indices=range(len(EXAMPLES)))
+    sbl.model.eval()
+    for m in dropout_modules(sbl.subspace):
+        m.train()
+    copies = 800
+    lat = {n: torch.ones(copies, 1, sbl.subspace.rank) for n in sbl.model.site_names}
+    assert _shared_ran(sbl, batch, lat)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        shared = sbl.model.scores(batch, lat).double()  # (copies, B, C)
+        full = sbl.model.scores(_full(batch), lat).double()
+    real = torch.isfinite(full[0])
+    assert torch.equal(real, torch.isfinite(shared[0]))
+    s, f = shared[:, real], full[:, real]  # (copies, rows)
+    assert (f.std(0) > 1e-3).all()  # the masks move every score
+    se = ((s.var(0) + f.var(0)) / copies).sqrt()
+    assert ((s.mean(0) - f.mean(0)).abs() < 5 * se).all()  # same mean ...
+    assert ((s.std(0) / f.std(0) - 1).abs() < 0.15).all()  # ... and spread per score
+
+    # a question whose first two answers are the same one-token text: one network per
+    # question scores them alike in every copy; separate passes draw separate prefix masks
+    twin = [MCExample("e", "Answer: B", ("yes", "yes", "no"), 0)]
+    tb = ChoiceFormat(sbl.tokenizer, 4).encode(twin, indices=[0])
+    assert tb.answer_mask[:2].sum(1).tolist() == [1, 1]
+    with torch.no_grad():
+        t_shared = sbl.model.scores(tb, lat)[:, 0]
+        t_full = sbl.model.scores(_full(tb), lat)[:, 0]
+    assert torch.equal(t_shared[:, 0], t_shared[:, 1])
+    assert (t_full[:, 0] != t_full[:, 1]).float().mean() > 0.9

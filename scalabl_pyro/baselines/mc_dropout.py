@@ -5,8 +5,10 @@ with a Bernoulli(1 - p) mask ``m`` drawn per element (peft's ``lora_dropout``);
 ``s`` and the factors are point estimates (maximum likelihood, as MLE LoRA).
 Prediction averages the probabilities of S passes, each with its own masks:
 the S copies are folded into the batch, so every copy of a row draws its
-own mask. In choice scoring each answer's row draws its own mask too (as
-scoring each continuation separately would). ``p = 0`` is MLE LoRA exactly.
+own mask. In choice scoring a question's prefix runs once per copy (the
+shared-prefix path of ``scoring.py``), so its C answers see the same prefix
+masks and each answer token its own: a copy is one dropout network per
+question, as in the lettered format. ``p = 0`` is MLE LoRA exactly.
 No parameters beyond plain LoRA.
 """
 
