@@ -8,6 +8,7 @@
 #   B  3 seeds of MLE and ScalaBL under both normalisations, and of initial sigma 0.4 (ARC-Easy)
 #   C  the baselines and the width candidates in the regime (ARC-Easy)
 #   D  OpenBookQA with mean-normalised scores: the second data set
+#   E  per-byte scores on both data sets, and two optimizer candidates (var_lr, particles)
 #   P  the probes: posterior width (trains one model), the mechanism and BMA-sample tables
 #      (cells only) and the zero-shot model on the cells' own questions
 #   T  rebuild both tables from the finished cells, training nothing
@@ -23,8 +24,10 @@ NEW="scalabl[normalization=mean,init_scale=0.4],scalabl[normalization=mean,init_
 REF="reference[normalization=sum]"
 BASELINES="mc_dropout[normalization=mean],map[normalization=mean],blob[normalization=mean],full_rank[normalization=mean,init_scale=0.4]"
 WIDTH="scalabl[normalization=mean,kl_weight=16,$OLD],full_rank[normalization=mean,$OLD]"
-ARC_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$WIDTH"
-OBQA_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES"
+BYTE="mle[normalization=byte],mle[normalization=byte]+ts,scalabl[normalization=byte,init_scale=0.4],scalabl[normalization=byte,init_scale=0.4]+ts"
+OPTIM="scalabl[normalization=mean,init_scale=0.05,var_lr=0.05],scalabl[normalization=mean,init_scale=0.4,num_particles=4]"
+ARC_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$WIDTH,$BYTE,$OPTIM"
+OBQA_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$BYTE"
 phase=${1:-A}
 bench() { scalabl benchmark "${COMMON[@]}" "$@"; }
 case "$phase" in
@@ -40,6 +43,10 @@ case "$phase" in
      bench --tasks openbookqa --seeds 1,2 --output "$OUT/openbookqa" \
        --methods "mle[normalization=mean],mle[normalization=mean]+ts,$NEW"
      bench --tasks openbookqa --seeds 0 --output "$OUT/openbookqa" --methods "$BASELINES" ;;
+  E) for task in arc_easy openbookqa; do
+       bench --tasks "$task" --seeds 0 --output "$OUT/$task" --methods "$BYTE"
+     done
+     bench --tasks arc_easy --seeds 0 --output "$OUT/arc_easy" --methods "$OPTIM" ;;
   P) python benchmarks/posterior_width.py --task arc_easy --normalization mean --init-scale 0.05 \
        --out "$OUT/posterior_width_arc_easy_mean_test.json"
      for split in selection report; do
@@ -66,5 +73,5 @@ case "$phase" in
        --label "scalabl[normalization=mean,$OLD]=ScalaBL, initial sigma 0.05" \
        --label "scalabl[normalization=mean,init_scale=0.4]=ScalaBL (default)" \
        --label "blob[normalization=mean]=BLoB" --label "mc_dropout[normalization=mean]=MC dropout" ;;
-  *) echo "usage: $0 A|B|C|D|P|T|F" >&2; exit 2 ;;
+  *) echo "usage: $0 A|B|C|D|E|P|T|F" >&2; exit 2 ;;
 esac
