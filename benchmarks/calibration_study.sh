@@ -8,7 +8,8 @@
 #   B  3 seeds of MLE and ScalaBL under both normalisations, and of initial sigma 0.4 (ARC-Easy)
 #   C  the baselines and the width candidates in the regime (ARC-Easy)
 #   D  OpenBookQA with mean-normalised scores: the second data set
-#   E  per-byte scores on both data sets, and two optimizer candidates (var_lr, particles)
+#   E  per-byte scores on both data sets (seed 0), then two optimizer candidates (var_lr,
+#      training particles) that no session has run yet
 #   P  the probes: posterior width (trains one model), the mechanism and BMA-sample tables
 #      (cells only) and the zero-shot model on the cells' own questions
 #   T  rebuild both tables from the finished cells, training nothing
