@@ -73,6 +73,13 @@ case "$phase" in
        --label "mle[normalization=sum]=MLE (summed)" --label "mle[normalization=sum]+ts=MLE (summed) + TS" \
        --label "scalabl[normalization=mean,$OLD]=ScalaBL, initial sigma 0.05" \
        --label "scalabl[normalization=mean,init_scale=0.4]=ScalaBL (default)" \
+       --label "blob[normalization=mean]=BLoB" --label "mc_dropout[normalization=mean]=MC dropout"
+     python benchmarks/calibration_figures.py --root "$OUT/openbookqa" --task openbookqa --tag _mean \
+       --out docs/img/calibration \
+       --methods "mle[normalization=mean],mle[normalization=mean]+ts,scalabl[normalization=mean,init_scale=0.4],full_rank[normalization=mean,init_scale=0.4],blob[normalization=mean],mc_dropout[normalization=mean]" \
+       --label "mle[normalization=mean]=MLE" --label "mle[normalization=mean]+ts=MLE + TS" \
+       --label "scalabl[normalization=mean,init_scale=0.4]=ScalaBL (default)" \
+       --label "full_rank[normalization=mean,init_scale=0.4]=ScalaBL full-rank" \
        --label "blob[normalization=mean]=BLoB" --label "mc_dropout[normalization=mean]=MC dropout" ;;
   *) echo "usage: $0 A|B|C|D|E|P|T|F" >&2; exit 2 ;;
 esac
