@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from pyro.distributions.transforms import biject_to
 
@@ -12,6 +17,16 @@ from scalabl_pyro.data.examples import MCDataset, MCExample
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 COLORS = ("red", "blue", "green", "yellow")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (scripts, not a package) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in a script look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def toy_dataset(

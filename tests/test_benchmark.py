@@ -299,13 +299,9 @@ def test_cli_benchmark_quick_on_the_embedded_model(tmp_path):
 
 def test_zero_shot_reference_scores_the_folders_own_questions(tiny_base, tmp_path):
     """benchmarks/zero_shot_reference.py: the base model on the cells' selection/report sets."""
-    import importlib.util
-    from pathlib import Path
+    from scalabl_testutils import load_benchmark_script
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "zero_shot_reference.py"
-    spec = importlib.util.spec_from_file_location("zero_shot_reference", script)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_benchmark_script("zero_shot_reference")
     out = tmp_path / "bench"
     run_benchmark(_config(tiny_base, out, methods=["mle"]))
     dest = tmp_path / "zero.json"

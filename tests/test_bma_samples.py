@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bma_samples.py"
+from scalabl_testutils import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bma():
-    spec = importlib.util.spec_from_file_location("bma_samples", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("bma_samples")
 
 
 def _write_cell(root: Path, spec: str, seed: int, slp: np.ndarray, labels: np.ndarray) -> None:

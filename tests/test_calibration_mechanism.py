@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_mechanism.py"
+from scalabl_testutils import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def mech():
-    spec = importlib.util.spec_from_file_location("calibration_mechanism", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("calibration_mechanism")
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

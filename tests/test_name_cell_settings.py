@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from scalabl_pyro.benchmark import CELL_DIR, cell_path
+from scalabl_testutils import load_benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "name_cell_settings.py"
+from scalabl_pyro.benchmark import CELL_DIR, cell_path
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("name_cell_settings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("name_cell_settings")
 
 
 def _cell(root: Path, spec: str, init_scale: float) -> Path:
