@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -38,7 +38,7 @@ from scalabl_pyro.errors import ScalaBLError
 
 #: How the choice format turns an answer's token log-likelihoods into its class score.
 Normalization = Literal["mean", "sum", "byte"]
-NORMALIZATIONS: tuple[str, ...] = ("mean", "sum", "byte")
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 log = logging.getLogger(__name__)
 
