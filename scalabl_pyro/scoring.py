@@ -50,16 +50,16 @@ quantised cache falls back), no activation checkpointing (Hugging Face
 turns the cache off while training under it), and per-row latent draws that
 agree across the rows of each question (what the model's sample folding
 gives). Otherwise the full path runs; both give the same scores to
-round-off, which the tests check.
+round-off, which the tests check. Position ids of the shared path count
+real tokens only (``cumsum(mask) - 1``); with rotary embeddings that equals
+the full path's padded positions up to a common offset.
 
 Dropout kept on (MC dropout) takes the shared path too. Masks are drawn
 per element, so a row's prefix and answer passes draw exactly what one
 pass over the row would; what changes is that the C answers of a question
 in one copy see the same prefix masks, as they would in the lettered format
 (one pass per question): a copy is one dropout network per question, and
-the marginal law of every score is the full path's (tested). Position ids of the shared path count
-real tokens only (``cumsum(mask) - 1``); with rotary embeddings that equals
-the full path's padded positions up to a common offset.
+the marginal law of every score is the full path's (tested).
 """
 
 from __future__ import annotations
