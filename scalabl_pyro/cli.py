@@ -1190,12 +1190,13 @@ def _cmd_data(args: argparse.Namespace) -> None:
         print(f"{ds.name}: splits {', '.join(available_splits(args.data, args.source))}")
     print(f"{ds.split}: {len(ds)} example{'s' if len(ds) != 1 else ''}, {_choice_counts(ds)}")
     ex = ds[0]
-    print(
-        json.dumps(
-            {"id": ex.id, "question": ex.question, "choices": list(ex.choices), "label": ex.label},
-            indent=2,
-        )
-    )
+    shown = {"id": ex.id, "question": ex.question, "choices": list(ex.choices), "label": ex.label}
+    text = json.dumps(shown, indent=2, ensure_ascii=False)  # emoji as emoji, not \ud83c escapes
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):  # a lone surrogate, or a terminal that is not UTF-8
+        text = json.dumps(shown, indent=2)
+    print(text)
 
 
 COMMANDS = {

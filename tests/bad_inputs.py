@@ -144,6 +144,32 @@ BAD_FILES: list[BadFile] = [
     BadFile("label_text.jsonl", _text(_row(label="shark")), "not among its choices", row=2),
     BadFile("label_list.jsonl", _text(_row(label=[0])), "label of type list", row=2),
     BadFile(
+        "label_digit_text.jsonl",
+        _text(_row(choices=["1", "2", "3", "4"], label="2")),
+        "has label '2', which means choice 2 ('3') as an index but is the text of choice 1",
+        row=2,
+    ),
+    BadFile(
+        "label_digit_text.csv",
+        _text('question,choices,label\nq1,"[""a"", ""b""]",0\nq2,"[""1"", ""2"", ""3""]",1\n'),
+        "the label is ambiguous, so write 'B' for '2' or 'A' for '1'",
+        row=2,
+    ),
+    BadFile(
+        "label_letter_text.jsonl",
+        _text(_row(choices=["B", "C", "D"], label="C")),
+        "means choice 2 ('D') as a letter but is the text of choice 1",
+        row=2,
+    ),
+    BadFile(
+        "label_nan.parquet",
+        lambda p: _parquet(
+            p, question=["q1", "q2"], choices=[["a", "b"]] * 2, label=[0.0, float("nan")]
+        ),
+        "has label NaN",
+        row=2,
+    ),
+    BadFile(
         "row_is_list.jsonl", _text(jsonl([GOOD_ROWS[0], ["q", ["a", "b"], 0]])), "is a list", row=2
     ),
     BadFile(

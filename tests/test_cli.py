@@ -203,6 +203,23 @@ def test_data_shows_a_local_file(tiny_dir):
     assert example["choices"] == ["a whale", "a rock", "a star"] and example["label"] == 0
 
 
+def test_data_shows_emoji_as_text(tmp_path):
+    """`scalabl data` prints the example as UTF-8 JSON, not \\ud83c... escapes (issue 21)."""
+    data = tmp_path / "emoji.jsonl"
+    rows = [
+        {
+            "question": "Which is a fruit? \U0001f34e",
+            "choices": ["\U0001f34e", "\U0001f697"],
+            "label": 0,
+        }
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = run_cli("data", "--data", str(data), env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert out.returncode == 0, out.stderr
+    assert "\U0001f34e" in out.stdout and "\\ud83c" not in out.stdout
+    assert json.loads("\n".join(out.stdout.splitlines()[2:]))["choices"][0] == "\U0001f34e"
+
+
 def test_data_shows_a_named_data_set(monkeypatch, capsys):
     from scalabl_pyro.data import MCDataset, MCExample
 

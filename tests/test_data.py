@@ -538,6 +538,21 @@ def test_local_bad_file_is_one_line_naming_file_and_row(tmp_path, case):
         assert f"row {case.row} " in msg, msg
 
 
+def test_local_label_rule_digits_and_letters(tmp_path):
+    """A number is an index; a digit or letter string that is also another choice's text is
+    refused (tests/bad_inputs.py); the same choice either way, or an unambiguous spelling, loads."""
+    rows = [
+        {"question": "q1", "choices": ["1", "2", "3", "4"], "label": 2},  # integer: index
+        {"question": "q2", "choices": ["1", "2", "3", "4"], "label": "C"},  # letter: index 2
+        {"question": "q3", "choices": ["0", "1"], "label": "1"},  # index 1 is the text "1"
+        {"question": "q4", "choices": ["A", "B", "C"], "label": "C"},  # letter C is the text C
+        {"question": "q5", "choices": ["B", "C", "D"], "label": "1"},  # index, no clash
+    ]
+    path = tmp_path / "digits.jsonl"
+    path.write_text(jsonl(rows))
+    assert [e.label for e in load_local(path)] == [2, 2, 1, 2, 1]
+
+
 def test_local_directory_and_wrong_source(tmp_path):
     folder = tmp_path / "rows.jsonl"
     folder.mkdir()

@@ -18,10 +18,13 @@ Fields of each example (row):
 ``label`` (required)
     The correct choice, as a 0-based integer index (``2``; also the string
     ``"2"``), a single capital letter (``"C"`` = index 2), or the exact text of
-    the correct choice. Integers and digit strings are read as indices and a
-    single capital letter as a letter before the text is tried, so when the
-    choices are themselves digits or capital letters, give the index.
-    Booleans and fractional numbers are refused.
+    the correct choice. A number is always an index. A digit string is read as
+    an index and a single capital letter as a letter, unless it is also the
+    text of a *different* choice (``"2"`` with choices ``["1", "2", "3"]``):
+    that label is ambiguous and refused, naming the spellings that mean one
+    choice only (the letter ``"C"`` or ``"B"``, or a JSON integer). When both
+    readings name the same choice (``"1"`` with ``["0", "1"]``) it is accepted.
+    Booleans, fractional numbers and NaN are refused.
 ``id`` (optional)
     Any string; defaults to the example's 0-based position in the file.
 
@@ -304,8 +307,10 @@ def _label(value: Any, choices: tuple[str, ...], where: str) -> int:
         text = value.strip()
         if text.lstrip("-").isdigit():
             index = int(text)
+            _check_unambiguous(text, index, choices, where, "an index")
         elif len(text) == 1 and text in _LETTERS:
             index, as_letter = _LETTERS.index(text), True
+            _check_unambiguous(text, index, choices, where, "a letter")
         else:
             stripped = [c.strip() for c in choices]
             if text not in stripped:
@@ -329,6 +334,38 @@ def _label(value: Any, choices: tuple[str, ...], where: str) -> int:
     return index
 
 
+def _check_unambiguous(
+    text: str, index: int, choices: tuple[str, ...], where: str, how: str
+) -> None:
+    """Refuse a digit or letter label that is also the text of *another* choice.
+
+    ``"2"`` with choices ``["1", "2", "3"]`` is index 2 (``"3"``) by the index
+    rule and choice 1 by its text: rather than pick one silently, ask for a
+    spelling that means one choice only.
+    """
+    stripped = [c.strip() for c in choices]
+    if text not in stripped or stripped.index(text) == index or not 0 <= index < len(choices):
+        return
+    by_text = stripped.index(text)
+
+    def spelling(i: int) -> str | None:  # a label that means choice i and nothing else
+        for cand in (_LETTERS[i] if i < len(_LETTERS) else None, str(i)):
+            if cand is not None and (cand not in stripped or stripped.index(cand) == i):
+                return repr(cand)
+        return None
+
+    first, second = spelling(index), spelling(by_text)
+    fix = (
+        f"write {first} for {choices[index]!r} or {second} for {choices[by_text]!r}"
+        if first and second
+        else "give the label as a JSON integer (a 0-based index, not a string)"
+    )
+    raise ScalaBLError(
+        f"{where} has label {text!r}, which means choice {index} ({choices[index]!r}) as {how} "
+        f"but is the text of choice {by_text}; the label is ambiguous, so {fix}"
+    )
+
+
 def _question(row: Mapping[str, Any], where: str) -> str:
     value = _scalar(row.get("question"))
     if _absent(value):
@@ -345,7 +382,13 @@ def _example(row: Any, position: int, where: str) -> MCExample:
             f"{where} is a {type(row).__name__}, not an object with fields; {_FIELDS_HINT}"
         )
     question = _question(row, where)
-    if _blank(_scalar(row.get("label"))):
+    label = _scalar(row.get("label"))
+    if isinstance(label, float) and math.isnan(label):
+        raise ScalaBLError(
+            f"{where} has label NaN (an empty cell of a pandas/parquet table, or a NaN number); "
+            f"{_LABEL_HINT}"
+        )
+    if _blank(label):
         raise ScalaBLError(f"{where} is missing field 'label'; {_FIELDS_HINT}")
     choices = _choices(row, where)
     _check_choices(choices, where)
