@@ -241,6 +241,41 @@ def _canonical(obj):
     return obj
 
 
+def _module_kinds(sites: list[str]) -> list[str]:
+    """The target-module names (last path component) adapted by ``sites``, in order."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in sites))
+
+
+def _site_mismatch(saved: list[str], here: list[str], base: str | None) -> str:
+    """Say what differs between a checkpoint's latent sites and a model's, and the fix."""
+    kinds_saved, kinds_here = _module_kinds(saved), _module_kinds(here)
+    if set(kinds_saved) != set(kinds_here):
+        return (
+            f"the checkpoint adapts {', '.join(kinds_saved) or 'no modules'} but this model is "
+            f"set up to adapt {', '.join(kinds_here) or 'no modules'}; build it with the "
+            f"checkpoint's target modules (target_modules={tuple(kinds_saved)!r}), as "
+            "from_pretrained does"
+        )
+    if set(saved) == set(here):
+        return (
+            f"the checkpoint lists its {len(saved)} latent sites in another order than this "
+            f"model ({kinds_saved} vs {kinds_here}); build it with the checkpoint's target "
+            f"modules in their order (target_modules={tuple(kinds_saved)!r})"
+        )
+    only_saved = [n for n in saved if n not in set(here)]
+    only_here = [n for n in here if n not in set(saved)]
+    example = (
+        f"{only_saved[0]!r} is in the checkpoint only"
+        if only_saved
+        else f"{only_here[0]!r} is on this model only"
+    )
+    return (
+        f"the checkpoint has {len(saved)} latent sites and this model {len(here)}, and "
+        f"{len(only_saved)} of the checkpoint's are not on this model ({example}): the base "
+        f"model has other layers than the one it was trained on ({base}); load it on that model"
+    )
+
+
 class Checkpoint:
     """A checkpoint directory opened for reading (metadata read once)."""
 
@@ -262,11 +297,10 @@ class Checkpoint:
     def check_compatible(self, site_names: list[str], lora_shapes: Mapping[str, list[int]]) -> None:
         """Refuse, before any tensor is read, a checkpoint made for another base model."""
         base = self.meta["config"].get("base_model")
-        if self.meta.get("site_names") != site_names:
+        saved_sites = list(self.meta.get("site_names") or [])
+        if saved_sites != list(site_names):
             raise ScalaBLError(
-                f"{self.path}: the checkpoint's latent sites do not match this base model "
-                f"({len(self.meta.get('site_names') or [])} vs {len(site_names)}); load it on the "
-                f"base model it was trained on ({base})"
+                f"{self.path}: {_site_mismatch(saved_sites, list(site_names), base)}"
             )
         for source, shapes in (
             ("config", self.meta["lora_shapes"]),

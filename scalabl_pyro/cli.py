@@ -67,7 +67,6 @@ _DTYPE_ALIASES = {
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _NO_PROGRESS = "no progress bars (they are drawn only when stderr is a terminal)"
-_PLOT_MAGIC = (b"\x89PNG", b"%PDF", b"<?xml", b"<svg")
 
 
 # ----------------------------------------------------------------- parsing
@@ -735,12 +734,10 @@ def _is_metrics_file(path: Path) -> bool:
 
 
 def _is_plot_file(path: Path) -> bool:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(64).lstrip()
-    except OSError:
-        return False
-    return head.startswith(_PLOT_MAGIC)
+    """Whether ``path`` is an image this library wrote (its metadata mark, not its type)."""
+    from scalabl_pyro.image_mark import is_marked_image
+
+    return is_marked_image(path)
 
 
 def _check_evaluate_outputs(args: argparse.Namespace) -> None:
@@ -1116,8 +1113,24 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(sorted(result.files.values())))
 
 
+def _check_has_posterior(meta: dict) -> None:
+    """diagnose plots the posterior over s: a point estimate of s has none to show."""
+    guide = meta["config"].get("guide")
+    method = meta["config"].get("method", "scalabl")
+    point = method in (*DETERMINISTIC_METHODS, "mc_dropout", "ensemble") or (
+        method == "scalabl" and guide in POINT_MASS_GUIDES
+    )
+    if point:
+        what = f"guide {guide}" if method == "scalabl" else f"method {method}"
+        raise ScalaBLError(
+            f"the checkpoint's {what} is a point estimate of s, with no posterior spread, so "
+            "scalabl diagnose would plot standard deviations of 0; diagnose a checkpoint with a "
+            "posterior over s (--method scalabl with a Gaussian --guide, or --method laplace)"
+        )
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> None:
-    _read_checkpoint_meta(args.checkpoint, "--checkpoint")
+    _check_has_posterior(_read_checkpoint_meta(args.checkpoint, "--checkpoint"))
     out = _check_report_dir(args.output, "posterior_scales.png")
     data = None
     if args.data is not None:

@@ -173,14 +173,19 @@ class _BaseFormat:
         return mask
 
     def _report_truncation(self, n: int, total: int) -> None:
+        """Warn at the first truncated batch only (a training run encodes one every step);
+        later ones are logged at INFO (``-v``) and counted in ``truncated_total``."""
         if n:
+            first = self.truncated_total == 0
             self.truncated_total += n
-            log.warning(
+            log.log(
+                logging.WARNING if first else logging.INFO,
                 "%d of %d prompts were longer than max_length=%d and were truncated from the "
-                "left (the answer cue is kept)",
+                "left (the answer cue is kept)%s",
                 n,
                 total,
                 self.max_length,
+                "; later truncations are logged at INFO level (-v)" if first else "",
             )
 
 

@@ -6,7 +6,9 @@ needs a display: it works headless (CI, servers) and a returned figure renders
 inline in Jupyter. Every function takes a mapping ``{method name: data}``,
 draws the methods in its order with one colour each, returns the figure, and
 if ``path`` is given writes it atomically (temp file in the same folder, then
-``os.replace``) as PNG, or as PDF/SVG when the suffix says so.
+``os.replace``) as PNG, or as PDF/SVG when the suffix says so, marked as this
+library's in its metadata (:mod:`scalabl_pyro.image_mark`), so that the CLI
+replaces only images it wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.image_mark import image_metadata
 from scalabl_pyro.metrics import (
     Binning,
     _check_binning,
@@ -448,7 +451,7 @@ def _save_atomic(fig: Figure, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=150)
+            fig.savefig(fh, format=fmt, dpi=150, metadata=image_metadata(fmt))
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the image normal permissions
         os.replace(tmp, path)
     except BaseException:

@@ -219,6 +219,41 @@ def test_output_failures(work: Path, case: str) -> None:
     fails_cleanly(work, args, *fragments)
 
 
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
+def test_evaluate_plot_keeps_the_users_real_image(work: Path, suffix: str) -> None:
+    """A real PNG/PDF/SVG that this library did not write (no metadata mark) is not replaced."""
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    fig.savefig(work / "mine" / f"figure.{suffix}", format=suffix)  # matplotlib's own metadata
+    fails_cleanly(
+        work,
+        [*EVAL, "--plot", f"mine/figure.{suffix}"],
+        f"--plot mine/figure.{suffix} exists and is not a plot image written by scalabl evaluate",
+        "choose another path or move the file",
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "guide", "what"),
+    [
+        ("map", "mle", "method map"),
+        ("mle", "mle", "method mle"),
+        ("scalabl", "delta", "guide delta"),
+    ],
+)
+def test_diagnose_refuses_a_point_estimate(work: Path, method: str, guide: str, what: str) -> None:
+    """No posterior spread to plot: refused like evaluate --samples, nothing written."""
+    _fake_checkpoint(work / f"ckpt_{method}", guide=guide, method=method)
+    fails_cleanly(
+        work,
+        ["diagnose", "--checkpoint", f"ckpt_{method}", "--output", "diag"],
+        f"the checkpoint's {what} is a point estimate of s",
+        "standard deviations of 0",
+    )
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_output_under_proc_fails_before_training(work: Path) -> None:
     fails_cleanly(work, [*TRAIN[:-1], "/proc/scalabl/run"], "cannot be created")

@@ -1,0 +1,74 @@
+"""Issue 21, "nothing silently ignored or lost": the in-process cases.
+
+The command-line cases (exit status 2, one line, files untouched) are in
+``tests/test_cli_failures.py``; the list is in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from scalabl_testutils import make_scalabl, toy_dataset
+
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.image_mark import is_marked_image
+from scalabl_pyro.plots import reliability_diagram
+
+# ------------------------------------------------------------------ images
+
+
+@pytest.mark.parametrize("suffix", ["png", "pdf", "svg"])
+def test_plots_are_marked_and_others_are_not(tmp_path, suffix):
+    from matplotlib.figure import Figure
+
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    ours = tmp_path / f"rel.{suffix}"
+    reliability_diagram({"m": (probs, np.array([0, 1, 1]))}, ours)
+    assert is_marked_image(ours)
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    theirs = tmp_path / f"theirs.{suffix}"
+    fig.savefig(theirs, format=suffix)
+    assert not is_marked_image(theirs)
+    (tmp_path / "text.png").write_text("scalabl-pyro")
+    assert not is_marked_image(tmp_path / "text.png")
+    assert not is_marked_image(tmp_path / "missing.png")
+
+
+# ------------------------------------------------------------ checkpoints
+
+
+def test_target_mismatch_names_the_modules(tmp_path):
+    """Same number of sites, other modules: the message names both, not "(4 vs 4)"."""
+    from scalabl_pyro.api import ScalaBL
+    from scalabl_pyro.testing import tiny_model_and_tokenizer
+
+    sbl = make_scalabl(target_modules=("q_proj", "v_proj"))
+    path = sbl.save_pretrained(tmp_path / "ckpt")
+    other = make_scalabl(target_modules=("k_proj", "o_proj"))
+    model, tok = tiny_model_and_tokenizer("llama")
+    with pytest.raises(ScalaBLError) as err:
+        ScalaBL.from_parts(path, other.config, model, tok)
+    msg = str(err.value)
+    assert "the checkpoint adapts q_proj, v_proj but this model is set up to adapt k_proj" in msg
+    assert "target_modules=('q_proj', 'v_proj')" in msg and " vs " not in msg
+
+
+# ------------------------------------------------------------- formats
+
+
+def test_truncation_is_a_warning_once(caplog):
+    """A long prompt is warned about at the first batch, not at every training step."""
+    sbl = make_scalabl()
+    data = toy_dataset(4)
+    long = [type(e)(e.id, "word " * 400 + e.question, e.choices, e.label) for e in data]
+    fmt = sbl.format_for(data)
+    with caplog.at_level(logging.INFO, logger="scalabl_pyro.formats"):
+        for _ in range(3):
+            fmt.encode(long)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "later truncations are logged at INFO" in warnings[0].message
+    assert len(infos) == 2 and fmt.truncated_total == 12
