@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 import logging as _logging
 
+from scalabl_pyro import logging_utils as _logging_utils
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -42,6 +44,9 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+# bitsandbytes' import-time messages (peft imports it) wait until quantisation is asked for
+_logging_utils.hold_bitsandbytes_import_logs()
 
 
 def __getattr__(name: str):

