@@ -1,33 +1,41 @@
 """Guide-family comparison: several posteriors fitted on the same data, side by side.
 
-:func:`compare_guides` fits one ScalaBL model per guide family (same base
-model, LoRA settings, data order, seed and step budget; only the guide
-differs) and reports for each:
+:func:`compare_guides` fits one ScalaBL model per guide family and seed (same
+base model, LoRA settings, training questions, data order, seed and step
+budget; only the guide differs) in the regime Bayesian LoRA is for (by
+default 64 training questions for 10 epochs, as the calibration study), and
+reports for each:
 
-* the final ELBO: the mean training loss (-ELBO, data-set scale) over the
-  last ``min(10, steps)`` steps, and its NLL / KL parts;
-* held-out ACC, ECE (15 bins), NLL and Brier of the BMA over ``num_samples``;
-* PSIS-LOO of the held-out pointwise log-likelihoods (``az.loo``; ``az.compare``
-  ranks the families), with the number of examples whose Pareto k > 0.7;
-* the largest posterior correlation, and how far training moved the correlations from
-  the guide's initialisation (Pyro's low-rank guide starts with random ones);
-* the Pareto-k-hat of q itself (:func:`~scalabl_pyro.diagnostics.pareto_k_of_q`)
-  on a subset of the training data;
-* free variational parameters (``guides.count_free_parameters``) and LoRA
-  parameters; training time; peak memory (process RSS sampled during the
-  family's fit and evaluation, and CUDA max allocated).
+* held-out ACC, ECE (15 bins), NLL and Brier of the BMA over ``num_samples``
+  draws on the report questions (the benchmark's split protocol, so the
+  questions are those of ``docs/calibration.md``);
+* the held-out elpd (the BMA's log predictive density) with its standard
+  error, and its paired difference to the first family with the SE of the
+  paired per-question differences;
+* k-hat of q against the posterior of **all** training questions, and
+  PSIS-LOO of the training questions with the p/q correction, both from one
+  (``diag_samples`` x N) matrix (:func:`scalabl_pyro.diagnostics.diagnose`),
+  with the counts of questions per Pareto-k band;
+* the largest posterior correlation, and how far training moved the
+  correlations from the guide's initialisation;
+* free variational parameters and training time.
 
-Resumable: each finished family leaves ``families/<name>/`` with its
-checkpoint, ``result.json`` and ``arrays.npz`` (draws, log-likelihoods,
-covariance); a re-run with the same output directory loads those and fits
-only what is missing. Outputs: ``guide_comparison.{md,csv,json}`` and PNG
-figures, all written atomically.
+``official`` is the paper's recipe as a family: the log-mean-field guide
+trained with the reference objective and the official prior.
+
+Resumable: each finished (family, seed) leaves ``families/<name>/seed<k>/``
+with ``result.json`` (the row, the settings it was made with and the
+history) and ``arrays.npz``; a re-run with the same output directory loads
+those and fits only what is missing. A finished cell whose settings differ
+from the requested ones is refused, never reused. Outputs:
+``guide_comparison.{md,csv,json}`` and PNG figures, all written atomically.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -41,7 +49,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import torch
 
@@ -49,57 +56,96 @@ from scalabl_pyro.checkpoint import write_json
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import GUIDE_FAMILIES, check_family, count_free_parameters
+from scalabl_pyro.importance import ElpdResult, heldout_elpd, paired_difference
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FAMILIES = ("mean_field", "full_rank", "low_rank", "block")
+#: Families that are a whole recipe, not only a guide: name -> (model, train) settings.
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "official": (
+        {"guide": "log_mean_field", "reference_prior_quirk": True},
+        {"objective": "reference"},
+    ),
+}
+DEFAULT_FAMILIES = ("mean_field", "full_rank", "low_rank", "block", "official")
 RESULT_FILE = "result.json"
 ARRAYS_FILE = "arrays.npz"
 CHECKPOINT_DIR = "checkpoint"
 TABLE_STEM = "guide_comparison"
+#: Settings that do not change a cell's numbers (they may differ between runs).
+_NOT_SETTINGS = ("families", "seeds", "output_dir", "progress", "save_checkpoints")
 
 
 @dataclass
 class CompareConfig:
-    """Settings of a comparison (defaults: the demo's recipe on the embedded model)."""
+    """Settings of a comparison. Defaults: the calibration study's overfitting regime.
+
+    64 training questions for 160 steps of 4 (10 epochs), lr 1e-3 (``var_lr``
+    None: the objective's default, 10 x lr for the ELBO), initial sigma and
+    answer scores at the library defaults (0.4, per-token mean), 100
+    selection / 200 report questions, BMA over 10 draws; k-hat and LOO from
+    100 draws of q scored on every training question.
+    """
 
     families: tuple[str, ...] = DEFAULT_FAMILIES
+    seeds: tuple[int, ...] = (0,)
     base_model: str = "smollm2-135m"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     task: str = "arc_easy"
-    steps: int = 150
+    train_limit: int | None = 64
+    steps: int = 160
     batch_size: int = 4
     lr: float = 1e-3
-    var_lr: float = 1e-2
+    var_lr: float | None = None
+    init_scale: float | None = None  # None: each family's default (0.4; 0.05 for official)
+    normalization: str = "mean"
     prior_scale: float = 1.0
     rank: int = 8
     guide_rank: int = 4
+    select_limit: int | None = 100
     eval_limit: int | None = 200
+    data_seed: int = 0
     num_samples: int = 10
-    khat_samples: int = 48
-    khat_subset: int = 16
-    diag_samples: int = 400  # cheap posterior draws (no LLM pass) for scales and correlations
-    seed: int = 0
+    diag_samples: int = 100
+    exact_limit: int = 512
+    subsample_size: int = 128
     output_dir: str = "guide_comparison"
     progress: bool = False
+    save_checkpoints: bool = True
 
     def __post_init__(self) -> None:
         self.families = tuple(self.families)
+        self.seeds = tuple(int(x) for x in self.seeds)
         if not self.families:
             raise ScalaBLError("no guide families to compare; name at least one")
         for f in self.families:
-            check_family(f)
+            if f not in RECIPES:
+                check_family(f)
         if len(set(self.families)) != len(self.families):
             raise ScalaBLError(f"guide families repeat in {list(self.families)}; name each once")
-        for name in ("steps", "num_samples", "khat_samples", "khat_subset", "diag_samples"):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ScalaBLError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
+        for name in ("steps", "num_samples", "diag_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ScalaBLError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from scalabl_pyro.importance import MIN_KHAT_SAMPLES
+
+        if self.diag_samples < MIN_KHAT_SAMPLES:
+            raise ScalaBLError(
+                f"diag_samples must be >= {MIN_KHAT_SAMPLES} for k-hat and PSIS-LOO (PSIS fits "
+                f"the largest 20 % of the weights), got {self.diag_samples}"
+            )
 
     @classmethod
     def quick(cls, **overrides) -> CompareConfig:
         """A few-minute version (notebooks, smoke tests)."""
         base: dict[str, Any] = dict(
-            steps=8, eval_limit=24, num_samples=4, khat_samples=25, khat_subset=8
+            train_limit=16,
+            steps=8,
+            select_limit=8,
+            eval_limit=24,
+            num_samples=4,
+            diag_samples=25,
         )
         base.update(overrides)
         return cls(**base)
@@ -107,54 +153,73 @@ class CompareConfig:
     def to_dict(self) -> dict:
         """JSON-serialisable settings."""
         d = asdict(self)
-        d["families"] = list(self.families)
+        d["families"], d["seeds"] = list(self.families), list(self.seeds)
         return d
+
+    def settings(self) -> dict[str, Any]:
+        """What a cell's numbers depend on (a finished cell must match these to be reused)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _NOT_SETTINGS}
 
 
 @dataclass
 class FamilyResult:
-    """Everything measured for one family (scalars in ``row``, arrays beside them)."""
+    """Everything measured for one (family, seed): scalars in ``row``, arrays beside them."""
 
     family: str
+    seed: int
     row: dict[str, Any]
     history: dict
     layers: list[str]
-    draws: np.ndarray  # (S_diag, L, r) cheap posterior draws
-    log_likelihood: np.ndarray  # (S, N) held-out pointwise log-likelihood
-    probs: np.ndarray  # (N, C) BMA probabilities
-    labels: np.ndarray  # (N,)
-    prior: np.ndarray | None = None  # (S_diag, L, r)
-    log_weights: np.ndarray | None = None  # (S_k,) raw log importance weights
+    arrays: dict[str, np.ndarray]
 
-    def inference_data(self) -> az.InferenceData:
-        """An InferenceData of this family (posterior = the cheap draws; LOO on held-out data)."""
+    @property
+    def heldout(self) -> ElpdResult:
+        """The BMA's elpd on the report questions."""
+        return heldout_elpd(self.arrays["heldout_log_lik"])
+
+    @property
+    def draws(self) -> np.ndarray:
+        """(S, L, r) draws of q (the diagnostics' draws)."""
+        return self.arrays["draws"]
+
+    def inference_data(self) -> Any:
+        """An InferenceData of this fit: draws of q, training log-likelihoods and log weights."""
         from scalabl_pyro.diagnostics import history_arrays, inference_data_from_arrays
 
-        s = self.log_likelihood.shape[0]
+        a = self.arrays
         return inference_data_from_arrays(
-            self.draws[None, :s],
+            a["draws"][None],
             self.layers,
-            prior=None if self.prior is None else self.prior[None, :s],
-            log_likelihood=self.log_likelihood[None],
-            observed=self.labels,
+            prior=a["prior"][None] if "prior" in a else None,
+            log_likelihood=a["train_log_lik"][None] if "train_log_lik" in a else None,
             histories=[history_arrays(self.history)],
-            attrs={"family": self.family},
+            log_weights=a["log_weights"][None] if "log_weights" in a else None,
+            attrs={"family": self.family, "seed": self.seed},
         )
 
 
 @dataclass
 class ComparisonResult:
-    """All families' results, the LOO ranking, and where the files went."""
+    """All (family, seed) results, the summary rows, paired differences and files."""
 
     config: CompareConfig
-    families: dict[str, FamilyResult]
-    loo_compare: list[dict] = field(default_factory=list)
+    cells: dict[tuple[str, int], FamilyResult]
     files: dict[str, str] = field(default_factory=dict)
 
     @property
+    def families(self) -> dict[str, FamilyResult]:
+        """The first seed's result of every family (figures, notebooks)."""
+        s0 = self.config.seeds[0]
+        return {f: self.cells[(f, s0)] for f in self.config.families}
+
+    @property
     def rows(self) -> list[dict[str, Any]]:
-        """One table row per family, in the configured order."""
-        return [self.families[f].row for f in self.config.families]
+        """One summary row per family (mean over seeds; std where there are several)."""
+        return summary_rows(self)
+
+    def paired(self) -> list[dict[str, Any]]:
+        """Held-out elpd of every family minus the first family's, per seed, paired by question."""
+        return paired_rows(self)
 
     def table(self) -> str:
         """The markdown table."""
@@ -249,27 +314,59 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 # ------------------------------------------------------------------- tables
 
 #: (column, header, format) of the markdown table.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("family", "guide", "{}"),
-    ("final_neg_elbo", "-ELBO (last 10)", "{:.1f}"),
-    ("final_kl", "KL", "{:.1f}"),
+    ("seeds", "seeds", "{}"),
     ("acc", "ACC", "{:.3f}"),
     ("ece", "ECE", "{:.3f}"),
     ("nll", "NLL", "{:.3f}"),
     ("brier", "Brier", "{:.3f}"),
-    ("elpd_loo", "elpd LOO", "{:.1f}"),
-    ("loo_se", "SE", "{:.1f}"),
-    ("loo_bad_k", "LOO k>0.7", "{}"),
+    ("heldout_elpd", "held-out elpd", "{:.1f}"),
+    ("heldout_se", "SE", "{:.1f}"),
     ("khat_q", "k-hat q", "{:.2f}"),
-    ("mean_std_s", "mean sd(s)", "{:.4f}"),
+    ("loo_elpd", "train LOO elpd", "{:.1f}"),
+    ("loo_se", "SE", "{:.1f}"),
+    ("loo_k", "LOO k good/ok/bad/very bad", "{}"),
+    ("mean_std_s", "mean sd(s)", "{:.3f}"),
     ("max_abs_corr", "max abs corr", "{:.3f}"),
-    ("corr_change", "corr moved", "{:.3f}"),
     ("variational_params", "var. params", "{:,}"),
     ("train_seconds", "train s", "{:.0f}"),
-    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    ("diag_seconds", "diag s", "{:.0f}"),
+)
+#: Scalars averaged over seeds in the summary (std reported beside the mean).
+_MEAN_KEYS = (
+    "acc",
+    "ece",
+    "nll",
+    "brier",
+    "heldout_elpd",
+    "khat_q",
+    "loo_elpd",
+    "mean_std_s",
+    "mean_abs_s",
+    "max_abs_corr",
+    "corr_change",
+    "train_seconds",
+    "eval_seconds",
+    "diag_seconds",
+    "final_neg_elbo",
+    "final_kl",
 )
 
 
@@ -282,13 +379,21 @@ def _cell(value: Any, fmt: str) -> str:
         return str(value)
 
 
+def _fmt(row: dict[str, Any], key: str, fmt: str) -> str:
+    text = _cell(row.get(key), fmt)
+    sd = row.get(f"{key}_std")
+    if sd is not None and text != "n/a" and isinstance(sd, float) and math.isfinite(sd):
+        text += " ± " + _cell(sd, fmt)
+    return text
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The comparison as a markdown table (one row per family)."""
+    """The comparison as a markdown table (one row per family; mean ± std over seeds)."""
     head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     sep = "|" + "|".join("---" if k == "family" else "---:" for k, _, _ in COLUMNS) + "|"
     lines = [head, sep]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r.get(k), f) for k, _, f in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(r, k, f) for k, _, f in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -303,6 +408,77 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         w.writerow({k: r.get(k) for k in keys})
     return buf.getvalue()
+
+
+def summary_rows(result: ComparisonResult) -> list[dict[str, Any]]:
+    """One row per family: means over seeds (``<key>_std`` beside them with several seeds)."""
+    out = []
+    for fam in result.config.families:
+        cells = [result.cells[(fam, s)] for s in result.config.seeds if (fam, s) in result.cells]
+        if not cells:
+            continue
+        row: dict[str, Any] = {"family": fam, "seeds": len(cells)}
+        for key in _MEAN_KEYS:
+            vals = [c.row.get(key) for c in cells]
+            vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+            row[key] = float(np.mean(vals)) if vals else None
+            if len(vals) > 1:
+                row[f"{key}_std"] = float(np.std(vals, ddof=1))
+        row["heldout_se"] = _pooled_se([c.row.get("heldout_se") for c in cells])
+        row["loo_se"] = _pooled_se([c.row.get("loo_se") for c in cells])
+        bands = ("good", "ok", "bad", "very_bad")
+        if all(c.row.get("loo_k_counts") for c in cells):
+            counts = {b: sum(int(c.row["loo_k_counts"][b]) for c in cells) for b in bands}
+            row["loo_k_counts"] = counts
+            row["loo_k"] = "/".join(str(counts[b]) for b in bands)
+        else:
+            row["loo_k"] = None
+        for key in ("variational_params", "lora_params", "latent_dim", "khat_estimator"):
+            row[key] = cells[0].row.get(key)
+        row["khat_q_max"] = max(
+            (float(c.row["khat_q"]) for c in cells if c.row.get("khat_q") is not None),
+            default=None,
+        )
+        out.append(row)
+    return out
+
+
+def _pooled_se(ses: Sequence[Any]) -> float | None:
+    """SE of the mean over seeds of independent estimates: sqrt(sum se^2) / k."""
+    vals = [float(v) for v in ses if v is not None]
+    if not vals or len(vals) != len(ses):
+        return None
+    return float(math.sqrt(sum(v * v for v in vals)) / len(vals))
+
+
+def paired_rows(result: ComparisonResult) -> list[dict[str, Any]]:
+    """Held-out elpd differences to the first family, paired by question, per seed and pooled."""
+    fams = result.config.families
+    ref = fams[0]
+    rows = []
+    for fam in fams[1:]:
+        per_seed, diffs, ses = [], [], []
+        for s in result.config.seeds:
+            a, b = result.cells.get((fam, s)), result.cells.get((ref, s))
+            if a is None or b is None:
+                continue
+            d = paired_difference(a.heldout, b.heldout)
+            per_seed.append({"seed": s, **d})
+            diffs.append(d["elpd_diff"])
+            ses.append(d["dse"])
+        if not per_seed:
+            continue
+        k = len(diffs)
+        rows.append(
+            {
+                "family": fam,
+                "versus": ref,
+                "elpd_diff": float(np.mean(diffs)),
+                "dse": float(math.sqrt(sum(x * x for x in ses)) / k),
+                "seeds": per_seed,
+            }
+        )
+    return rows
 
 
 # ------------------------------------------------------------------- fitting
@@ -359,213 +535,224 @@ def guide_covariance(sbl: Any) -> np.ndarray | None:
     return None
 
 
-def _fit_family(
-    family: str,
-    cfg: CompareConfig,
-    train: MCDataset,
-    validation: MCDataset,
-    load_base: Callable[[], tuple[Any, Any]],
-    family_dir: Path,
-) -> FamilyResult:
-    from scalabl_pyro.api import ScalaBL
+def _build(family: str, cfg: CompareConfig, seed: int) -> tuple[Any, Any]:
+    """(ScalaBLConfig, TrainConfig) of one family at one seed."""
     from scalabl_pyro.config import ScalaBLConfig
-    from scalabl_pyro.diagnostics import layer_names, pareto_k_of_q, prior_draws
-    from scalabl_pyro.predict import draw_latents
     from scalabl_pyro.train import TrainConfig
 
-    base, tok = load_base()
+    model_kw, train_kw = RECIPES.get(family, ({"guide": family}, {}))
     config = ScalaBLConfig(
         base_model=cfg.base_model,
         task_format="choice",
-        guide=family,
         rank=cfg.rank,
         guide_rank=cfg.guide_rank,
-        prior_scale=None if family == "mle" else cfg.prior_scale,
+        prior_scale=cfg.prior_scale,
+        init_scale=cfg.init_scale,
+        normalization=cfg.normalization,
         dtype=cfg.dtype,
-        seed=cfg.seed,
+        seed=seed,
+        **model_kw,
     )
-    sbl = ScalaBL(config, base, tok)
     tcfg = TrainConfig(
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         var_lr=cfg.var_lr,
-        seed=cfg.seed,
+        seed=seed,
         progress=cfg.progress,
+        **train_kw,
     )
+    return config, tcfg
+
+
+def _fit_family(
+    family: str,
+    seed: int,
+    cfg: CompareConfig,
+    train: MCDataset,
+    report: MCDataset,
+    cell_dir: Path,
+    load_base: Callable[[], tuple[Any, Any]] | None = None,
+) -> FamilyResult:
+    from pyro.infer.autoguide import AutoDelta
+
+    from scalabl_pyro.api import ScalaBL
+    from scalabl_pyro.diagnostics import diagnose, layer_names, prior_draws
+
+    config, tcfg = _build(family, cfg, seed)
+    sbl = ScalaBL.from_base(config) if load_base is None else ScalaBL(config, *load_base())
     cov_init = guide_covariance(sbl)
-    with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        history = sbl.fit(train, tcfg)
-        train_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        pred = sbl.predict(
-            validation, num_samples=cfg.num_samples, seed=cfg.seed, progress=cfg.progress
+    t0 = time.perf_counter()
+    history = sbl.fit(train, tcfg)
+    train_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    pred = sbl.predict(report, num_samples=cfg.num_samples, seed=seed, progress=cfg.progress)
+    eval_seconds = time.perf_counter() - t1
+    point_mass = isinstance(sbl.guide, AutoDelta)
+    t2 = time.perf_counter()
+    diag = None
+    if not point_mass:
+        diag = diagnose(
+            sbl,
+            train,
+            num_samples=cfg.diag_samples,
+            exact_limit=cfg.exact_limit,
+            subsample_size=cfg.subsample_size,
+            seed=seed,
+            progress=cfg.progress,
         )
-        eval_seconds = time.perf_counter() - t1
-        point_mass = family in ("delta", "mle")
-        khat = None
-        log_weights = None
-        if not point_mass:
-            t2 = time.perf_counter()
-            pk = pareto_k_of_q(
-                sbl,
-                train,
-                num_samples=cfg.khat_samples,
-                subset_size=cfg.khat_subset,
-                seed=cfg.seed,
-                progress=cfg.progress,
-            )
-            khat, log_weights = pk, pk.log_weights
-            khat_seconds = time.perf_counter() - t2
-        else:
-            khat_seconds = 0.0
-    sbl.save_pretrained(family_dir / CHECKPOINT_DIR)
-    if point_mass:
-        point = sbl.posterior_mean()
-        draws = np.stack([point[n].double().cpu().numpy() for n in sbl.model.site_names], axis=0)[
-            None
-        ].repeat(cfg.diag_samples, axis=0)
+    diag_seconds = time.perf_counter() - t2
+    if cfg.save_checkpoints:
+        sbl.save_pretrained(cell_dir / CHECKPOINT_DIR)
+    if diag is not None:
+        draws = diag.draws
     else:
-        d = draw_latents(sbl.model, sbl.guide, cfg.diag_samples, cfg.seed + 1)
-        draws = np.stack([d[n].double().cpu().numpy() for n in sbl.model.site_names], axis=1)
-    prior = prior_draws(sbl.model, cfg.diag_samples, cfg.seed + 2)
-    exact_cov = guide_covariance(sbl)
-    corr = _posterior_correlation(draws, exact_cov) if not point_mass else None
-    corr_init = None if cov_init is None else _posterior_correlation(draws, cov_init)
-    ll = pred.log_likelihood()
+        point = sbl.posterior_mean()
+        one = np.stack([point[n].double().cpu().numpy() for n in sbl.model.site_names], axis=0)
+        draws = one[None].repeat(cfg.diag_samples, axis=0)
+    prior = prior_draws(sbl.model, cfg.diag_samples, seed + 2)
+    exact_cov = None if point_mass else guide_covariance(sbl)
+    corr = None if point_mass else _posterior_correlation(draws, exact_cov)
+    corr_init = (
+        None if cov_init is None or corr is None else _posterior_correlation(draws, cov_init)
+    )
+    held = heldout_elpd(pred.log_likelihood())
     steps = history.to_dict()["steps"]
     last = steps[-min(10, len(steps)) :]
+    flat = draws.reshape(draws.shape[0], -1)
     row: dict[str, Any] = {
         "family": family,
+        "seed": seed,
         **pred.metrics(),
+        "heldout_elpd": held.elpd,
+        "heldout_se": held.se,
+        **_diag_row(diag),
         "final_neg_elbo": float(np.mean([r["loss"] for r in last])),
         "final_nll": float(np.mean([r["nll"] for r in last])),
         "final_kl": float(np.mean([r["kl"] for r in last])),
-        "khat_q": None if khat is None else khat.khat,
-        "khat_q_ess": None if khat is None else khat.ess,
-        "mean_std_s": float(draws.reshape(draws.shape[0], -1).std(axis=0).mean()),
-        "mean_abs_s": float(np.abs(draws.reshape(draws.shape[0], -1).mean(axis=0)).mean()),
+        "mean_std_s": float(flat.std(axis=0).mean()),
+        "mean_abs_s": float(np.abs(flat.mean(axis=0)).mean()),
         "max_abs_corr": None if corr is None else _max_off_diag(corr),
         "max_abs_corr_init": None if corr_init is None else _max_off_diag(corr_init),
-        "corr_change": None
-        if corr is None or corr_init is None
-        else float(np.max(np.abs(corr - corr_init))),
+        "corr_change": None if corr_init is None else float(np.max(np.abs(corr - corr_init))),
         "corr_exact": exact_cov is not None,
         "variational_params": count_free_parameters(sbl.guide),
         "lora_params": sbl.subspace.num_lora_parameters(),
         "latent_dim": sbl.subspace.num_latents,
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
-        "khat_seconds": khat_seconds,
-        "peak_rss_mib": mem.rss_mib,
-        "peak_cuda_mib": mem.cuda_mib,
+        "diag_seconds": diag_seconds,
+        "diag_draws": cfg.diag_samples,
+        "num_train": len(train),
+        "num_report": len(report),
         "num_samples": pred.num_samples,
+        "threads": torch.get_num_threads(),
     }
-    row.update(_loo_row(ll))
     arrays = {
         "draws": draws,
-        "log_likelihood": ll,
+        "heldout_log_lik": pred.log_likelihood(),
+        "heldout_sample_log_probs": pred.sample_log_probs.astype(np.float32),
         "probs": pred.probs,
         "labels": pred.labels,
     }
+    if diag is not None:
+        arrays.update(
+            {
+                "log_q": diag.log_q,
+                "log_prior": diag.log_prior,
+                "log_weights": diag.khat.log_weights,
+                "train_log_lik": diag.train_log_lik,
+                "train_indices": diag.train_indices,
+                "loo_pareto_k": diag.loo.pareto_k,
+                "loo_pointwise": diag.loo.pointwise,
+            }
+        )
+    if corr is not None:
+        arrays["correlation"] = corr.astype(np.float32)
     if prior is not None:
         arrays["prior"] = prior
-    if log_weights is not None:
-        arrays["log_weights"] = log_weights
-    if corr is not None:
-        arrays["correlation"] = corr
     if corr_init is not None:
-        arrays["correlation_init"] = corr_init
-    result = FamilyResult(
-        family,
-        row,
-        history.to_dict(),
-        layer_names(sbl.model),
-        draws,
-        ll,
-        pred.probs,
-        pred.labels,
-        prior,
-        log_weights,
-    )
-    _save_npz_atomic(family_dir / ARRAYS_FILE, arrays)
+        arrays["correlation_init"] = corr_init.astype(np.float32)
+    result = FamilyResult(family, seed, row, history.to_dict(), layer_names(sbl.model), arrays)
+    _save_npz_atomic(cell_dir / ARRAYS_FILE, arrays)
     write_json(
-        family_dir / RESULT_FILE,
-        _json_safe({"row": row, "history": result.history, "layers": result.layers}),
+        cell_dir / RESULT_FILE,
+        _json_safe(
+            {
+                "row": row,
+                "settings": cfg.settings(),
+                "history": result.history,
+                "layers": result.layers,
+                "machine": _machine(),
+            }
+        ),
     )
-    del sbl, base
+    del sbl
     return result
+
+
+def _diag_row(diag: Any) -> dict[str, Any]:
+    """The k-hat and training-LOO columns (None for a point mass: it has no density)."""
+    if diag is None:
+        keys = ("khat_q", "khat_q_ess", "khat_estimator", "khat_log_lik_se", "loo_elpd")
+        return {k: None for k in (*keys, "loo_se", "p_loo", "loo_k_counts", "loo_max_k")}
+    return {
+        "khat_q": diag.khat.to_dict()["khat"],
+        "khat_q_ess": diag.khat.ess,
+        "khat_estimator": diag.khat.estimator,
+        "khat_log_lik_se": diag.khat.log_lik_se,
+        "loo_elpd": diag.loo.elpd,
+        "loo_se": diag.loo.se,
+        "p_loo": diag.loo.p_loo,
+        "loo_k_counts": diag.loo.k_counts(),
+        "loo_max_k": float(np.max(diag.loo.pareto_k)),
+    }
 
 
 def _max_off_diag(corr: np.ndarray) -> float:
     return float(np.max(np.abs(corr - np.diag(np.diag(corr)))))
 
 
-def _loo_row(ll: np.ndarray) -> dict[str, Any]:
-    """PSIS-LOO of (S, N) pointwise log-likelihoods: elpd, SE, p_loo, #k > 0.7, max k."""
-    if ll.shape[0] < 2:
-        return {"elpd_loo": None, "loo_se": None, "p_loo": None, "loo_bad_k": None}
-    import warnings
-
-    from scalabl_pyro.diagnostics import inference_data_from_arrays
-
-    idata = inference_data_from_arrays(
-        np.zeros((1, ll.shape[0], 1, 1)), ["x"], log_likelihood=ll[None]
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the Pareto-k warning is reported as a column
-        loo = az.loo(idata, pointwise=True)
-    k = np.asarray(loo.pareto_k)
-    return {
-        "elpd_loo": float(loo.elpd_loo),
-        "loo_se": float(loo.se),
-        "p_loo": float(loo.p_loo),
-        "loo_bad_k": int(np.sum(k > 0.7)),
-        "loo_max_k": float(np.max(k)),
-    }
+def cell_dir(out: Path, family: str, seed: int) -> Path:
+    """Where one (family, seed) cell lives."""
+    return out / "families" / family / f"seed{seed}"
 
 
-def load_family_result(family_dir: Path, family: str) -> FamilyResult | None:
-    """A finished family's stored result (None if it is not complete)."""
-    res, arr = family_dir / RESULT_FILE, family_dir / ARRAYS_FILE
+def load_family_result(
+    cell: Path, family: str, seed: int, settings: dict[str, Any] | None = None
+) -> FamilyResult | None:
+    """A finished cell's stored result (None if it is not complete).
+
+    With ``settings``, a cell made with different settings is refused with
+    one line that names the first differing setting.
+    """
+    res, arr = cell / RESULT_FILE, cell / ARRAYS_FILE
     if not (res.is_file() and arr.is_file()):
         return None
-    import json
-
-    meta = json.loads(res.read_text())
-    with np.load(arr) as z:
-        a = {k: z[k] for k in z.files}
-    row = {k: (math.nan if v is None else v) for k, v in meta["row"].items()}
+    try:
+        meta = json.loads(res.read_text())
+        with np.load(arr) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        log.warning("%s is damaged (%s); fitting it again", cell, e)
+        print(f"{family} seed {seed}: the stored cell is damaged; fitting it again", flush=True)
+        return None
+    if settings is not None:
+        saved = meta.get("settings") or {}
+        differ = [k for k in sorted(set(settings) | set(saved)) if saved.get(k) != settings.get(k)]
+        if differ:
+            k = differ[0]
+            raise ScalaBLError(
+                f"finished cell {cell} was made with {k}={saved.get(k)!r}, not "
+                f"{settings.get(k)!r}; use a new --output (or delete that cell to refit it)"
+            )
+    row = dict(meta["row"])
     row["family"] = family
-    for k in (
-        "khat_q",
-        "max_abs_corr",
-        "max_abs_corr_init",
-        "corr_change",
-        "peak_cuda_mib",
-        "elpd_loo",
-        "loo_se",
-        "loo_bad_k",
-    ):
-        if meta["row"].get(k) is None:
-            row[k] = None
-    return FamilyResult(
-        family,
-        row,
-        meta["history"],
-        meta["layers"],
-        a["draws"],
-        a["log_likelihood"],
-        a["probs"],
-        a["labels"],
-        a.get("prior"),
-        a.get("log_weights"),
-    )
+    return FamilyResult(family, seed, row, meta["history"], meta["layers"], arrays)
 
 
 def family_correlation(family_dir: Path) -> np.ndarray | None:
-    """The stored (D, D) posterior correlation of a finished family (None if point mass)."""
+    """The stored (D, D) posterior correlation of a finished cell (None if absent)."""
     arr = family_dir / ARRAYS_FILE
     if not arr.is_file():
         return None
@@ -588,60 +775,62 @@ def compare_guides(
     cfg: CompareConfig,
     *,
     train: MCDataset | None = None,
-    validation: MCDataset | None = None,
+    report: MCDataset | None = None,
     load_base: Callable[[], tuple[Any, Any]] | None = None,
     figures: bool = True,
     command: str | None = None,
 ) -> ComparisonResult:
-    """Fit (or load) every family of ``cfg.families`` and write the side-by-side report.
+    """Fit (or load) every (family, seed) of ``cfg`` and write the side-by-side report.
 
-    ``train`` / ``validation`` default to ``cfg.task``'s splits (validation
-    limited to ``cfg.eval_limit`` with ``cfg.seed``); ``load_base`` returns a
-    fresh ``(model, tokenizer)`` per family (default: ``cfg.base_model`` in
-    ``cfg.dtype``). Families with a complete ``families/<name>/`` directory
-    are loaded, not refitted. ``command`` is recorded in the outputs.
+    ``train`` / ``report`` default to ``cfg.task`` under the benchmark's split
+    protocol (``train_limit`` training questions; ``eval_limit`` report
+    questions from the test split, or from the half of validation not used
+    for selection). Finished cells are loaded, not refitted, and must have
+    been made with the same settings. ``load_base`` returns a fresh ``(model,
+    tokenizer)`` per cell (default: ``cfg.base_model`` in ``cfg.dtype``).
+    ``command`` is recorded in the outputs.
     """
     out = Path(cfg.output_dir)
     from scalabl_pyro.checkpoint import check_writable
 
     check_writable(out, flag="output_dir")
-    if train is None or validation is None:
-        from scalabl_pyro.data import load_task
+    if train is None or report is None:
+        from scalabl_pyro.benchmark import BenchmarkConfig, task_splits
 
-        train = train if train is not None else load_task(cfg.task, "train")
-        validation = (
-            validation
-            if validation is not None
-            else load_task(cfg.task, "validation", limit=cfg.eval_limit, seed=cfg.seed)
+        bcfg = BenchmarkConfig(
+            methods=["scalabl"],
+            tasks=(cfg.task,),
+            train_limit=cfg.train_limit,
+            select_limit=cfg.select_limit,
+            eval_limit=cfg.eval_limit,
+            data_seed=cfg.data_seed,
         )
-    if load_base is None:
-        from scalabl_pyro.loading import load_base_model
-
-        def load_base() -> tuple[Any, Any]:
-            return load_base_model(cfg.base_model, dtype=cfg.dtype)
-
+        tr, _, rep = task_splits(cfg.task, bcfg)
+        train = train if train is not None else tr
+        report = report if report is not None else rep[cfg.task]
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, FamilyResult] = {}
-    for family in cfg.families:
-        fdir = out / "families" / family
-        done = load_family_result(fdir, family)
-        if done is not None:
-            log.info("%s: loaded the finished result from %s", family, fdir)
-            print(f"{family}: already done, loaded from {fdir}")
-            results[family] = done
-            continue
-        fdir.mkdir(parents=True, exist_ok=True)
-        print(f"{family}: fitting ({cfg.steps} steps)", flush=True)
-        results[family] = _fit_family(family, cfg, train, validation, load_base, fdir)
-        r = results[family].row
-        print(
-            f"{family}: acc {r['acc']:.3f} ece {r['ece']:.3f} nll {r['nll']:.3f} "
-            f"k-hat(q) {_cell(r['khat_q'], '{:.2f}')} train {r['train_seconds']:.0f} s",
-            flush=True,
-        )
-    result = ComparisonResult(cfg, results)
-    result.loo_compare = _loo_compare(results)
-    _write_reports(result, train, validation, command)
+    settings = cfg.settings()
+    cells: dict[tuple[str, int], FamilyResult] = {}
+    for seed in cfg.seeds:
+        for family in cfg.families:
+            cdir = cell_dir(out, family, seed)
+            done = load_family_result(cdir, family, seed, settings)
+            if done is not None:
+                print(f"{family} seed {seed}: already done, loaded from {cdir}", flush=True)
+                cells[(family, seed)] = done
+                continue
+            cdir.mkdir(parents=True, exist_ok=True)
+            print(f"{family} seed {seed}: fitting ({cfg.steps} steps)", flush=True)
+            r = _fit_family(family, seed, cfg, train, report, cdir, load_base)
+            cells[(family, seed)] = r
+            print(
+                f"{family} seed {seed}: acc {r.row['acc']:.3f} ece {r.row['ece']:.3f} "
+                f"nll {r.row['nll']:.3f} k-hat(q) {_cell(r.row['khat_q'], '{:.2f}')} "
+                f"train {r.row['train_seconds']:.0f} s diag {r.row['diag_seconds']:.0f} s",
+                flush=True,
+            )
+    result = ComparisonResult(cfg, cells)
+    _write_reports(result, train, report, command)
     if figures:
         from scalabl_pyro.diagnostic_plots import write_comparison_figures
 
@@ -649,68 +838,51 @@ def compare_guides(
     return result
 
 
-def _loo_compare(results: dict[str, FamilyResult]) -> list[dict]:
-    """``az.compare`` of the families' held-out log-likelihoods (those with >= 2 draws)."""
-    import warnings
-
-    ok = {f: r.inference_data() for f, r in results.items() if r.log_likelihood.shape[0] >= 2}
-    if len(ok) < 2:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = az.compare(ok, ic="loo")
-    rows = []
-    for name, rec in df.iterrows():
-        rows.append(
-            _json_safe(
-                {
-                    "family": str(name),
-                    "rank": int(rec["rank"]),
-                    "elpd_loo": float(rec["elpd_loo"]),
-                    "elpd_diff": float(rec["elpd_diff"]),
-                    "dse": float(rec["dse"]),
-                    "weight": float(rec["weight"]),
-                    "warning": bool(rec["warning"]),
-                }
-            )
-        )
-    return rows
-
-
 def _write_reports(
-    result: ComparisonResult, train: MCDataset, validation: MCDataset, command: str | None
+    result: ComparisonResult, train: MCDataset, report: MCDataset, command: str | None
 ) -> None:
     out = Path(result.config.output_dir)
     cfg = result.config
     rows = result.rows
+    paired = result.paired()
+    seeds = ", ".join(str(s) for s in cfg.seeds)
     md = [
         f"# Guide-family comparison: {cfg.base_model} on {cfg.task}",
         "",
-        f"Train {len(train)} examples, {cfg.steps} steps of {cfg.batch_size}, lr {cfg.lr}, "
-        f"var_lr {cfg.var_lr}, prior N(0, {cfg.prior_scale}^2), LoRA r={cfg.rank}, "
-        f"seed {cfg.seed}; held-out: {len(validation)} {validation.name}/{validation.split} "
-        f"questions, BMA over {cfg.num_samples} samples; k-hat of q from {cfg.khat_samples} "
-        f"draws, likelihood of {cfg.khat_subset} training questions scaled by N/n.",
+        f"Train {len(train)} questions ({train.name}/{train.split}), {cfg.steps} steps of "
+        f"{cfg.batch_size}, lr {cfg.lr}, var_lr {cfg.var_lr or 'objective default'}, "
+        f"prior N(0, {cfg.prior_scale}^2), initial sigma {cfg.init_scale or 'family default'}, "
+        f"{cfg.normalization} answer scores, LoRA r={cfg.rank}, seeds {seeds}. Held out: "
+        f"{len(report)} questions ({report.name}/{report.split}), BMA over {cfg.num_samples} "
+        f"draws. k-hat of q and training LOO: {cfg.diag_samples} draws of q, each scored on "
+        f"every training question (exact up to {cfg.exact_limit} questions).",
         "",
         markdown_table(rows),
         "",
-        "-ELBO and KL: mean over the last 10 training steps (data-set scale, nats). "
-        "ECE: fraction, 15 bins. elpd LOO: PSIS-LOO of the held-out log-likelihoods "
-        f"({cfg.num_samples} draws; 'LOO k>0.7' counts questions whose Pareto k exceeds 0.7). "
-        "k-hat q: Pareto k of the importance ratios p(D, s) / q(s) (< 0.7 is usable). "
-        "mean sd(s): posterior standard deviation of s averaged over latent dimensions. "
-        "max abs corr: largest off-diagonal posterior correlation; corr moved: largest change "
-        "of any correlation from the guide's initialisation (Pyro's low-rank guide starts "
-        "with random correlations, the others uncorrelated).",
+        "Mean ± std over seeds. ECE: fraction, 15 bins. held-out elpd: sum over the report "
+        "questions of log mean_s p(y | x, s) (the BMA's log predictive density, nats; SE over "
+        "questions, pooled over seeds). k-hat q: Pareto k of log p(s) + sum_i log p(y_i | s) - "
+        "log q(s) over all training questions (< 0.5 good, < 0.7 usable, above: q cannot be "
+        "importance-corrected to the posterior). train LOO elpd: PSIS-LOO of the training "
+        "questions with ratios w_s / p(y_i | s); the k column counts training questions per "
+        "Pareto-k band (<= 0.5, <= 0.7, <= 1, > 1), summed over seeds. mean sd(s): posterior "
+        "std of s averaged over latent dimensions. max abs corr: largest off-diagonal "
+        "posterior correlation.",
     ]
-    if result.loo_compare:
-        md += ["", "az.compare (PSIS-LOO):", "", "| guide | rank | elpd_diff | dse | weight |"]
-        md += ["|---|---:|---:|---:|---:|"]
-        for r in result.loo_compare:
-            md.append(
-                f"| {r['family']} | {r['rank']} | {_cell(r['elpd_diff'], '{:.2f}')} | "
-                f"{_cell(r['dse'], '{:.2f}')} | {_cell(r['weight'], '{:.2f}')} |"
+    if paired:
+        md += [
+            "",
+            f"Held-out elpd minus {cfg.families[0]}'s, paired by question "
+            "(mean over seeds; SE of the paired differences, pooled):",
+            "",
+            "| guide | elpd diff | SE | per seed |",
+            "|---|---:|---:|---|",
+        ]
+        for p in paired:
+            per = "; ".join(
+                f"seed {x['seed']}: {x['elpd_diff']:.1f} ± {x['dse']:.1f}" for x in p["seeds"]
             )
+            md.append(f"| {p['family']} | {p['elpd_diff']:.1f} | {p['dse']:.1f} | {per} |")
     if command:
         md += ["", f"Command: `{command}`"]
     machine = _machine()
@@ -725,11 +897,12 @@ def _write_reports(
             {
                 "config": cfg.to_dict(),
                 "rows": rows,
-                "loo_compare": result.loo_compare,
+                "cells": [c.row for c in result.cells.values()],
+                "paired": paired,
                 "command": command,
                 "machine": machine,
                 "num_train": len(train),
-                "num_validation": len(validation),
+                "num_report": len(report),
             }
         ),
     )
@@ -744,10 +917,14 @@ __all__ = [
     "FamilyResult",
     "GUIDE_FAMILIES",
     "PeakMemory",
+    "RECIPES",
+    "cell_dir",
     "compare_guides",
     "csv_table",
     "family_correlation",
     "guide_covariance",
     "load_family_result",
     "markdown_table",
+    "paired_rows",
+    "summary_rows",
 ]

@@ -350,11 +350,9 @@ def metric_bars(
 
 def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     """All comparison figures of a :class:`~scalabl_pyro.comparison.ComparisonResult` as PNGs."""
-    from scalabl_pyro.comparison import family_correlation
-
     out = Path(out)
     cfg = result.config
-    fams = [result.families[f] for f in cfg.families]
+    fams = list(result.families.values())
     files: dict[str, str] = {}
     p = out / "guide_comparison_metrics.png"
     metric_bars([f.row for f in fams], p, title=f"held-out {cfg.task}")
@@ -368,16 +366,38 @@ def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     p = out / "guide_comparison_scales.png"
     scale_heatmap({f.family: f.draws.std(axis=0) for f in fams if f.draws.std() > 0}, p)
     files["scales"] = str(p)
-    corrs = {
-        f.family: c
-        for f in fams
-        if (c := family_correlation(out / "families" / f.family)) is not None
-    }
+    corrs = {f.family: f.arrays["correlation"] for f in fams if "correlation" in f.arrays}
     if corrs:
         p = out / "guide_comparison_correlation.png"
         correlation_matrices(corrs, p)
         files["correlation"] = str(p)
+    loo_k = {f.family: f.arrays["loo_pareto_k"] for f in fams if "loo_pareto_k" in f.arrays}
+    if loo_k:
+        p = out / "guide_comparison_loo_khat.png"
+        loo_khat_panels(
+            loo_k, p, title=f"PSIS-LOO k of the training questions (seed {cfg.seeds[0]})"
+        )
+        files["loo_khat"] = str(p)
     return files
+
+
+def loo_khat_panels(
+    pareto_k: Mapping[str, np.ndarray],
+    path: str | Path | None = None,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """``az.plot_khat`` of each family's training-LOO Pareto k's, one panel per family."""
+    _check_results(pareto_k, "pareto_k")
+    names = list(pareto_k)
+    fig = Figure(figsize=(3.0 * len(names), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        k = np.asarray(pareto_k[name], dtype=np.float64)
+        az.plot_khat(np.clip(k, -1.0, 2.0), ax=ax, show_hlines=True, hlines_kwargs={"lw": 0.8})
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training question", fontsize=8)
+    return _finish(fig, title, path)
 
 
 def write_diagnostics(
@@ -409,6 +429,7 @@ __all__ = [
     "correlation_matrices",
     "elbo_traces",
     "khat_bars",
+    "loo_khat_panels",
     "metric_bars",
     "pair_plot",
     "posterior_density",

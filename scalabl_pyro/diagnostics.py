@@ -23,21 +23,23 @@ group                  content                                     dims
 (``to_inference_data([fit_a, fit_b])`` or :func:`combine_chains`): R-hat and
 ESS then measure how well independent runs agree, not MCMC mixing.
 
-**Pareto-k of q** (Yao, Vehtari, Simpson, Gelman 2018, "Yes, but did it
-work?"): importance ratios of the joint over the approximation,
+**Importance diagnostics** (:func:`diagnose`; the maths is in
+:mod:`scalabl_pyro.importance`). With S draws of q and the log-likelihood of
+**every** training question under each draw (the S x N matrix), k-hat of q
+compares q with the posterior p(s | D, A, B) it approximates (Yao et al.
+2018), and PSIS-LOO of the training questions uses the same matrix with the
+ratios corrected for q (log r_is = log w_s - log p(y_i | s_s)). Above
+``exact_limit`` questions the per-draw likelihood sum comes from the
+difference estimator of Magnusson et al. (2019), with its standard error.
+Held-out questions get the BMA's elpd with its standard error (nothing is
+left out of data the posterior never saw). ``log q`` is the guide trace's own
+log density (what the ELBO uses), exact for every family. The LoRA factors A
+and B are point estimates: the diagnostics are of q(s) against p(s | D, A, B).
 
-    log w_s = (N / n) sum_{i in subset} log p(y_i | x_i, s_s) + log p(s_s) - log q(s_s),
-    s_s ~ q,
-
-where the likelihood of the N training examples is estimated from a random
-subset of n (scaled by N / n: an unbiased estimate of the log-likelihood,
-whose noise adds to the spread of log w, so k-hat is if anything
-pessimistic). ``az.psislw`` fits a generalised Pareto to the largest
-weights; k-hat < 0.7 means q is usable for importance sampling (and its
-expectations can be trusted), k-hat > 0.7 that the weights have too heavy a
-tail. ``log q`` is the guide trace's own log density (what the ELBO uses),
-so it is exact for every family. The LoRA factors A and B are point
-estimates: the diagnostic is of q(s) against p(s | D, A, B).
+``to_inference_data(fit, train)`` stores the training log-likelihoods in
+``log_likelihood`` and the log importance weights ``log w_s`` in
+``sample_stats.log_weight`` (chain, draw). ``az.loo`` on that object treats
+the draws as exact posterior draws; :func:`loo` applies the correction.
 """
 
 from __future__ import annotations
@@ -58,18 +60,25 @@ from scalabl_pyro.adapters import SITE_PREFIX
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.formats import TaskFormat
+from scalabl_pyro.importance import (
+    KHAT_OK,
+    MIN_KHAT_SAMPLES,
+    ElpdResult,
+    ParetoK,
+    difference_log_lik_sum,
+    heldout_elpd,
+    khat_of_q,
+    pareto_k_from_log_weights,
+    psis_loo_of_q,
+)
 from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.predict import draw_latents, predict
+from scalabl_pyro.predict import predict
 from scalabl_pyro.rng import model_devices, seeded
 
 #: Variable name of the latents in ``posterior`` / ``prior``.
 LATENT_VAR = "s"
 #: Variable name of the labels in ``log_likelihood`` / ``posterior_predictive`` / ``observed_data``.
 OBS_VAR = "obs"
-#: Usable-approximation threshold of k-hat (Yao et al. 2018).
-KHAT_OK = 0.7
-#: Fewest draws for which ``az.psislw`` fits a tail (it needs more than 4 tail weights).
-MIN_KHAT_SAMPLES = 25
 
 _HISTORY_KEYS = {"elbo": "loss", "nll": "nll", "kl": "kl", "kl_weight": "kl_weight"}
 
@@ -165,6 +174,7 @@ def inference_data_from_arrays(
     posterior_predictive: np.ndarray | None = None,
     observed: np.ndarray | None = None,
     histories: Sequence[Mapping[str, np.ndarray]] | None = None,
+    log_weights: np.ndarray | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData from arrays with a leading (chain, draw) shape.
@@ -172,7 +182,9 @@ def inference_data_from_arrays(
     ``posterior``/``prior``: (chain, draw, L, r); ``log_likelihood`` and
     ``posterior_predictive``: (chain, draw, N); ``observed``: (N,);
     ``histories``: one :func:`history_arrays` dict per chain (equal lengths
-    are stacked into ``sample_stats``; chains without history are skipped).
+    are stacked into ``sample_stats``; chains without history are skipped);
+    ``log_weights``: (chain, draw) log importance weights of q, stored as
+    ``sample_stats.log_weight``.
     """
     if posterior.ndim != 4 or posterior.shape[2] != len(layers):
         raise ScalaBLError(
@@ -201,6 +213,12 @@ def inference_data_from_arrays(
         kwargs["observed_data"] = {OBS_VAR: observed}
     idata = az.from_dict(**kwargs, coords=coords, dims=dims, attrs=dict(attrs or {}))
     stats = _sample_stats(histories)
+    if log_weights is not None:
+        lw = xr.Dataset(
+            {"log_weight": (("chain", "draw"), np.asarray(log_weights, dtype=np.float64))},
+            coords={"chain": np.arange(posterior.shape[0]), "draw": np.arange(posterior.shape[1])},
+        )
+        stats = lw if stats is None else xr.merge([stats, lw])
     if stats is not None:
         idata.add_groups(sample_stats=stats)
     return idata
@@ -249,8 +267,13 @@ def to_inference_data(
     with seed ``seed + c``). With ``data`` the ``log_likelihood``,
     ``posterior_predictive`` and ``observed_data`` groups are filled by
     running the model on it under each draw (S x N log-likelihoods: costs S
-    model passes over ``data``). ``history`` overrides the fit's training
-    history (a ScalaBL carries its own) in ``sample_stats``.
+    model passes over ``data``, batched like ``predict``). Pass the training
+    questions the fit conditioned on: ``sample_stats.log_weight`` then holds
+    each draw's log importance weight ``log p(s) + sum_i log p(y_i | s) -
+    log q(s)`` and :func:`loo` gives PSIS-LOO corrected for q (for held-out
+    questions use :func:`diagnose`, whose ``heldout`` is the BMA's elpd).
+    ``history`` overrides the fit's training history (a ScalaBL carries its
+    own) in ``sample_stats``.
     """
     items = list(fits) if isinstance(fits, list) else [fits]
     if not items:
@@ -263,15 +286,16 @@ def to_inference_data(
                 "the fits have different latent sites; combine only fits of the same base "
                 "model and targets as chains"
             )
-    post, prior, ll, pp, hist = [], [], [], [], []
+    post, prior, ll, pp, hist, lws = [], [], [], [], [], []
     observed = None
     for c, f in enumerate(fit_list):
         chain_seed = seed + c
+        log_q = None
         if isinstance(f.guide, AutoDelta):
             point = {k: v[None].expand(num_samples, -1) for k, v in _guide_point(f.guide).items()}
             draws = {k: point[k] for k in f.model.site_names}
         else:
-            draws = draw_latents(f.model, f.guide, num_samples, chain_seed)
+            draws, log_q = guide_draws_with_log_q(f.model, f.guide, num_samples, chain_seed)
         post.append(_stack_sites(f.model, draws))
         prior.append(prior_draws(f.model, num_samples, chain_seed + 7919))
         hist.append(history_arrays(f.history))
@@ -280,6 +304,8 @@ def to_inference_data(
             ll.append(pred.log_likelihood())
             pp.append(_sample_labels(pred.sample_log_probs, chain_seed))
             observed = pred.labels.astype(np.int64)
+            if log_q is not None and f.model.prior_scale is not None:
+                lws.append(log_prior(f.model, draws) + ll[-1].sum(axis=1) - log_q)
     has_prior = all(p is not None for p in prior)
     return inference_data_from_arrays(
         np.stack(post),
@@ -289,8 +315,31 @@ def to_inference_data(
         posterior_predictive=np.stack(pp) if pp else None,
         observed=observed,
         histories=hist,
+        log_weights=np.stack(lws) if ll and len(lws) == len(fit_list) else None,
         attrs={"num_chains": len(fit_list), "seed": seed},
     )
+
+
+def loo(idata: az.InferenceData, chain: int = 0) -> ElpdResult:
+    """PSIS-LOO of one chain of :func:`to_inference_data` (built on the training questions).
+
+    Uses ``log_likelihood.obs`` and ``sample_stats.log_weight``: the
+    importance ratios carry the correction from q to the posterior. Chains
+    are separate fits (each with its own target), so LOO is per chain.
+    """
+    if "log_likelihood" not in idata.groups():
+        raise ScalaBLError(
+            "the InferenceData has no log_likelihood; build it with to_inference_data(fit, train)"
+        )
+    stats = getattr(idata, "sample_stats", None)
+    if stats is None or "log_weight" not in stats:
+        raise ScalaBLError(
+            "the InferenceData has no sample_stats.log_weight (a point-mass fit, or one built "
+            "without data); LOO of q needs a Gaussian guide and to_inference_data(fit, train)"
+        )
+    ll = idata.log_likelihood[OBS_VAR].isel(chain=chain).values
+    lw = stats["log_weight"].isel(chain=chain).values
+    return psis_loo_of_q(ll, lw)
 
 
 def _guide_point(guide: AutoGuide) -> dict[str, torch.Tensor]:
@@ -329,57 +378,7 @@ def combine_chains(idatas: Sequence[az.InferenceData]) -> az.InferenceData:
     return az.InferenceData(**groups)
 
 
-# ----------------------------------------------------------------- Pareto-k of q
-
-
-@dataclass
-class ParetoK:
-    """k-hat of the importance ratios p(D, s) / q(s) and what it came from."""
-
-    khat: float
-    log_weights: np.ndarray  # (S,) raw log w
-    smoothed_log_weights: np.ndarray  # (S,) PSIS-smoothed, normalised
-    num_data: int  # N, the likelihood's data-set size
-    subset_size: int  # n examples whose log-likelihood was scaled by N / n
-
-    @property
-    def usable(self) -> bool:
-        """k-hat < 0.7 (Yao et al. 2018)."""
-        return bool(self.khat < KHAT_OK)
-
-    @property
-    def ess(self) -> float:
-        """Effective sample size 1 / sum w^2 of the smoothed, normalised weights."""
-        w = np.exp(self.smoothed_log_weights)
-        return float(1.0 / np.sum(w**2))
-
-    def to_dict(self) -> dict[str, float]:
-        """Scalars for tables."""
-        return {
-            "khat": self.khat,
-            "ess": self.ess,
-            "num_draws": int(self.log_weights.shape[0]),
-            "subset_size": self.subset_size,
-            "num_data": self.num_data,
-        }
-
-
-def pareto_k_from_log_weights(log_weights: np.ndarray) -> tuple[float, np.ndarray]:
-    """(k-hat, smoothed normalised log weights) of raw log importance weights (``az.psislw``).
-
-    Exactly constant weights (q equal to the target up to a constant) have
-    no tail to fit; k-hat is reported as -inf.
-    """
-    lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
-    if lw.size < 2 or not np.all(np.isfinite(lw)):
-        raise ScalaBLError(
-            f"need at least 2 finite log weights, got {lw.size} with "
-            f"{int(np.sum(~np.isfinite(lw)))} non-finite; draw more samples"
-        )
-    if np.ptp(lw) == 0.0:
-        return float("-inf"), np.full_like(lw, -math.log(lw.size))
-    smoothed, k = az.psislw(lw.copy())
-    return float(k), np.asarray(smoothed)
+# ----------------------------------------------------------------- importance diagnostics
 
 
 @torch.no_grad()
@@ -420,54 +419,276 @@ def log_prior(model: ScalaBLModel, draws: Mapping[str, torch.Tensor]) -> np.ndar
     return total.numpy()
 
 
+def _flat(model: ScalaBLModel, draws: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """Per-site (S, r) draws -> (S, D) float64 in site order."""
+    return np.concatenate(
+        [
+            draws[n].detach().cpu().double().reshape(draws[n].shape[0], -1).numpy()
+            for n in model.site_names
+        ],
+        axis=1,
+    )
+
+
+def _check_density(f: Fit, what: str) -> None:
+    if isinstance(f.guide, AutoDelta):
+        raise ScalaBLError(
+            f"a point-mass guide (delta/mle) has no density, so {what} is undefined; "
+            "use a Gaussian guide family"
+        )
+    if f.model.prior_scale is None:
+        raise ScalaBLError(f"{what} needs a prior (log p(s)); set prior_scale > 0")
+
+
+def point_log_lik_and_grads(
+    fit: Any,
+    data: MCDataset,
+    point: Mapping[str, torch.Tensor],
+    *,
+    per_example: bool,
+    batch_size: int = 8,
+    fmt: TaskFormat | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """log p(y_i | x_i, s = point) of every example (N,) and its gradient in s.
+
+    ``per_example``: gradients (N, D) one per example (one backward pass per
+    example), else their sum (D,) from one backward pass per batch. D runs
+    over the latent sites in site order. The model runs in eval mode.
+    """
+    f = as_fit(fit, fmt=fmt)
+    model = f.model
+    encoder = f.format_for(data)
+    was_training = model.training
+    model.eval()
+    lls: list[np.ndarray] = []
+    grads: list[np.ndarray] = []
+    try:
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            batch = encoder.encode([data[i] for i in idx], indices=idx).to(f.device)
+            lat = {
+                k: point[k].detach().to(f.device).clone().requires_grad_(True)
+                for k in model.site_names
+            }
+            with torch.enable_grad(), pyro_settings():
+                scores = model.scores(batch, lat)
+                logp = torch.log_softmax(scores.double(), dim=-1)
+                ll = logp.gather(-1, batch.labels.to(logp.device)[:, None])[:, 0]
+                inputs = [lat[k] for k in model.site_names]
+                if per_example:
+                    for j in range(ll.shape[0]):
+                        g = torch.autograd.grad(ll[j], inputs, retain_graph=True)
+                        grads.append(torch.cat([x.reshape(-1) for x in g]).double().cpu().numpy())
+                else:
+                    g = torch.autograd.grad(ll.sum(), inputs)
+                    grads.append(torch.cat([x.reshape(-1) for x in g]).double().cpu().numpy())
+            lls.append(ll.detach().cpu().numpy())
+    finally:
+        model.train(was_training)
+    ll_all = np.concatenate(lls)
+    return ll_all, (np.stack(grads) if per_example else np.sum(grads, axis=0))
+
+
+@dataclass
+class PosteriorDiagnostics:
+    """k-hat of q, PSIS-LOO on the training questions and held-out elpd of one fit.
+
+    ``train_log_lik`` is the (S, n) matrix behind them: every training
+    question (``khat.estimator == "exact"``) or the residual subsample of the
+    difference estimator (then LOO is computed on those n questions and
+    scaled to N).
+    """
+
+    khat: ParetoK
+    loo: ElpdResult
+    heldout: ElpdResult | None
+    draws: np.ndarray  # (S, L, r)
+    log_q: np.ndarray  # (S,)
+    log_prior: np.ndarray  # (S,)
+    train_log_lik: np.ndarray  # (S, n)
+    train_indices: np.ndarray  # (n,) which training questions the matrix covers
+    heldout_sample_log_probs: np.ndarray | None = None  # (S_h, N_h, C)
+    heldout_labels: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalars for tables and JSON (no infinities)."""
+        out: dict[str, Any] = {"khat_q": self.khat.to_dict(), "loo": self.loo.to_dict()}
+        if self.heldout is not None:
+            out["heldout"] = self.heldout.to_dict()
+        return out
+
+
+def _train_log_lik(
+    f: Fit,
+    train: MCDataset,
+    draws: dict[str, torch.Tensor],
+    *,
+    exact_limit: int,
+    subsample_size: int,
+    seed: int,
+    batch_size: int,
+    max_rows: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
+    """(S, n) training log-likelihoods, their indices, per-draw sums over all N, estimator, SE."""
+    n_total = len(train)
+    if n_total <= exact_limit:
+        pred = _predict_under(f, train, draws, seed, batch_size, max_rows, progress)
+        ll = pred.log_likelihood()
+        return ll, np.arange(n_total), ll.sum(axis=1), "exact", 0.0
+    m = min(int(subsample_size), n_total)
+    if m < 2:
+        raise ScalaBLError(f"subsample_size must be >= 2 for the difference estimator, got {m}")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n_total, size=m, replace=False))
+    sub = _pick(train, idx)
+    point = {k: v.to(f.device) for k, v in _guide_point(f.guide).items()}
+    pt_ll, total_grad = point_log_lik_and_grads(
+        f, train, point, per_example=False, batch_size=batch_size
+    )
+    sub_pt_ll, sub_grads = point_log_lik_and_grads(
+        f, sub, point, per_example=True, batch_size=batch_size
+    )
+    sub_ll = _predict_under(f, sub, draws, seed, batch_size, max_rows, progress).log_likelihood()
+    flat_point = _flat(f.model, {k: v[None] for k, v in point.items()})[0]
+    estimate, se = difference_log_lik_sum(
+        _flat(f.model, draws),
+        flat_point,
+        float(pt_ll.sum()),
+        total_grad,
+        sub_ll,
+        sub_pt_ll,
+        sub_grads,
+        n_total,
+    )
+    return sub_ll, idx, estimate, "difference", float(np.mean(se))
+
+
+def _pick(data: MCDataset, idx: np.ndarray) -> MCDataset:
+    import dataclasses
+
+    return dataclasses.replace(data, examples=[data.examples[int(i)] for i in idx])
+
+
+def diagnose(
+    fit: Any,
+    train: MCDataset,
+    heldout: MCDataset | None = None,
+    *,
+    num_samples: int = 100,
+    heldout_samples: int = 10,
+    exact_limit: int = 512,
+    subsample_size: int = 128,
+    seed: int = 0,
+    fmt: TaskFormat | None = None,
+    batch_size: int = 8,
+    max_rows: int = 256,
+    progress: bool = False,
+) -> PosteriorDiagnostics:
+    """k-hat of q and PSIS-LOO on ``train`` (the questions q was fitted to), elpd on ``heldout``.
+
+    ``num_samples`` draws of q score every training question (the (S, N)
+    matrix) when N <= ``exact_limit``; above it the likelihood sum of each
+    draw comes from the difference estimator (a Taylor surrogate over all N
+    plus ``subsample_size`` scored residuals) and LOO runs on that
+    subsample. ``heldout`` is scored by the BMA over the first
+    ``heldout_samples`` draws (the predictive a user deploys).
+    """
+    f = as_fit(fit, fmt=fmt)
+    _check_density(f, "k-hat of q")
+    if num_samples < MIN_KHAT_SAMPLES:
+        raise ScalaBLError(
+            f"k-hat and PSIS-LOO need at least {MIN_KHAT_SAMPLES} draws (PSIS fits the largest "
+            f"20 % of the weights), got {num_samples}; use the default 100"
+        )
+    if len(train) == 0:
+        raise ScalaBLError("the training set is empty; pass the questions the fit was trained on")
+    draws, log_q = guide_draws_with_log_q(f.model, f.guide, num_samples, seed)
+    lp = log_prior(f.model, draws)
+    ll, idx, ll_sum, estimator, se = _train_log_lik(
+        f,
+        train,
+        draws,
+        exact_limit=exact_limit,
+        subsample_size=subsample_size,
+        seed=seed,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    )
+    pk = khat_of_q(
+        ll_sum,
+        lp,
+        log_q,
+        num_data=len(train),
+        estimator=estimator,
+        subsample_size=None if estimator == "exact" else ll.shape[1],
+        log_lik_se=se,
+    )
+    loo = psis_loo_of_q(ll, pk.log_weights)
+    if estimator != "exact":
+        loo = _scale_subsample(loo, len(train))
+    held = slp = labels = None
+    if heldout is not None:
+        k = max(1, min(int(heldout_samples), num_samples))
+        sub_draws = {n: v[:k] for n, v in draws.items()}
+        pred = _predict_under(f, heldout, sub_draws, seed, batch_size, max_rows, progress)
+        held = heldout_elpd(pred.log_likelihood())
+        slp, labels = pred.sample_log_probs, pred.labels
+    return PosteriorDiagnostics(
+        pk, loo, held, _stack_sites(f.model, draws), log_q, lp, ll, idx, slp, labels
+    )
+
+
+def _scale_subsample(loo: ElpdResult, num_data: int) -> ElpdResult:
+    """LOO of a simple random subsample of n questions, as an estimate for all N."""
+    n = loo.num_data
+    mean = float(np.mean(loo.pointwise))
+    sd = float(np.std(loo.pointwise, ddof=1)) if n > 1 else float("inf")
+    loo.extra.update({"subsample_size": n, "subsample_elpd": loo.elpd})
+    loo.elpd = num_data * mean
+    loo.se = num_data * sd * math.sqrt(max(0.0, 1 - n / num_data) / n + 1 / num_data)
+    return loo
+
+
 def pareto_k_of_q(
     fit: Any,
     data: MCDataset,
     *,
-    num_samples: int = 64,
-    subset_size: int | None = 32,
-    num_data: int | None = None,
+    num_samples: int = 100,
+    exact_limit: int = 512,
+    subsample_size: int = 128,
     seed: int = 0,
     fmt: TaskFormat | None = None,
     batch_size: int = 8,
     max_rows: int = 256,
     progress: bool = False,
 ) -> ParetoK:
-    """k-hat of the variational approximation on the training data ``data`` (module docstring).
+    """k-hat of q against p(s | ``data``), ``data`` being all the training questions.
 
-    ``subset_size`` examples of ``data`` (all if None or larger) are drawn
-    with ``seed``; their log-likelihood sum is scaled by ``N / n`` with N =
-    ``num_data`` (default ``len(data)``). Point-mass guides and flat priors
-    have no density ratio: that is an error.
+    See :func:`diagnose` (this is its ``khat``) and :mod:`scalabl_pyro.importance`.
     """
-    f = as_fit(fit, fmt=fmt)
-    if num_samples < MIN_KHAT_SAMPLES:
-        raise ScalaBLError(
-            f"Pareto-k needs at least {MIN_KHAT_SAMPLES} draws (PSIS fits the largest 20 % "
-            f"of the weights), got {num_samples}; draw more samples"
-        )
-    if isinstance(f.guide, AutoDelta):
-        raise ScalaBLError(
-            "a point-mass guide (delta/mle) has no density, so Pareto-k of q is undefined; "
-            "use a Gaussian guide family"
-        )
-    if f.model.prior_scale is None:
-        raise ScalaBLError("Pareto-k of q needs a prior (log p(s)); set prior_scale > 0")
-    n_total = len(data) if num_data is None else int(num_data)
-    n = len(data) if subset_size is None else min(int(subset_size), len(data))
-    if n < 1:
-        raise ScalaBLError(f"subset_size must be >= 1, got {subset_size}")
-    subset = data.subset(n, seed=seed)
-    draws, log_q = guide_draws_with_log_q(f.model, f.guide, num_samples, seed)
-    pred = _predict_under(f, subset, draws, seed, batch_size, max_rows, progress)
-    log_lik = pred.log_likelihood().sum(axis=1) * (n_total / n)
-    lw = log_lik + log_prior(f.model, draws) - log_q
-    khat, smoothed = pareto_k_from_log_weights(lw)
-    return ParetoK(khat, lw, smoothed, n_total, n)
+    return diagnose(
+        fit,
+        data,
+        num_samples=num_samples,
+        exact_limit=exact_limit,
+        subsample_size=subsample_size,
+        seed=seed,
+        fmt=fmt,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        progress=progress,
+    ).khat
 
 
 __all__ = [
+    "ElpdResult",
     "Fit",
+    "PosteriorDiagnostics",
+    "diagnose",
+    "loo",
+    "point_log_lik_and_grads",
     "KHAT_OK",
     "LATENT_VAR",
     "MIN_KHAT_SAMPLES",

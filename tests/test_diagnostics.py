@@ -13,12 +13,16 @@ from scalabl_pyro.diagnostics import (
     MIN_KHAT_SAMPLES,
     combine_chains,
     guide_draws_with_log_q,
+    diagnose,
     layer_names,
+    log_prior,
     pareto_k_from_log_weights,
     pareto_k_of_q,
+    point_log_lik_and_grads,
     prior_draws,
     to_inference_data,
 )
+from scalabl_pyro.diagnostics import loo as diag_loo
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.model import pyro_settings
 from scalabl_pyro.predict import draw_latents, predict
@@ -36,7 +40,7 @@ def _fitted(guide: str = "mean_field", seed: int = 0, steps: int = 2):
 def test_inference_data_matches_the_pyro_draws():
     sbl, data = _fitted()
     idata = to_inference_data(sbl, data, num_samples=12, seed=5)
-    draws = draw_latents(sbl.model, sbl.guide, 12, 5)
+    draws, log_q = guide_draws_with_log_q(sbl.model, sbl.guide, 12, 5)
     sites = sbl.model.site_names
     post = idata.posterior["s"]
     assert post.dims == ("chain", "draw", "layer", "rank")
@@ -56,8 +60,12 @@ def test_inference_data_matches_the_pyro_draws():
     steps = sbl.history.to_dict()["steps"]
     np.testing.assert_allclose(idata.sample_stats["elbo"].values[0], [r["loss"] for r in steps])
     np.testing.assert_allclose(idata.sample_stats["kl"].values[0], [r["kl"] for r in steps])
-    loo = az.loo(idata, pointwise=True)
-    assert np.isfinite(loo.elpd_loo) and loo.pareto_k.shape == (8,)
+    # the log importance weights of q against the posterior of exactly these questions
+    lw = log_prior(sbl.model, draws) + pred.log_likelihood().sum(1) - log_q
+    np.testing.assert_allclose(idata.sample_stats["log_weight"].values[0], lw)
+    with pytest.raises(ScalaBLError, match="at least 25 draws"):
+        diag_loo(idata)  # 12 draws cannot fit a Pareto tail
+    assert diag_loo(to_inference_data(sbl, data, num_samples=25)).pointwise.shape == (8,)
 
 
 def test_prior_draws_use_each_sites_own_loc_and_scale():
@@ -163,17 +171,59 @@ def test_block_covariance_matches_its_draws():
     assert np.abs(exact[:r, :r] - np.diag(np.diag(exact[:r, :r]))).max() > 0
 
 
-def test_pareto_k_of_q_on_a_tiny_model():
+def test_pareto_k_of_q_scores_every_training_question_under_every_draw():
     sbl, data = _fitted("full_rank")
-    pk = pareto_k_of_q(sbl, data, num_samples=MIN_KHAT_SAMPLES, subset_size=4, seed=1)
-    assert np.isfinite(pk.khat) and pk.log_weights.shape == (MIN_KHAT_SAMPLES,)
-    assert pk.subset_size == 4 and pk.num_data == 8
-    assert 1.0 <= pk.ess <= MIN_KHAT_SAMPLES
+    diag = diagnose(sbl, data, toy_dataset(6, num_choices=4), num_samples=30, seed=1)
+    draws, log_q = guide_draws_with_log_q(sbl.model, sbl.guide, 30, 1)
+    pred = predict(sbl.model, sbl.guide, sbl.format_for(data), data, latents=draws, progress=False)
+    ll = pred.log_likelihood()
+    np.testing.assert_allclose(diag.train_log_lik, ll)
+    lw = log_prior(sbl.model, draws) + ll.sum(1) - log_q
+    np.testing.assert_allclose(diag.khat.log_weights, lw)
+    assert diag.khat.estimator == "exact" and diag.khat.num_data == 8
+    assert diag.khat.khat == pytest.approx(pareto_k_from_log_weights(lw)[0])
+    assert diag.loo.pareto_k.shape == (8,) and diag.loo.kind == "loo"
+    assert diag.heldout is not None and diag.heldout.num_data == 6 and diag.heldout.num_draws == 10
+    pk = pareto_k_of_q(sbl, data, num_samples=30, seed=1)
+    assert pk.khat == pytest.approx(diag.khat.khat)
     with pytest.raises(ScalaBLError, match="at least 25 draws"):
         pareto_k_of_q(sbl, data, num_samples=10)
     delta, _ = _fitted("delta", steps=1)
     with pytest.raises(ScalaBLError, match="point-mass"):
         pareto_k_of_q(delta, data)
+
+
+def test_difference_estimator_on_the_model_is_exact_when_the_subsample_is_everything():
+    sbl, data = _fitted("mean_field")
+    exact = diagnose(sbl, data, num_samples=25, seed=2)
+    diff = diagnose(sbl, data, num_samples=25, seed=2, exact_limit=4, subsample_size=8)
+    assert diff.khat.estimator == "difference" and diff.khat.subsample_size == 8
+    np.testing.assert_allclose(diff.khat.log_weights, exact.khat.log_weights, rtol=1e-6, atol=1e-6)
+    assert diff.khat.log_lik_se == pytest.approx(0.0, abs=1e-9)
+    # a real subsample: an estimate with an honest standard error
+    part = diagnose(sbl, data, num_samples=25, seed=2, exact_limit=4, subsample_size=4)
+    err = np.abs(part.khat.log_weights - exact.khat.log_weights)
+    assert part.khat.log_lik_se > 0 and err.max() < 6 * part.khat.log_lik_se + 1e-6
+
+
+def test_point_gradients_match_finite_differences():
+    sbl, data = _fitted("mean_field")
+    point = dict(sbl.posterior_mean())
+    ll, grads = point_log_lik_and_grads(sbl, data, point, per_example=True)
+    _, total = point_log_lik_and_grads(sbl, data, point, per_example=False, batch_size=3)
+    np.testing.assert_allclose(total, grads.sum(0), rtol=1e-4, atol=1e-7)  # float32 batches
+    name = sbl.model.site_names[0]
+    eps = 1e-2  # central differences in float32: error O(eps^2) against round-off O(1e-7 / eps)
+    for j in range(2):
+        up = {k: v.clone() for k, v in point.items()}
+        up[name][j] += eps
+        down = {k: v.clone() for k, v in point.items()}
+        down[name][j] -= eps
+        fd = (
+            point_log_lik_and_grads(sbl, data, up, per_example=False)[0]
+            - point_log_lik_and_grads(sbl, data, down, per_example=False)[0]
+        ) / (2 * eps)
+        np.testing.assert_allclose(grads[:, j], fd, rtol=2e-2, atol=2e-4)
 
 
 def test_a_model_guide_pair_needs_a_format_to_score_data():
