@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 from scalabl_pyro.baselines import METHODS, POINT_S_METHODS, gaussian_over_s
 from scalabl_pyro.errors import ScalaBLError
@@ -34,6 +35,7 @@ class ScalaBLConfig:
     log parameters, initial scales ~ U[0.05/sqrt 2, 0.05]) with
     ``TrainConfig(objective="reference")``; ``reference_prior_quirk=True``
     adds its accidental prior ``N(u, (1 + u)^2)`` (see ``docs/method.md``).
+    :meth:`official` (with ``TrainConfig.official``) sets the whole recipe.
     ``quantization="4bit"`` or ``"8bit"`` loads the frozen base through
     bitsandbytes, QLoRA style (``docs/scaling.md``); the LoRA factors and the
     guide stay in floating point.
@@ -84,6 +86,46 @@ class ScalaBLConfig:
     lora_prior_scale: float = 0.2
     laplace_hessian: str = "ggn"
     laplace_max_examples: int | None = None
+
+    #: What :meth:`official` fixes (an override with another value is refused).
+    OFFICIAL: ClassVar[dict[str, Any]] = {
+        "method": "scalabl",
+        "guide": "log_mean_field",
+        "reference_prior_quirk": True,
+        "prior_scale": 1.0,
+        "init_scale": REFERENCE_INIT_SCALE,
+        "dropout": 0.0,
+        "task_format": "letter",
+    }
+
+    @classmethod
+    def official(cls, **overrides: Any) -> ScalaBLConfig:
+        """The official ScalaBL code's model setup (``docs/method.md``, "The official recipe").
+
+        ``guide="log_mean_field"`` (positive mean, log parameters, initial
+        sigma ~ U[0.05/sqrt 2, 0.05]), its accidental prior ``N(u, (1 + u)^2)``
+        (``reference_prior_quirk``), ``alpha = 2 x rank``, no LoRA dropout, and
+        ``lm_head`` adapted with ``q_proj`` and ``v_proj``, which needs the
+        answer-letter format. ``rank``, ``base_model``, ``seed`` and the other
+        fields may be set (``alpha`` follows ``rank``); ``target_modules`` must
+        keep ``lm_head``; a value that contradicts the recipe is refused.
+        Train it with ``TrainConfig.official()``.
+        """
+        clash = sorted(k for k, v in overrides.items() if cls.OFFICIAL.get(k, v) != v)
+        rank = overrides.get("rank", 8)
+        if overrides.get("alpha", 2 * rank) != 2 * rank:
+            clash.append("alpha")
+        targets = tuple(overrides.get("target_modules", ("q_proj", "v_proj", "lm_head")))
+        if "lm_head" not in targets:
+            clash.append("target_modules")
+        if clash:
+            fixed = {**cls.OFFICIAL, "alpha": 2 * rank, "target_modules": "... with lm_head"}
+            sets = ", ".join(f"{k}={fixed[k]!r}" for k in clash)
+            raise ScalaBLError(
+                f"ScalaBLConfig.official() sets {sets} itself; drop {', '.join(clash)} "
+                "or build ScalaBLConfig(...) directly"
+            )
+        return cls(**{**cls.OFFICIAL, **overrides, "alpha": 2.0 * rank, "target_modules": targets})
 
     def __post_init__(self) -> None:
         check_family(self.guide)

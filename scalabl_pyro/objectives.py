@@ -14,11 +14,15 @@ the weight) and ``cyclic`` (BLoB's weight, see :func:`blob_cyclic_weight`).
 **Reference objective.** What the official ScalaBL code optimises (for
 comparison with the paper, not one ELBO): per batch, an AdamW step on the
 *mean* NLL of the batch with one posterior sample, then an SGD step on
-``pi_i * KL(p || q)`` with learning rate ``0.2 x`` (the AdamW schedule's
-warm-up/decay factor) — the reverse KL, which for a Gaussian is minimised at
+``pi_i * KL(p || q)`` with learning rate ``0.2 x`` the warm-up/decay factor
+— the reverse KL, which for a Gaussian is minimised at
 ``sigma^2 = sigma_p^2 + mu^2`` and so gives wide, mass-covering posteriors.
-``pi_i`` is BLoB's raw cyclic weight; its only schedule. See ``train.py``
-for the optimizers and ``guides.AutoLogMeanField`` for the parameters.
+``pi_i`` is BLoB's raw cyclic weight; its only schedule. The warm-up lasts
+``int(0.06 T)`` steps (:func:`reference_warmup_steps`); at step ``t`` AdamW
+takes the factor ``t / WU`` (:func:`reference_lr_factor`), the KL step
+``(t - 1) / WU`` (:func:`reference_kl_lr_factor`), as in the official code.
+See ``train.py`` for the optimizers and ``guides.AutoLogMeanField`` for the
+parameters.
 
 **Observing the terms.** The trainer reads the likelihood term off the
 program with :class:`LikelihoodMonitor` (a messenger on the ``obs`` site),
@@ -138,6 +142,43 @@ class KLSchedule:
         )
 
 
+def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
+    """Warm-up then decay: ``step / warmup``, then ``(total - step) / (total - warmup)``.
+
+    The factor of ``transformers.get_linear_schedule_with_warmup`` at scheduler
+    step ``step`` (0 before any step; floored at 0; a zero ``warmup`` or
+    ``total - warmup`` counts as 1).
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def reference_warmup_steps(total: int, ratio: float = 0.06) -> int:
+    """The official code's warm-up length ``int(ratio * total)`` (truncated, not rounded)."""
+    return int(ratio * total)
+
+
+def reference_lr_factor(step: int, warmup: int, total: int) -> float:
+    """The official AdamW learning-rate factor at optimizer step ``step`` (1-based).
+
+    ``t / WU`` during warm-up, then ``(T - t) / (T - WU)``: the first step
+    already updates at ``1 / WU``. (An HF scheduler stepped after the
+    optimizer gives ``(t - 1) / WU``, one step behind.)
+    """
+    return linear_warmup_decay(step, warmup, total)
+
+
+def reference_kl_lr_factor(step: int, warmup: int, total: int) -> float:
+    """The official KL step's factor at optimizer step ``step`` (1-based): ``(t - 1) / WU``, ...
+
+    Unlike the AdamW factor it is the schedule's value *before* this step's
+    update, as in the official code (its SGD learning rate is
+    ``0.2 x`` this ``x pi_i``).
+    """
+    return linear_warmup_decay(step - 1, warmup, total)
+
+
 def make_elbo(family: str, num_particles: int = 1) -> ELBO:
     """The ELBO estimator for a guide family (analytic KL for mean-field)."""
     if num_particles < 1:
@@ -234,7 +275,11 @@ __all__ = [
     "blob_cyclic_weight",
     "elbo_loss",
     "gaussian_kl",
+    "linear_warmup_decay",
     "make_elbo",
     "mean_nll",
+    "reference_kl_lr_factor",
+    "reference_lr_factor",
+    "reference_warmup_steps",
     "reverse_kl",
 ]

@@ -14,7 +14,12 @@ paper). Every step records that norm, so a threshold can be chosen from data.
 The reference objective follows the official code: one AdamW (lr 1e-4, eps
 1e-6, one learning rate for LoRA and variational parameters, no clipping) on
 the batch's mean NLL, then an SGD step on ``pi_i KL(p || q)`` at learning rate
-``reference_kl_lr (0.2) x`` the AdamW schedule's warm-up/decay factor.
+``reference_kl_lr (0.2) x`` the warm-up/decay factor. Its schedule is the
+official one: ``int(0.06 T)`` warm-up steps; at step ``t`` AdamW runs at
+``lr x t / WU`` (then ``(T - t) / (T - WU)``), the KL step at ``(t - 1) / WU``
+(see ``objectives.reference_lr_factor``). The ELBO keeps
+``get_linear_schedule_with_warmup`` with ``round(0.06 T)`` warm-up steps.
+:meth:`TrainConfig.official` is the whole official recipe in one call.
 
 Several processes: under an initialised ``torch.distributed`` group (e.g.
 ``accelerate launch``) the loss module is wrapped in DDP, each rank takes its
@@ -32,11 +37,13 @@ and the step counter.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from pyro.infer.autoguide import AutoGuide
@@ -56,6 +63,9 @@ from scalabl_pyro.objectives import (
     analytic_kl,
     elbo_loss,
     make_elbo,
+    reference_kl_lr_factor,
+    reference_lr_factor,
+    reference_warmup_steps,
     reverse_kl,
 )
 from scalabl_pyro.rng import model_devices, seeded
@@ -82,6 +92,17 @@ class TrainConfig:
 
     ``max_grad_norm`` is in per-example units (the norm of the gradient of
     the loss divided by the data-set size N); ``None`` (default) is no clipping.
+
+    The warm-up lasts ``round(warmup_ratio x steps)`` steps for the ELBO and
+    ``int(warmup_ratio x steps)`` for the reference objective (the official
+    code's), whose AdamW factor also runs one step ahead (``train.py``).
+
+    ``partial_last_batch=True`` visits the data epoch by epoch, each epoch
+    ending with its partial batch of ``N mod batch_size`` examples (a
+    ``DataLoader`` with ``drop_last=False``, as the official code); the default
+    lets batches run across epoch boundaries, so every batch is full.
+
+    :meth:`official` gives the official code's training recipe.
     """
 
     steps: int = 200
@@ -105,6 +126,36 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     progress: bool = True
+    partial_last_batch: bool = False
+
+    #: What :meth:`official` sets (its fields may not be overridden with other values).
+    OFFICIAL: ClassVar[dict[str, Any]] = {
+        "objective": "reference",
+        "partial_last_batch": True,
+        "bf16": False,
+    }
+
+    @classmethod
+    def official(cls, **overrides: Any) -> TrainConfig:
+        """The official ScalaBL code's training recipe (``docs/method.md``).
+
+        ``objective="reference"`` (AdamW lr 1e-4, eps 1e-6, one rate, no
+        clipping, on the mean NLL; SGD at ``0.2 x`` the schedule's factor on
+        BLoB's cyclic ``pi_i x KL(p || q)``; ``int(0.06 T)`` warm-up steps),
+        each epoch's partial last batch kept, and float32 for the LoRA path
+        (``bf16=False``: no autocast, the adapters and guide stay float32
+        over a bf16 base). Other fields (``steps``, ``batch_size``, ``lr``,
+        ``seed``, ...) may be set; one that contradicts the recipe is refused.
+        Pair it with :meth:`ScalaBLConfig.official`.
+        """
+        clash = sorted(k for k, v in overrides.items() if cls.OFFICIAL.get(k, v) != v)
+        if clash:
+            sets = ", ".join(f"{k}={cls.OFFICIAL[k]!r}" for k in clash)
+            raise ScalaBLError(
+                f"TrainConfig.official() sets {sets} itself; drop {', '.join(clash)} "
+                "or build TrainConfig(...) directly"
+            )
+        return cls(**{**cls.OFFICIAL, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "num_particles"):
@@ -123,6 +174,18 @@ class TrainConfig:
                 f"objective='reference' uses BLoB's cyclic KL weight only (got kl_schedule="
                 f"{self.kl_schedule!r}); drop kl_schedule or use objective='elbo'"
             )
+        if self.objective == "reference" and self.num_particles > 1:
+            raise ScalaBLError(
+                f"objective='reference' draws one posterior sample per step, so num_particles="
+                f"{self.num_particles} would be ignored; use num_particles=1 or objective='elbo'"
+            )
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warm-up steps: ``int(ratio x steps)`` (reference, the official code), else rounded."""
+        if self.objective == "reference":
+            return reference_warmup_steps(self.steps, self.warmup_ratio)
+        return int(round(self.warmup_ratio * self.steps))
 
     @property
     def resolved_var_lr(self) -> float:
@@ -163,6 +226,11 @@ class NonFiniteError(ScalaBLError):
         self.step, self.loss = step, loss
 
 
+def _official_factor(k: int, *, warmup: int, total: int) -> float:
+    """LambdaLR factor after ``k`` scheduler steps: the official factor of step ``k + 1``."""
+    return reference_lr_factor(k + 1, warmup, total)
+
+
 _INVALID = re.compile(
     r"Expected parameter (\w+) .*? of distribution (\w+)\(.*?constraint (.*?), "
     r"but found invalid values"
@@ -200,20 +268,30 @@ class TrainHistory:
         return cls([StepRecord(**s) for s in d.get("steps", [])], list(d.get("validation", [])))
 
 
-def batch_indices(num_data: int, batch_size: int, seed: int, micro: int) -> list[int]:
+def _epoch_order(num_data: int, seed: int, epoch: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(num_data, generator=gen).tolist()
+
+
+def batch_indices(
+    num_data: int, batch_size: int, seed: int, micro: int, *, partial_last_batch: bool = False
+) -> list[int]:
     """Indices of micro-batch number ``micro`` in the deterministic data stream.
 
     Epoch ``e`` visits the data in the order of a permutation seeded by
-    ``seed * 7919 + e``; batches run across epoch boundaries.
+    ``seed * 7919 + e``; batches run across epoch boundaries, or with
+    ``partial_last_batch`` each epoch is ``ceil(N / B)`` batches, its last one
+    holding the remaining ``N mod B`` examples (``drop_last=False``).
     """
+    if partial_last_batch:
+        epoch, k = divmod(micro, -(-num_data // batch_size))
+        return _epoch_order(num_data, seed, epoch)[k * batch_size : (k + 1) * batch_size]
     start = micro * batch_size
     out: list[int] = []
     while len(out) < batch_size:
         epoch, pos = divmod(start + len(out), num_data)
-        gen = torch.Generator().manual_seed(seed * 7919 + epoch)
-        perm = torch.randperm(num_data, generator=gen).tolist()
         take = min(batch_size - len(out), num_data - pos)
-        out += perm[pos : pos + take]
+        out += _epoch_order(num_data, seed, epoch)[pos : pos + take]
     return out
 
 
@@ -243,6 +321,11 @@ class Trainer:
         self.fmt, self.data, self.config, self.device = fmt, train_data, config, device
         self.distributed = distributed if distributed is not None else DistributedContext.detect()
         self.world_size = self.distributed.world_size if self.distributed else 1
+        if config.partial_last_batch and self.world_size > 1:
+            raise ScalaBLError(
+                "partial_last_batch keeps a last batch that does not split over "
+                f"{self.world_size} processes; set partial_last_batch=False or run one process"
+            )
         model.num_data = len(train_data)  # the global N, on every rank
         self.step_count = 0
         self.history = TrainHistory()
@@ -266,7 +349,7 @@ class Trainer:
         self.lora_params = lora
         self.variational_params = [p for p in guide.parameters() if id(p) not in lora_ids]
         total = config.steps
-        warmup = int(round(config.warmup_ratio * total))
+        warmup = self.warmup_steps = config.warmup_steps
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay}]
         if self.variational_params:
             groups.append(
@@ -280,7 +363,11 @@ class Trainer:
         self.kl_optimizer: torch.optim.Optimizer | None = None
         if config.objective == "reference":
             self.kl_optimizer = torch.optim.SGD(self.variational_params, lr=config.reference_kl_lr)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total)
+        if config.objective == "reference":  # scheduler step k sets the factor of step k + 1
+            factor = functools.partial(_official_factor, warmup=warmup, total=total)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        else:
+            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total)
         self.kl_schedule = KLSchedule(
             config.resolved_kl_schedule,
             config.kl_weight,
@@ -293,7 +380,13 @@ class Trainer:
     def _batch_indices(self, micro: int) -> list[int]:
         """This process's indices of micro-batch ``micro`` (its block of the global batch)."""
         size = self.config.batch_size * self.world_size
-        idx = batch_indices(len(self.data), size, self.config.seed, micro)
+        idx = batch_indices(
+            len(self.data),
+            size,
+            self.config.seed,
+            micro,
+            partial_last_batch=self.config.partial_last_batch,
+        )
         return self.distributed.shard(idx) if self.distributed is not None else idx
 
     def _batch(self, micro: int):
@@ -311,8 +404,12 @@ class Trainer:
         return self.distributed.rank if self.distributed is not None else 0
 
     def schedule_factor(self) -> float:
-        """The warm-up/decay factor of the current step (lr now / base lr)."""
+        """The warm-up/decay factor of the coming step's AdamW update (lr now / base lr)."""
         return self.scheduler.get_last_lr()[0] / self.config.lr
+
+    def kl_lr_factor(self) -> float:
+        """The factor of the coming step's KL step (reference objective): ``(t - 1) / WU``, ..."""
+        return reference_kl_lr_factor(self.step_count + 1, self.warmup_steps, self.config.steps)
 
     # ------------------------------------------------------------------- step
     def step(self) -> StepRecord:
@@ -376,7 +473,7 @@ class Trainer:
         if reference:
             assert self.kl_optimizer is not None
             for group in self.kl_optimizer.param_groups:
-                group["lr"] = cfg.reference_kl_lr * self.schedule_factor()
+                group["lr"] = cfg.reference_kl_lr * self.kl_lr_factor()
             self.kl_optimizer.zero_grad(set_to_none=True)
             kl = w * reverse_kl(self.model, self.guide)
             kl.backward()

@@ -6,11 +6,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro.poutine.messenger import Messenger
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
+from scalabl_pyro.api import ScalaBL
+from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.guides import AutoLogMeanField
 from scalabl_pyro.objectives import blob_cyclic_weight, gaussian_kl, reverse_kl
+from scalabl_pyro.testing import tiny_model_and_tokenizer
 from scalabl_pyro.train import TrainConfig, Trainer
 
 
@@ -39,8 +44,90 @@ def test_reference_defaults_follow_the_official_code():
             TrainConfig(objective="reference", kl_schedule=kind)
     trainer, _ = _trainer()
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
-    assert all(g["eps"] == 1e-6 and g["lr"] == 1e-4 for g in trainer.optimizer.param_groups)
+    assert all(g["eps"] == 1e-6 and g["initial_lr"] == 1e-4 for g in trainer.optimizer.param_groups)
     assert isinstance(trainer.kl_optimizer, torch.optim.SGD)
+
+
+def test_adamw_factor_is_the_official_t_over_wu_and_warmup_truncates():
+    """AdamW at step t runs at t / WU, then (T - t) / (T - WU); WU = int(0.06 T)."""
+    trainer, _ = _trainer(steps=60)
+    assert trainer.warmup_steps == 3  # int(3.6); the ELBO path keeps round(3.6) = 4
+    assert TrainConfig(steps=60).warmup_steps == 4
+    seen = []
+    for _ in range(6):
+        seen.append((trainer.schedule_factor(), trainer.kl_lr_factor()))
+        rec = trainer.step()
+        assert rec.lr == pytest.approx(1e-4 * seen[-1][0])  # the recorded lr is AdamW's
+    want_adam = [1 / 3, 2 / 3, 1.0, 56 / 57, 55 / 57, 54 / 57]
+    want_kl = [0.0, 1 / 3, 2 / 3, 1.0, 56 / 57, 55 / 57]
+    assert [a for a, _ in seen] == pytest.approx(want_adam)
+    assert [k for _, k in seen] == pytest.approx(want_kl)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 53 / 57)
+
+
+def test_elbo_schedule_is_unchanged():
+    """The default objective keeps get_linear_schedule_with_warmup with round(0.06 T)."""
+    sbl = make_scalabl()
+    data = toy_dataset(8)
+    tcfg = TrainConfig(steps=60, batch_size=2, progress=False)
+    trainer = Trainer(
+        sbl.model, sbl.guide, "mean_field", sbl.format_for(data), data, tcfg, sbl.device
+    )
+    factors = []
+    for _ in range(5):
+        factors.append(trainer.schedule_factor())
+        trainer.step()
+    assert factors == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_num_particles_is_refused_with_the_reference_objective():
+    with pytest.raises(ScalaBLError, match="num_particles=1 or objective='elbo'"):
+        TrainConfig(objective="reference", num_particles=2)
+    with pytest.raises(ScalaBLError, match="num_particles"):
+        TrainConfig.official(num_particles=4)
+    sbl = make_scalabl(guide="log_mean_field")
+    with pytest.raises(ScalaBLError, match="num_particles"):
+        sbl.fit(toy_dataset(4), dict_config(objective="reference", num_particles=2))
+
+
+def dict_config(**kw):
+    """A TrainConfig built as fit's callers do (the refusal happens in the constructor)."""
+    return TrainConfig(steps=1, batch_size=2, progress=False, **kw)
+
+
+def test_official_configs_set_the_whole_recipe_and_refuse_contradictions():
+    m = ScalaBLConfig.official()
+    assert (m.guide, m.method, m.task_format) == ("log_mean_field", "scalabl", "letter")
+    assert m.reference_prior_quirk and m.prior_scale == 1.0 and m.lora_dropout == 0.0
+    assert m.alpha == 16.0 and m.rank == 8 and m.initial_scale == 0.05
+    assert m.target_modules == ("q_proj", "v_proj", "lm_head")
+    assert ScalaBLConfig.official(rank=4).alpha == 8.0  # alpha = 2r follows the rank
+    t = TrainConfig.official(steps=10)
+    assert (t.objective, t.partial_last_batch, t.bf16) == ("reference", True, False)
+    assert t.resolved_kl_schedule == "cyclic" and t.resolved_adam_eps == 1e-6
+    with pytest.raises(ScalaBLError, match="sets guide='log_mean_field'.*drop guide"):
+        ScalaBLConfig.official(guide="mean_field")
+    with pytest.raises(ScalaBLError, match="alpha"):
+        ScalaBLConfig.official(rank=4, alpha=16)
+    with pytest.raises(ScalaBLError, match="target_modules"):
+        ScalaBLConfig.official(target_modules=("q_proj", "v_proj"))
+    with pytest.raises(ScalaBLError, match="task_format"):
+        ScalaBLConfig.official(task_format="choice")
+    with pytest.raises(ScalaBLError, match="objective='reference'.*drop objective"):
+        TrainConfig.official(objective="elbo")
+    with pytest.raises(ScalaBLError, match="bf16"):
+        TrainConfig.official(bf16=True)
+
+
+def test_partial_last_batch_keeps_each_epochs_remainder():
+    from scalabl_pyro.train import batch_indices
+
+    batches = [batch_indices(5, 2, 0, k, partial_last_batch=True) for k in range(6)]
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 2, 1]
+    assert sorted(sum(batches[:3], [])) == list(range(5))  # one epoch: each example once
+    assert sorted(sum(batches[3:], [])) == list(range(5))
+    # the default stream (full batches across epochs) is unchanged
+    assert [len(batch_indices(5, 2, 0, k)) for k in range(6)] == [2] * 6
 
 
 def test_log_parameters_positive_mean_and_uniform_initial_scales():
@@ -79,7 +166,9 @@ def test_kl_step_is_sgd_at_02_times_schedule_factor_on_pi_times_reverse_kl():
 
     trainer.kl_optimizer.step = record  # instrument this instance only (test code)
     for t in range(1, 4):
-        factor = trainer.schedule_factor()
+        factor = trainer.kl_lr_factor()
+        # T = 8: no warm-up (int(0.48) = 0), so the decay (T - (t - 1)) / T, not shifted
+        assert factor == pytest.approx((8 - (t - 1)) / 8)
         trainer.step()
         lr, before, grads, want, after = seen[-1]
         pi = blob_cyclic_weight(t, 8, 2, elbo_scaled=False)
@@ -128,3 +217,136 @@ def test_reference_training_stays_finite_and_keeps_the_posterior_bounded():
     assert bool((mu > 0).all())  # the mean stays positive by construction
     assert float(s1.min()) > 0.5 * float(s0.min())  # no collapse
     assert float(s1.max()) < 5.0  # no blow-up (the constant-weight recipe reached ~50)
+
+
+# --------------------------------------------------------------------------------------
+# The official update rule, written out step for step, against the library's trajectory
+# --------------------------------------------------------------------------------------
+
+
+class _FixedNoise(Messenger):
+    """Test-only: the guide's draw of each site is ``loc + scale * eps[site]`` (reparameterised).
+
+    A site whose value is still unset is the guide's own draw (the model's copy is
+    replayed from the guide trace, so it arrives with its value already set).
+    """
+
+    def __init__(self, eps: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.eps, self.used = eps, set()
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["value"] is None and msg["name"] in self.eps:
+            normal = msg["fn"].base_dist
+            msg["value"] = normal.loc + normal.scale * self.eps[msg["name"]]
+            self.used.add(msg["name"])
+
+
+def _official_model(rank: int = 4):
+    model, tok = tiny_model_and_tokenizer()
+    cfg = ScalaBLConfig.official(base_model="tiny-llama", rank=rank, num_classes=3)
+    sbl = ScalaBL(cfg, model, tok)
+    randomize_lora(sbl.subspace)  # B != 0, so s matters from the first step
+    return sbl
+
+
+def test_sixty_official_steps_equal_the_library_trajectory():
+    """60 steps of the official update rule, written out here, match the library to 1e-6.
+
+    N = 4 examples in batches of b = 3 (each epoch: a batch of 3, then the partial batch
+    of 1), so BLoB's cycle is M = floor(100 * 4^(pi/8) / 3) = 57 steps: the KL weight
+    peaks at step 57 (pi = 2^57 / (2^58 - 1) ~ 1/2) and a new cycle starts at 58. The
+    posterior noise eps is fixed by the test and given to both. T = 60, so the warm-up
+    is int(0.06 T) = 3 steps (round would give 4).
+    """
+    n, b, steps, lr, kl_lr = 4, 3, 60, 5e-3, 0.2
+    data = toy_dataset(n)
+    lib, twin = _official_model(), _official_model()
+    names = lib.model.site_names
+    rank = lib.subspace.rank
+    gen = torch.Generator().manual_seed(123)
+    noise = [{s: torch.randn(rank, generator=gen) for s in names} for _ in range(steps)]
+
+    # ---- the library: TrainConfig.official(), each step under the step's fixed noise
+    tcfg = TrainConfig.official(steps=steps, batch_size=b, lr=lr, progress=False)
+    fmt = lib.format_for(data)
+    trainer = Trainer(lib.model, lib.guide, "log_mean_field", fmt, data, tcfg, lib.device)
+    lib_traj = []
+    for t in range(1, steps + 1):
+        with _FixedNoise(noise[t - 1]) as fixed:
+            trainer.step()
+        assert fixed.used == set(names)  # every site was drawn with the test's noise
+        lib_traj.append(_snapshot(lib.subspace.lora_parameters(), lib.guide, names))
+
+    # ---- the official rule, by hand, on an identical twin
+    wu = int(0.06 * steps)  # the official code truncates
+    m = math.floor(100 * n ** (math.pi / 8) / b)  # BLoB's cycle length
+    assert (wu, m) == (3, 57)
+
+    def factor(t: int) -> float:  # the official schedule's factor at (1-based) step t
+        return t / wu if t < wu else (steps - t) / (steps - wu)
+
+    lora = twin.subspace.lora_parameters()
+    log_mu = {s: twin.posterior_mean()[s].log().detach().clone().requires_grad_() for s in names}
+    u = twin.subspace.initial_scales(twin.config.initial_scale, twin.config.seed)
+    log_sigma = {s: u[s].log().clone().requires_grad_() for s in names}
+    prior_mu = {s: u[s].clone() for s in names}  # the official aliasing: N(u, (1 + u)^2)
+    prior_sigma = {s: 1 + u[s] for s in names}
+    variational = [*log_mu.values(), *log_sigma.values()]
+    adamw = torch.optim.AdamW([*lora, *variational], lr=lr, eps=1e-6, weight_decay=0.0)
+    twin_fmt = twin.format_for(data)
+    per_epoch = math.ceil(n / b)  # drop_last=False: the partial batch is kept
+    for t in range(1, steps + 1):
+        epoch, k = divmod(t - 1, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0 * 7919 + epoch))
+        idx = order.tolist()[k * b : (k + 1) * b]
+        assert len(idx) == (b if k == 0 else n - b)
+        batch = twin_fmt.encode([data[i] for i in idx], indices=idx)
+        # 1. AdamW on the batch's mean NLL under one draw s = mu + sigma * eps
+        eps = noise[t - 1]
+        s = {name: log_mu[name].exp() + log_sigma[name].exp() * eps[name] for name in names}
+        nll = F.cross_entropy(twin.model.scores(batch, s), batch.labels)
+        for g in adamw.param_groups:
+            g["lr"] = lr * factor(t)
+        adamw.zero_grad()
+        nll.backward()
+        adamw.step()
+        # 2. SGD on pi_i * KL(prior || posterior) over (log mu, log sigma), lr 0.2 x factor(t-1)
+        i = ((t - 1) % m) + 1
+        pi = 2.0**i / (2.0 ** (m + 1) - 1)
+        kl = 0.0
+        for name in names:
+            mu, sigma = log_mu[name].exp(), log_sigma[name].exp()
+            mp, sp = prior_mu[name], prior_sigma[name]
+            kl = (
+                kl + (torch.log(sigma / sp) + (sp**2 + (mp - mu) ** 2) / (2 * sigma**2) - 0.5).sum()
+            )
+        grads = torch.autograd.grad(pi * kl, variational)
+        with torch.no_grad():
+            for p, g in zip(variational, grads, strict=True):
+                p -= kl_lr * factor(t - 1) * g
+        twin_state = [p.detach().clone() for p in lora] + [
+            v[name].detach().clone() for v in (log_mu, log_sigma) for name in names
+        ]
+        for a, want in zip(lib_traj[t - 1], twin_state, strict=True):
+            torch.testing.assert_close(
+                a, want, rtol=0, atol=1e-6, msg=lambda e, t=t: f"step {t}: {e}"
+            )
+
+    # the run is not a trivial one: the LoRA factors moved, and the KL peak widened sigma
+    sigma_end = torch.cat([log_sigma[s].detach().exp() for s in names])
+    assert float(sigma_end.min()) > 2 * float(torch.cat(list(u.values())).max())
+    start = _official_model()
+    moved = max(
+        float((p.detach() - q.detach()).abs().max())
+        for p, q in zip(lora, start.subspace.lora_parameters(), strict=True)
+    )
+    assert moved > 0.05
+    assert [r.kl_weight for r in trainer.history.steps][56] == pytest.approx(2**57 / (2**58 - 1))
+
+
+def _snapshot(lora, guide, names) -> list[torch.Tensor]:
+    """LoRA factors, then log mu and log sigma of every site, as the twin lists them."""
+    mus = [guide._get_loc_and_scale(s)[0].detach().log() for s in names]
+    sigmas = [guide._get_loc_and_scale(s)[1].detach().log() for s in names]
+    return [p.detach().clone() for p in lora] + mus + sigmas
