@@ -238,3 +238,34 @@ def test_bitsandbytes_messages_wait_for_quantization() -> None:
     before, _, after = proc.stderr.partition("imported\n")
     assert before == ""
     assert after == raw.stderr
+
+
+# ------------------------------------------------------------------- docs
+
+
+def test_lm_eval_howto_cites_the_result_file() -> None:
+    """docs/howto-lm-eval.md quotes benchmarks/results/lm_eval_parity.json, not other numbers."""
+    result_file = REPO / "benchmarks" / "results" / "lm_eval_parity.json"
+    result = json.loads(result_file.read_text())
+    doc = (REPO / "docs" / "howto-lm-eval.md").read_text()
+    s = result["settings"]
+    agree = result["per_question_agreement"]
+    divisors = result["per_question_agreement_with_lm_eval_divisors"]
+    expected = [
+        f"{result['max_abs_diff_choice_loglik']:.1e} nats",
+        f"{result['max_abs_diff_question_logprob']:.1e} |",
+        f"{result['token_mismatches']} of {result['choice_pairs']}",
+        f"{result['lm_eval']['acc']:.2f} and {result['ours']['sum']:.2f}; "
+        f"same per-question correctness on {agree['acc']}",
+        f"{result['lm_eval']['acc_norm']:.2f} and {result['ours']['byte']:.2f}; "
+        f"same per-question correctness on {agree['acc_norm_vs_byte']}",
+        f"{result['lm_eval']['acc_bytes']:.2f} and {result['ours']['byte']:.2f}; "
+        f"same per-question correctness on {agree['acc_bytes_vs_byte']}",
+        f"`acc_norm` {divisors['acc_norm']}, `acc_bytes` {divisors['acc_bytes']}",
+        f"{s['train_steps']} training steps of {s['train_batch']} questions",
+        f"{s['train_questions']} ARC-Easy train questions",
+        f"{s['validation_questions']} ARC-Easy validation questions",
+        f"lm-eval {result['lm_eval_version']}",
+    ]
+    missing = [text for text in expected if text not in doc]
+    assert missing == []
