@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 from scalabl_pyro import cli_benchmark
 from scalabl_pyro.baselines import gaussian_over_s
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.interrupt import TrainingInterrupted
 from scalabl_pyro.logging_utils import adopt_library_loggers, cli_logging
 
 EXIT_USAGE = 2
@@ -196,26 +197,48 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", type=_dtype, default="auto", help="auto, float32, bfloat16, float16")
 
 
-def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+_DATA_DEFAULTS = {"data": "arc_easy", "source": "auto"}
+
+
+def _add_data_args(p: argparse.ArgumentParser, split: str, resumable: bool = False) -> None:
+    """``resumable`` (train): defaults are filled in later, so --resume can reuse the saved set."""
+    saved = "; with --resume, the checkpoint's" if resumable else ""
     p.add_argument(
         "--data",
-        default="arc_easy",
+        default=None if resumable else _DATA_DEFAULTS["data"],
         help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local "
-        ".jsonl/.json/.csv/.parquet file",
+        f".jsonl/.json/.csv/.parquet file (default arc_easy{saved})",
     )
     p.add_argument(
         "--split",
-        default=split,
-        help=f"split of a named data set (default {split}); "
+        default=None if resumable else split,
+        help=f"split of a named data set (default {split}{saved}); "
         "for a local file, the name its one split gets",
     )
-    _num(p, "--limit", "random subset of this many examples", None)
+    limit_help = "random subset of this many examples"
+    _num(p, "--limit", limit_help + (" (with --resume, the checkpoint's)" * resumable), None)
     p.add_argument(
         "--source",
-        default="auto",
+        default=None if resumable else _DATA_DEFAULTS["source"],
         choices=("auto", "embedded", "hub", "local"),
         help="where a named data set is read from (default auto: embedded, else the hub)",
     )
+
+
+def _train_data_args(args: argparse.Namespace, meta: dict | None) -> None:
+    """Fill train's --data/--split/--limit/--source: given, else (--resume) saved, else default."""
+    if meta is None:
+        args.data = args.data if args.data is not None else _DATA_DEFAULTS["data"]
+        args.split = args.split if args.split is not None else "train"
+        args.source = args.source if args.source is not None else _DATA_DEFAULTS["source"]
+        args.subset_seed = 0
+        return
+    from scalabl_pyro.checkpoint import TRAIN_DATA_KEY, resume_data_settings
+
+    given = {"data": args.data, "split": args.split, "limit": args.limit, "source": args.source}
+    chosen = resume_data_settings(meta.get(TRAIN_DATA_KEY), given)
+    args.data, args.split, args.limit = chosen["data"], chosen["split"], chosen["limit"]
+    args.source, args.subset_seed = chosen["source"], chosen["seed"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
     _verbose_flag(p, top=False)
     _add_model_args(p)
-    _add_data_args(p, "train")
+    _add_data_args(p, "train", resumable=True)
     p.add_argument("--output", required=True, help="checkpoint directory (new or empty)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -807,7 +830,8 @@ def _check_checkpoint_files(path: str) -> None:
 def _load_data(args: argparse.Namespace) -> Any:
     from scalabl_pyro.data import load_task
 
-    data = load_task(args.data, args.split, source=args.source, limit=args.limit)
+    seed = getattr(args, "subset_seed", 0)
+    data = load_task(args.data, args.split, source=args.source, limit=args.limit, seed=seed)
     adopt_library_loggers()  # datasets may have been imported for a hub / MMLU split
     return data
 
@@ -895,9 +919,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
             )
     else:
         s = _train_settings(args, None)
+    given_data = args.data
+    _train_data_args(args, meta)
     train = _load_data(args)
     _check_letter_classes(train, s.task_format, s.num_classes)
     if args.resume:
+        from scalabl_pyro.checkpoint import TRAIN_DATA_KEY, check_train_data
+
+        check_train_data(
+            (meta or {}).get(TRAIN_DATA_KEY),
+            train,
+            where=f"--output {args.output}",
+            flag=f"--data {given_data}" if given_data is not None else "--data",
+            fix="drop --data to continue on the saved set, or train a new model into another "
+            "--output",
+        )
         _check_checkpoint_files(args.output)
 
     _check_device(args.device)
@@ -1247,6 +1283,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("the error in full:", exc_info=True)  # shown with -v
             print(f"error: {_os_error_line(e)}", file=sys.stderr)
             return EXIT_USAGE
+        except TrainingInterrupted as e:  # a whole step trained and saved: say where, how to go on
+            out = getattr(args, "output", None)
+            how = f"; continue with scalabl train --output {out} --resume" if e.saved else ""
+            print(f"{e}{how}", file=sys.stderr)
+            return e.exit_code
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -72,3 +72,55 @@ def test_truncation_is_a_warning_once(caplog):
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(warnings) == 1 and "later truncations are logged at INFO" in warnings[0].message
     assert len(infos) == 2 and fmt.truncated_total == 12
+
+
+# ------------------------------------------------ fit: interrupt and resume
+
+
+def test_fit_on_sigint_saves_the_whole_step_and_resume_checks_the_data(tmp_path, monkeypatch):
+    """SIGINT mid-step: fit finishes the step, saves, raises TrainingInterrupted (a
+    KeyboardInterrupt); resume=True then refuses other examples, naming both sets."""
+    import os
+    import signal
+
+    import torch
+
+    from scalabl_pyro.api import ScalaBL
+    from scalabl_pyro.interrupt import TrainingInterrupted
+    from scalabl_pyro.testing import tiny_model_and_tokenizer
+    from scalabl_pyro.train import TrainConfig
+
+    data = toy_dataset(8)
+    config = TrainConfig(steps=5, batch_size=2, progress=False)
+    sbl = make_scalabl()
+    real, calls = torch.optim.AdamW.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as err:
+        sbl.fit(data, config, output_dir=out)
+    monkeypatch.undo()
+    assert str(err.value) == (
+        f"interrupted by SIGINT after step 2 of 5; saved a resumable checkpoint of step 2 to {out}"
+    )
+    assert err.value.exit_code == 130 and isinstance(err.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert [s.step for s in sbl.history.steps] == [1, 2]
+
+    model, tok = tiny_model_and_tokenizer("llama")
+    resumed = ScalaBL.from_parts(out, sbl.config, model, tok)
+    assert resumed.train_data == data.identity()
+    with pytest.raises(ScalaBLError) as err:
+        resumed.fit(toy_dataset(12), config, output_dir=out, resume=True)
+    msg = str(err.value)
+    assert msg.startswith("train toy/train: 12 examples, sha256 ")
+    assert f"is not the training set of the checkpoint in {out} (toy/train: 8 examples" in msg
+    assert "pass the examples it was trained on" in msg
+    resumed.fit(data, config, output_dir=out, resume=True)
+    assert [s.step for s in resumed.history.steps] == [1, 2, 3, 4, 5]

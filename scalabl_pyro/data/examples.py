@@ -48,6 +48,13 @@ class MCDataset(Sequence[MCExample]):
     split: str
     examples: list[MCExample] = field(default_factory=list)
     answer_tokens: tuple[str, ...] | None = None
+    #: How the examples were chosen (set by :func:`load_task` and :meth:`subset`): what the
+    #: data set was loaded as (a key, or a local file's path as given), its source, and the
+    #: random subset taken. Part of :meth:`identity`; not compared by ``==``.
+    origin: str | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)
+    limit: int | None = field(default=None, compare=False)
+    subset_seed: int | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -67,10 +74,35 @@ class MCDataset(Sequence[MCExample]):
 
     def subset(self, n: int | None, seed: int = 0) -> MCDataset:
         """First-``n`` random subset with a fixed seed (all examples if ``n`` is None)."""
-        if n is None or n >= len(self.examples):
+        if n is None:
             return self
+        if n >= len(self.examples):
+            return replace(self, limit=n, subset_seed=seed)
         import random
 
         rng = random.Random(seed)
         idx = sorted(rng.sample(range(len(self.examples)), n))
-        return replace(self, examples=[self.examples[i] for i in idx])
+        return replace(self, examples=[self.examples[i] for i in idx], limit=n, subset_seed=seed)
+
+    def fingerprint(self) -> str:
+        """sha256 of the examples and answer tokens as canonical JSON (same examples, same hash)."""
+        import hashlib
+        import json
+
+        rows = [[e.id, e.question, list(e.choices), e.label] for e in self.examples]
+        payload = {"examples": rows, "answer_tokens": self.answer_tokens}
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def identity(self) -> dict:
+        """What a training run saves about its training set, to resume on the same one."""
+        return {
+            "name": self.name,
+            "split": self.split,
+            "origin": self.origin,
+            "source": self.source,
+            "limit": self.limit,
+            "subset_seed": self.subset_seed,
+            "num_examples": len(self.examples),
+            "sha256": self.fingerprint(),
+        }

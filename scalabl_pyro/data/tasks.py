@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from scalabl_pyro.data.embedded import embedded_spec, load_embedded
@@ -82,14 +83,18 @@ def load_task(
                 "data sets; leave source at 'auto' (or 'local') for a file"
             )
         dataset = load_local(name, split=split)
+        origin, source = str(name), "local"  # as given: a checkpoint's bytes keep no abs. path
     else:
         key = check_task(str(name))
         split = canonical_split(split)
         embedded, hub = embedded_spec(key), hub_spec(key)
+        origin = key
         if source == "embedded" or (source == "auto" and split in embedded.splits):
             dataset = load_embedded(key, split, data_dir=data_dir)
+            source = "embedded"
         elif source == "hub" or split in hub.splits:
             dataset = load_hub(key, split)
+            source = "hub"
         else:
             note = embedded.split_note or hub.split_note
             raise unknown_split_error(key, split, available_splits(key), note)
@@ -97,4 +102,4 @@ def load_task(
         raise ScalaBLError(
             f"data set {dataset.name!r} split {dataset.split!r} is empty; pick another split"
         )
-    return dataset.subset(limit, seed)
+    return replace(dataset, origin=origin, source=source).subset(limit, seed)
