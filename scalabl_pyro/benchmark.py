@@ -258,11 +258,48 @@ def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_cell(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A finished cell: its JSON and its arrays (``<split>/slp``, ``/labels``, ``/mask``)."""
+    """A finished cell: its JSON and its arrays (``<split>/slp``, ``/labels``, ``/mask``).
+
+    A damaged cell (:func:`cell_damage`) is one :class:`ScalaBLError` line.
+    """
+    try:
+        return _read_cell(path)
+    except Exception as e:  # noqa: BLE001 - json, zip, zlib, numpy: all say the cell is damaged
+        raise ScalaBLError(
+            f"cell {path.parent.name}/{path.name} is damaged ({_why(e)}); it counts as not "
+            "finished: run scalabl benchmark without --table-only to train it again"
+        ) from None
+
+
+def _read_cell(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     meta = json.loads(path.read_text())
+    if not isinstance(meta, dict) or "metrics" not in meta:
+        raise ValueError("its JSON is not a finished cell's")
     with np.load(path.with_suffix(".npz")) as z:
-        arrays = {k: z[k] for k in z.files}
+        arrays = {k: z[k] for k in z.files}  # reads (and CRC-checks) every array
     return meta, arrays
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:120] if text else type(e).__name__
+
+
+def cell_damage(path: Path) -> str | None:
+    """Why the saved cell at ``path`` cannot be used (truncated JSON or .npz), or None.
+
+    A cell is finished when its JSON and its arrays both read back whole; one
+    that does not counts as not finished and is trained again.
+    """
+    if not path.is_file():
+        return None
+    if not path.with_suffix(".npz").is_file():
+        return f"{path.with_suffix('.npz').name} is missing"
+    try:
+        _read_cell(path)
+    except Exception as e:  # noqa: BLE001
+        return _why(e)
+    return None
 
 
 def _bma_log_probs(slp: np.ndarray) -> np.ndarray:
@@ -319,7 +356,7 @@ def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Pa
 
     root = Path(cfg.output)
     path = cell_path(root, spec.trained, task, seed)
-    if path.is_file() and path.with_suffix(".npz").is_file():
+    if path.is_file() and cell_damage(path) is None:
         _check_cell_config(path, spec, seed, cfg)
         log.info("skip finished cell %s", path.name)
         return path
@@ -543,7 +580,13 @@ def machine() -> dict[str, Any]:
 def _check_settings(root: Path, cfg: BenchmarkConfig) -> None:
     path = root / SETTINGS_FILE
     if path.is_file():
-        saved = json.loads(path.read_text()).get("settings", {})
+        try:
+            saved = json.loads(path.read_text()).get("settings", {})
+        except (ValueError, AttributeError) as e:  # truncated, not UTF-8, not an object
+            raise ScalaBLError(
+                f"{path} is damaged ({_why(e)}), and it records the settings the cells in {root} "
+                "were made with; restore it, or use a new --output"
+            ) from None
         if saved != cfg.fingerprint():
             diff = sorted(
                 k
@@ -579,8 +622,12 @@ def run_benchmark(cfg: BenchmarkConfig, on_cell: Callable[[str], None] | None = 
         for seed in cfg.seeds:
             for spec_str in trained:
                 spec = parse_method(spec_str)
-                done = cell_path(root, spec.trained, task, seed).is_file()
+                path = cell_path(root, spec.trained, task, seed)
+                damage = cell_damage(path)
+                done = path.is_file() and damage is None
                 msg = f"{'skip' if done else 'run'} {spec.trained} / {task} / seed {seed}"
+                if damage is not None:
+                    msg += f" (its saved cell is damaged: {damage}; training it again)"
                 if on_cell:
                     on_cell(msg)
                 run_cell(spec, task, seed, cfg)
@@ -607,6 +654,7 @@ def rebuild_table(cfg: BenchmarkConfig) -> dict:
             for seed in cfg.seeds:
                 path = cell_path(root, spec.trained, task, seed)
                 if path.is_file():
+                    load_cell(path)  # a damaged cell: one line, with the fix
                     _check_cell_config(path, spec, seed, cfg)
     return build_table(cfg)
 

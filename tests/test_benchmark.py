@@ -314,3 +314,50 @@ def test_zero_shot_reference_scores_the_folders_own_questions(tiny_base, tmp_pat
         assert row["report"]["n"] == len(mle["report/boolq/labels"])  # the cells' questions
         assert row["selection"]["n"] == len(mle["selection/labels"])
         assert row["temperature"] > 0 and row["report+ts"]["acc"] == row["report"]["acc"]
+
+
+def test_a_damaged_cell_counts_as_not_finished(tiny_base, tmp_path):
+    """Issue 21: a truncated cell .json or .npz is trained again (said in one line) by a
+    resumed run, and refused with the fix by --table-only; a damaged benchmark.json too."""
+    out = tmp_path / "bench"
+    cfg = _config(tiny_base, out, methods=["mle"])
+    run_benchmark(cfg)
+    path = cell_path(out, "mle", "boolq", 0)
+    good = path.read_bytes(), path.with_suffix(".npz").read_bytes()
+    for damaged in (path, path.with_suffix(".npz")):
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ScalaBLError) as err:
+            rebuild_table(cfg)
+        msg = str(err.value)
+        assert msg.startswith("cell cells/mle__boolq__seed0.json is damaged (") and "\n" not in msg
+        assert "run scalabl benchmark without --table-only to train it again" in msg
+        seen: list[str] = []
+        run_benchmark(cfg, on_cell=seen.append)
+        assert len(seen) == 1
+        assert seen[0].startswith("run mle / boolq / seed 0 (its saved cell is damaged: ")
+        assert seen[0].endswith("; training it again)")
+        load_cell(path)  # whole again
+        assert path.with_suffix(".npz").read_bytes() == good[1]  # the same cell, retrained
+    settings = out / "benchmark.json"
+    settings.write_text(settings.read_text()[:40])
+    for run in (run_benchmark, rebuild_table):
+        with pytest.raises(ScalaBLError, match=r"benchmark.json is damaged \(JSONDecodeError"):
+            run(cfg)
+
+
+def test_cli_benchmark_damaged_settings_is_one_line(tmp_path):
+    folder = tmp_path / "b"
+    (folder / "cells").mkdir(parents=True)
+    (folder / "benchmark.json").write_text('{"settings": {"steps": 1')
+    for extra in ([], ["--table-only"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "scalabl_pyro.cli", "benchmark", "--output", str(folder)]
+            + extra,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "is damaged" in lines[0]
+        assert "restore it, or use a new --output" in lines[0]
