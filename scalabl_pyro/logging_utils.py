@@ -191,8 +191,9 @@ def quiet_library_calls(logger: logging.Logger, *, progress: bool = False) -> It
       ``HF_HUB_DISABLE_PROGRESS_BARS=0``;
     * ``warnings.warn`` calls made inside the block are re-logged on
       ``logger``: deprecations (``FutureWarning`` and friends, about the
-      libraries' use of each other, which a user cannot act on) at DEBUG, any
-      other warning at WARNING. The warning filters in force still apply.
+      libraries' use of each other, which a user cannot act on) at INFO (shown
+      by the CLI's ``-v``), any other warning at WARNING. The warning filters
+      in force still apply.
 
     Everything is put back when the block exits.
     """
@@ -227,7 +228,7 @@ def quiet_library_calls(logger: logging.Logger, *, progress: bool = False) -> It
         if hub_off is not None:
             hub_off.__exit__(None, None, None)
         for w in caught:
-            level = logging.DEBUG if issubclass(w.category, _DEPRECATIONS) else logging.WARNING
+            level = logging.INFO if issubclass(w.category, _DEPRECATIONS) else logging.WARNING
             logger.log(
                 level,
                 "%s: %s (%s:%s)",
