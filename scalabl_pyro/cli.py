@@ -207,7 +207,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str, resumable: bool = Fal
         "--data",
         default=None if resumable else _DATA_DEFAULTS["data"],
         help="data set key (arc_easy, boolq, mmlu_college_physics, ...) or a local "
-        f".jsonl/.json/.csv/.parquet file (default arc_easy{saved})",
+        ".jsonl/.json/.csv/.parquet file" + (f" (default arc_easy{saved})" if resumable else ""),
     )
     p.add_argument(
         "--split",
@@ -215,8 +215,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str, resumable: bool = Fal
         help=f"split of a named data set (default {split}{saved}); "
         "for a local file, the name its one split gets",
     )
-    limit_help = "random subset of this many examples"
-    _num(p, "--limit", limit_help + (" (with --resume, the checkpoint's)" * resumable), None)
+    _num(p, "--limit", f"random subset of this many examples{saved}", None)
     p.add_argument(
         "--source",
         default=None if resumable else _DATA_DEFAULTS["source"],
