@@ -269,6 +269,8 @@ class _HoldingLoader:
         self._loader = loader
 
     def __getattr__(self, name: str):
+        if name == "_loader":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
     def create_module(self, spec):
