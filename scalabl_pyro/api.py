@@ -522,6 +522,7 @@ class ScalaBL:
         seed: int | None = 0,
         progress: bool = True,
         width: float = 1.0,
+        temperature: float | None = None,
     ) -> Prediction:
         """The method's predictive distribution on ``data``.
 
@@ -536,8 +537,17 @@ class ScalaBL:
         Gaussian posterior over ``s`` (scalabl, laplace): choose it on a
         validation split, as temperature scaling is, never on test; see
         ``docs/calibration.md`` for what it did in the overfitting regime.
+
+        ``temperature`` divides each draw's class scores by ``T`` before the
+        draws are averaged (:meth:`Prediction.tempered`), so the epistemic
+        spread between draws survives; fit it on a validation split with
+        :func:`~scalabl_pyro.temperature.fit_bma_temperature`.
         """
         self._check_alive()
+        if temperature is not None:
+            kw = dict(num_samples=num_samples, mode=mode, batch_size=batch_size)
+            kw.update(max_rows=max_rows, seed=seed, progress=progress, width=width)
+            return self.predict(data, **kw).tempered(temperature)
 
         def run(latents=None, stochastic=()) -> Prediction:
             return predict(

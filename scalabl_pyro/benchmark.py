@@ -446,17 +446,20 @@ def _json_default(o: Any) -> Any:
 
 # ------------------------------------------------------------------- table
 def _temperature_scaled(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-    """Fit T on the selection split's BMA log-probs; apply it to every split."""
-    from scalabl_pyro.temperature import apply_temperature, fit_temperature
+    """Fit T on the selection split's draws; temper every split's draws with it.
 
-    def bma(key: str) -> np.ndarray:
-        return _bma_log_probs(arrays[f"{key}/slp"].astype(np.float64))
+    Each draw's log-probabilities are divided by T before the average
+    (:func:`~scalabl_pyro.temperature.fit_bma_temperature`), so a Bayesian
+    method keeps its draws and its MI after scaling.
+    """
+    from scalabl_pyro.temperature import fit_bma_temperature, tempered_draws
 
-    temp = fit_temperature(bma("selection"), arrays["selection/labels"])
+    temp = fit_bma_temperature(
+        arrays["selection/slp"].astype(np.float64), arrays["selection/labels"]
+    )
     out = dict(arrays)
     for key in {k.rsplit("/", 1)[0] for k in arrays}:
-        with np.errstate(divide="ignore"):  # padded classes: probability 0
-            out[f"{key}/slp"] = np.log(apply_temperature(bma(key), temp))[None]
+        out[f"{key}/slp"] = tempered_draws(arrays[f"{key}/slp"].astype(np.float64), temp)
     return out, temp
 
 

@@ -125,6 +125,7 @@ RANGES: dict[str, Range] = {
     "--grad-accum": Range(int, 1),
     "--particles": Range(int, 1),
     "--rank": Range(int, 1),
+    "--threads": Range(int, 1),
     "--alpha": Range(float, 0, low_open=True),
     "--prior-scale": Range(float, 0, low_open=True),
     "--init-scale": Range(float, 0, 100, low_open=True),
@@ -145,8 +146,10 @@ RANGES: dict[str, Range] = {
     "--curve-limit": Range(int, 1),
     "--ensemble-size": Range(int, 2),
     "--dropout": Range(float, 0, 1),
-    "--khat-samples": Range(int, 25),
-    "--khat-subset": Range(int, 1),
+    "--diag-samples": Range(int, 25),
+    "--exact-limit": Range(int, 1),
+    "--subsample": Range(int, 2),
+    "--heldout-limit": Range(int, 1),
 }
 """Every numeric option's documented range (the same for each command that has it)."""
 
@@ -371,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _num(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=("official",),
+        help="official: the official ScalaBL code's recipe in one switch (docs/method.md): "
+        "--guide log_mean_field, --objective reference, its N(u, (1 + u)^2) prior, "
+        "alpha = 2 x rank, lm_head with q_proj,v_proj (so --format letter), each epoch's "
+        "partial last batch kept, float32 LoRA path",
+    )
+    _num(
+        p,
+        "--threads",
+        "CPU threads of this process (docs/reliability.md)",
+        "$OMP_NUM_THREADS, else all cores",
+    )
     _num(p, "--seed", "seed of the data order and the posterior draws", 0)
     p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
@@ -424,50 +442,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare_parser(sub: Any) -> None:
+    from scalabl_pyro.formats import NORMALIZATIONS
+
     p = sub.add_parser(
         "compare", help="fit several guide families on the same data and compare them side by side"
     )
     _verbose_flag(p, top=False)
     p.add_argument(
         "--families",
-        default="mean_field,full_rank,low_rank,block",
-        help="comma-separated guide families (default mean_field,full_rank,low_rank,block)",
+        default="mean_field,full_rank,low_rank,block,official",
+        help="comma-separated guide families, or 'official' (the paper's recipe) "
+        "(default mean_field,full_rank,low_rank,block,official)",
     )
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one fit each (default 0)")
     p.add_argument(
         "--output", required=True, help="directory for the table, figures and per-family results"
     )
     p.add_argument("--model", default="smollm2-135m", help="base model (default smollm2-135m)")
-    p.add_argument("--dtype", type=_dtype, default="bfloat16", help="base weights (bfloat16)")
-    p.add_argument("--data", default="arc_easy", help="named data set (train / validation)")
-    _num(p, "--eval-limit", "validation questions", 200)
-    _num(p, "--steps", "training steps per family", 150)
+    p.add_argument("--dtype", type=_dtype, default="auto", help="base weights (default auto)")
+    p.add_argument("--data", default="arc_easy", help="named data set (default arc_easy)")
+    _num(p, "--train-limit", "training questions", 64)
+    _num(p, "--select-limit", "selection questions (not used for fitting)", 100)
+    _num(p, "--eval-limit", "held-out report questions", 200)
+    _num(p, "--steps", "training steps per family", 160)
     _num(p, "--batch-size", "examples per step", 4)
     _num(p, "--lr", "learning rate of the LoRA factors", 1e-3)
-    _num(p, "--var-lr", "learning rate of the variational parameters", 1e-2)
+    _num(p, "--var-lr", "learning rate of the variational parameters", "10 x lr")
     _num(p, "--prior-scale", "prior standard deviation", 1.0)
+    _num(p, "--init-scale", "initial posterior std of s", "each family's default")
+    p.add_argument(
+        "--normalization", default=None, choices=NORMALIZATIONS, help="answer scores (mean)"
+    )
     _num(p, "--rank", "LoRA rank", 8)
-    _num(p, "--samples", "posterior samples for BMA and LOO", 10)
-    _num(p, "--khat-samples", "draws for the Pareto k-hat of q", 48)
-    _num(p, "--khat-subset", "training questions for k-hat's likelihood", 16)
-    _num(p, "--seed", "seed of data order, subsets and draws", 0)
+    _num(p, "--samples", "posterior samples for the held-out BMA", 10)
+    _num(p, "--diag-samples", "draws of q for k-hat and training LOO", 100)
+    _num(p, "--exact-limit", "largest training set scored exactly under every draw", 512)
+    _num(p, "--subsample", "residual subsample of the difference estimator", 128)
     p.add_argument("--quick", action="store_true", help="a few-minute smoke version")
     p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
 
 def _add_diagnose_parser(sub: Any) -> None:
-    p = sub.add_parser("diagnose", help="ArviZ diagnostics (summary, LOO, figures) of a checkpoint")
+    p = sub.add_parser(
+        "diagnose",
+        help="k-hat of q, PSIS-LOO on the training questions, held-out elpd and ArviZ figures",
+    )
     _verbose_flag(p, top=False)
     p.add_argument("--checkpoint", required=True, help="directory written by `scalabl train`")
     p.add_argument("--output", required=True, help="directory for PNGs and summary files")
     p.add_argument(
         "--data",
         default=None,
-        help="data set for the pointwise log-likelihood and PSIS-LOO (default: none, "
-        "posterior and prior only)",
+        help="the questions the posterior was fitted to (default: the checkpoint's own "
+        "training set); k-hat of q and PSIS-LOO are computed on them",
     )
-    p.add_argument("--split", default="validation", help="split of --data (default validation)")
-    _num(p, "--limit", "random subset of --data", 50)
-    _num(p, "--samples", "posterior draws", 100)
+    p.add_argument("--split", default=None, help="split of --data (default train)")
+    _num(p, "--limit", "random subset of --data (default: the checkpoint's)", None)
+    p.add_argument(
+        "--heldout",
+        default=None,
+        help="split of the same data set for the held-out elpd, e.g. validation (default none)",
+    )
+    _num(p, "--heldout-limit", "random subset of --heldout", 200)
+    _num(p, "--samples", "draws of q", 100)
+    _num(p, "--exact-limit", "largest training set scored exactly under every draw", 512)
+    _num(p, "--subsample", "residual subsample of the difference estimator", 128)
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
@@ -516,6 +555,7 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         "init_scale",
         "ensemble_size",
         "dropout",
+        "recipe",
     )
     fixed = [f.replace("--task-format", "--format") for f in fixed]
     if fixed:
@@ -561,6 +601,7 @@ class TrainSettings:
     checkpoint_every: int = 0
     seed: int = 0
     num_classes: int | None = None  # letter format of a resumed checkpoint
+    recipe: str | None = None  # "official": ScalaBLConfig.official + TrainConfig.official
 
 
 _SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a checkpoint
@@ -602,7 +643,51 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         s.targets = _targets(args.targets)
     if meta is None and args.guide is None and s.objective == "reference":
         s.guide = "log_mean_field"  # the official code's parameters (log mu, log sigma)
+    if meta is None and s.recipe == "official":  # what ScalaBLConfig/TrainConfig.official set
+        from scalabl_pyro.config import ScalaBLConfig
+
+        s.guide = ScalaBLConfig.OFFICIAL["guide"]
+        s.task_format = ScalaBLConfig.OFFICIAL["task_format"]
+        s.objective = "reference"
+        s.alpha = 2.0 * s.rank
+        if args.targets is None:
+            s.targets = ("q_proj", "v_proj", "lm_head")
     return s
+
+
+#: Flags whose value --recipe official sets itself (dest names).
+_RECIPE_SETS = (
+    "method",
+    "guide",
+    "objective",
+    "task_format",
+    "normalization",
+    "alpha",
+    "prior_scale",
+    "init_scale",
+    "dropout",
+    "kl_schedule",
+    "kl_weight",
+    "kl_warmup_steps",
+    "particles",
+)
+
+
+def _check_recipe(s: TrainSettings, args: argparse.Namespace) -> None:
+    """--recipe official sets these options itself: a typed one would contradict or be ignored."""
+    if s.recipe != "official" or args.resume:
+        return
+    typed = [f.replace("--task-format", "--format") for f in _given(args, *_RECIPE_SETS)]
+    if typed:
+        raise ScalaBLError(
+            f"--recipe official sets {_flags(typed)} itself (docs/method.md); drop {_them(typed)}, "
+            "or drop --recipe and set each option yourself"
+        )
+    if "lm_head" not in s.targets:
+        raise ScalaBLError(
+            "--recipe official adapts lm_head, as the official code does; add lm_head to "
+            "--targets, or drop --recipe"
+        )
 
 
 def _check_method_settings(s: TrainSettings, args: argparse.Namespace) -> None:
@@ -632,6 +717,7 @@ def _check_method_settings(s: TrainSettings, args: argparse.Namespace) -> None:
 
 def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
     """Combinations that are contradictory, ignored or no-ops."""
+    _check_recipe(s, args)
     _check_method_settings(s, args)
     if s.method in ("mle", "map", "mc_dropout", "ensemble"):
         s.guide = "mle"  # what ScalaBLConfig sets for these methods
@@ -951,6 +1037,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         settings.get("gradient_checkpointing")
     )
     settings["progress"] = args.progress
+    if s.recipe == "official" and not args.resume:
+        settings.update(TrainConfig.OFFICIAL)  # partial last batch, float32 LoRA path
     tcfg = TrainConfig(**settings)
     if args.resume:
         sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
@@ -960,6 +1048,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             method_args["dropout"] = s.dropout
         if s.init_scale is not None:
             method_args["init_scale"] = s.init_scale
+        if s.recipe == "official":  # the rest of ScalaBLConfig.official(): prior, init, dropout
+            official = ScalaBLConfig.OFFICIAL
+            method_args.update({k: official[k] for k in ("reference_prior_quirk", "init_scale")})
+            method_args["dropout"] = official["dropout"]
         mcfg = ScalaBLConfig(
             **method_args,
             base_model=s.model,
@@ -1110,16 +1202,19 @@ def _check_report_dir(path: str, marker: str) -> Path:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    bad = [f for f in families if f not in GUIDES]
-    if bad:
-        raise ScalaBLError(f"--families: unknown guide family {bad[0]!r}; choose from {GUIDES}")
-    _check_report_dir(args.output, "families")
-    from scalabl_pyro.comparison import CompareConfig, compare_guides
+    from scalabl_pyro.comparison import RECIPES, CompareConfig, compare_guides
 
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    known = (*GUIDES, *RECIPES)
+    bad = [f for f in families if f not in known]
+    if bad:
+        raise ScalaBLError(f"--families: unknown guide family {bad[0]!r}; choose from {known}")
+    seeds = _int_list(args.seeds, "--seeds")
+    _check_report_dir(args.output, "families")
     adopt_library_loggers()
-    given = {
+    given: dict[str, Any] = {
         "families": families,
+        "seeds": seeds,
         "base_model": args.model,
         "dtype": args.dtype,
         "task": args.data,
@@ -1127,17 +1222,21 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         "progress": args.progress,
     }
     for flag, key in (
+        ("train_limit", "train_limit"),
+        ("select_limit", "select_limit"),
         ("eval_limit", "eval_limit"),
         ("steps", "steps"),
         ("batch_size", "batch_size"),
         ("lr", "lr"),
         ("var_lr", "var_lr"),
         ("prior_scale", "prior_scale"),
+        ("init_scale", "init_scale"),
+        ("normalization", "normalization"),
         ("rank", "rank"),
         ("samples", "num_samples"),
-        ("khat_samples", "khat_samples"),
-        ("khat_subset", "khat_subset"),
-        ("seed", "seed"),
+        ("diag_samples", "diag_samples"),
+        ("exact_limit", "exact_limit"),
+        ("subsample", "subsample_size"),
     ):
         if getattr(args, flag) is not None:
             given[key] = getattr(args, flag)
@@ -1146,6 +1245,18 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     result = compare_guides(cfg, command=command)
     print(result.table())
     print("wrote " + ", ".join(sorted(result.files.values())))
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ScalaBLError(
+            f"{flag} {text!r} is not a comma-separated list of integers; e.g. 0,1,2"
+        ) from None
+    if not vals or any(v < 0 for v in vals):
+        raise ScalaBLError(f"{flag} {text!r} needs non-negative integers; e.g. 0,1,2")
+    return vals
 
 
 def _check_has_posterior(meta: dict) -> None:
@@ -1165,55 +1276,100 @@ def _check_has_posterior(meta: dict) -> None:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> None:
-    _check_has_posterior(_read_checkpoint_meta(args.checkpoint, "--checkpoint"))
+    meta = _read_checkpoint_meta(args.checkpoint, "--checkpoint")
+    _check_has_posterior(meta)
     out = _check_report_dir(args.output, "posterior_scales.png")
-    data = None
-    if args.data is not None:
-        from scalabl_pyro.data import load_task
+    from scalabl_pyro.checkpoint import TRAIN_DATA_KEY, resume_data_settings
+    from scalabl_pyro.data import load_task
 
-        data = load_task(args.data, args.split, limit=args.limit)
+    given = {"data": args.data, "split": args.split, "limit": args.limit, "source": None}
+    if args.data is None and meta.get(TRAIN_DATA_KEY) is None:
+        raise ScalaBLError(
+            "the checkpoint does not record its training set (an older scalabl-pyro); pass the "
+            "--data (and --split, --limit) it was trained on"
+        )
+    if args.data is not None:
+        chosen = {**given, "split": args.split or "train", "source": "auto", "seed": 0}
+    else:
+        chosen = resume_data_settings(meta.get(TRAIN_DATA_KEY), given)
+    train = load_task(
+        chosen["data"],
+        chosen["split"],
+        source=chosen["source"],
+        limit=chosen["limit"],
+        seed=chosen["seed"],
+    )
+    heldout = None
+    if args.heldout is not None:
+        heldout = load_task(chosen["data"], args.heldout, limit=args.heldout_limit or 200)
     _check_device(args.device)
     ScalaBL = _scalabl_class()
     import arviz as az
 
+    from scalabl_pyro.checkpoint import write_json
     from scalabl_pyro.comparison import _write_text_atomic
-    from scalabl_pyro.diagnostic_plots import write_diagnostics
-    from scalabl_pyro.diagnostics import to_inference_data
+    from scalabl_pyro.diagnostic_plots import loo_khat_panels, write_diagnostics
+    from scalabl_pyro.diagnostics import (
+        diagnose,
+        history_arrays,
+        inference_data_from_arrays,
+        layer_names,
+        prior_draws,
+    )
 
     sbl = ScalaBL.from_pretrained(args.checkpoint, device=args.device)
     adopt_library_loggers()
-    idata = to_inference_data(
+    num = args.samples if args.samples is not None else 100
+    diag = diagnose(
         sbl,
-        data,
-        num_samples=args.samples if args.samples is not None else 100,
+        train,
+        heldout,
+        num_samples=num,
+        exact_limit=args.exact_limit or 512,
+        subsample_size=args.subsample or 128,
         progress=args.progress,
+    )
+    prior = prior_draws(sbl.model, num, 7919)
+    idata = inference_data_from_arrays(
+        diag.draws[None],
+        layer_names(sbl.model),
+        prior=None if prior is None else prior[None],
+        log_likelihood=diag.train_log_lik[None],
+        histories=[history_arrays(sbl.history)],
+        log_weights=diag.khat.log_weights[None],
     )
     out.mkdir(parents=True, exist_ok=True)
     files = write_diagnostics(idata, out)
+    files["loo_khat"] = str(out / "loo_khat.png")
+    loo_khat_panels({"training LOO": diag.loo.pareto_k}, files["loo_khat"])
     summary = az.summary(idata, var_names=["s"], kind="stats")
     _write_text_atomic(out / "summary.csv", summary.to_csv())
     files["summary"] = str(out / "summary.csv")
-    if data is not None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loo = az.loo(idata, pointwise=True)
-        print(loo)
-        from scalabl_pyro.checkpoint import write_json
-
-        k = [float(x) for x in loo.pareto_k.values]
-        write_json(
-            out / "loo.json",
-            {
-                "data": f"{data.name}/{data.split}",
-                "elpd_loo": float(loo.elpd_loo),
-                "se": float(loo.se),
-                "p_loo": float(loo.p_loo),
-                "pareto_k_above_0.7": int(sum(x > 0.7 for x in k)),
-            },
+    report = {
+        "train": f"{train.name}/{train.split}",
+        "num_train": len(train),
+        "heldout": None if heldout is None else f"{heldout.name}/{heldout.split}",
+        **diag.to_dict(),
+    }
+    write_json(out / "diagnostics.json", report)
+    files["diagnostics"] = str(out / "diagnostics.json")
+    k = diag.khat
+    shown = "constant weights" if k.to_dict()["khat"] is None else f"{k.khat:.2f}"
+    print(
+        f"k-hat of q: {shown} ({k.estimator} likelihood of {len(train)} training questions, "
+        f"{num} draws; < 0.7 usable)"
+    )
+    c = diag.loo.k_counts() or {}
+    print(
+        f"training PSIS-LOO elpd: {diag.loo.elpd:.2f} ± {diag.loo.se:.2f} (p_loo "
+        f"{diag.loo.p_loo:.2f}; Pareto k good/ok/bad/very bad: {c.get('good')}/{c.get('ok')}/"
+        f"{c.get('bad')}/{c.get('very_bad')})"
+    )
+    if diag.heldout is not None:
+        print(
+            f"held-out elpd ({len(heldout)} questions, BMA of {diag.heldout.num_draws} draws): "
+            f"{diag.heldout.elpd:.2f} ± {diag.heldout.se:.2f}"
         )
-        files["loo"] = str(out / "loo.json")
     print("wrote " + ", ".join(sorted(files.values())))
 
 

@@ -794,6 +794,8 @@ def compare_guides(
     from scalabl_pyro.checkpoint import check_writable
 
     check_writable(out, flag="output_dir")
+    if (train is None or report is None) and _is_file(cfg.task):
+        train, report = _file_splits(cfg, train, report)
     if train is None or report is None:
         from scalabl_pyro.benchmark import BenchmarkConfig, task_splits
 
@@ -836,6 +838,36 @@ def compare_guides(
 
         result.files.update(write_comparison_figures(result, out))
     return result
+
+
+def _is_file(task: str) -> bool:
+    from scalabl_pyro.data.local import is_local_path
+    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
+
+    return canonical_name(task) not in KNOWN_TASKS and is_local_path(task)
+
+
+def _file_splits(
+    cfg: CompareConfig, train: MCDataset | None, report: MCDataset | None
+) -> tuple[MCDataset, MCDataset]:
+    """A local file is one split: disjoint random training and report questions from it."""
+    import dataclasses
+    import random
+
+    from scalabl_pyro.data import load_task
+
+    data = load_task(cfg.task)
+    idx = list(range(len(data)))
+    random.Random(cfg.data_seed).shuffle(idx)
+    n_train = min(cfg.train_limit or len(idx) // 2, len(idx) - 1)
+    rest = idx[n_train:][: cfg.eval_limit or None]
+
+    def pick(ids: list[int], tag: str) -> MCDataset:
+        return dataclasses.replace(
+            data, split=f"{data.split}[{tag}]", examples=[data.examples[i] for i in sorted(ids)]
+        )
+
+    return train or pick(idx[:n_train], "train"), report or pick(rest, "report")
 
 
 def _write_reports(

@@ -73,6 +73,17 @@ class Prediction:
         """Accuracy, ECE (fraction), NLL (nats) and Brier of the BMA probabilities."""
         return classification_metrics(self.probs, self.labels, n_bins=n_bins)
 
+    def tempered(self, temperature: float) -> Prediction:
+        """The same draws at temperature ``T``: each draw's scores / T, then averaged.
+
+        Unlike scaling the averaged probabilities, the draws stay distinct, so
+        mutual information and the other epistemic measures survive.
+        """
+        from scalabl_pyro.temperature import bma_log_probs, tempered_draws
+
+        slp = tempered_draws(self.sample_log_probs, temperature)
+        return Prediction(np.exp(bma_log_probs(slp)), slp, self.labels, self.class_mask)
+
 
 @torch.no_grad()
 def draw_latents(

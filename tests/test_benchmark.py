@@ -361,3 +361,31 @@ def test_cli_benchmark_damaged_settings_is_one_line(tmp_path):
         lines = out.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "is damaged" in lines[0]
         assert "restore it, or use a new --output" in lines[0]
+
+
+def test_ts_rows_of_a_bayesian_method_keep_their_draws():
+    rng = np.random.default_rng(0)
+    s, n, c = 6, 40, 4
+
+    def draws():
+        shared = rng.normal(0, 2, size=(n, c))
+        z = shared[None] + rng.normal(0, 1.5, size=(s, n, c))
+        p = np.exp(shared / 2) / np.exp(shared / 2).sum(-1, keepdims=True)
+        labels = np.array([rng.choice(c, p=row) for row in p])
+        return (z - np.log(np.exp(z).sum(-1, keepdims=True))).astype(np.float32), labels
+
+    (sel, sel_y), (rep, rep_y) = draws(), draws()
+    arrays = {
+        "selection/slp": sel,
+        "selection/labels": sel_y,
+        "report/arc_easy/slp": rep,
+        "report/arc_easy/labels": rep_y,
+    }
+    meta = {"task": "arc_easy", "seed": 0, "extra_parameters": 1, "train_seconds": 1.0}
+    from scalabl_pyro.benchmark import cell_rows
+
+    plain = cell_rows(parse_method("scalabl"), meta, arrays, 15)[0]
+    scaled = cell_rows(parse_method("scalabl+ts"), meta, arrays, 15)[0]
+    assert scaled["temperature"] != 1.0
+    assert scaled["mutual_information"] > 0.01 and plain["mutual_information"] > 0.01
+    assert scaled["acc"] == pytest.approx(plain["acc"], abs=0.05)

@@ -29,10 +29,12 @@ def test_compare_then_diagnose_on_a_local_model(tiny_dir, tmp_path):  # noqa: F8
         "6",
         "--samples",
         "3",
-        "--khat-samples",
+        "--diag-samples",
         "25",
-        "--khat-subset",
-        "3",
+        "--train-limit",
+        "8",
+        "--select-limit",
+        "4",
         "--no-progress",
     )
     assert res.returncode == 0, res.stderr
@@ -41,7 +43,11 @@ def test_compare_then_diagnose_on_a_local_model(tiny_dir, tmp_path):  # noqa: F8
     assert [r["family"] for r in table["rows"]] == ["mean_field", "block"]
     assert table["command"].startswith("scalabl compare")
     assert (out / "guide_comparison_correlation.png").is_file()
-    ckpt = out / "families" / "block" / "checkpoint"
+    assert (out / "guide_comparison_loo_khat.png").is_file()
+    row = {r["family"]: r for r in table["cells"]}["block"]
+    assert row["khat_estimator"] == "exact" and row["num_train"] == 8
+    assert sum(row["loo_k_counts"].values()) == 8  # every training question has a LOO k
+    ckpt = out / "families" / "block" / "seed0" / "checkpoint"
     diag = tmp_path / "diag"
     res = run_cli(
         "diagnose",
@@ -53,6 +59,10 @@ def test_compare_then_diagnose_on_a_local_model(tiny_dir, tmp_path):  # noqa: F8
         str(data),
         "--limit",
         "6",
+        "--heldout",
+        "train",
+        "--heldout-limit",
+        "5",
         "--samples",
         "30",
         "--no-progress",
@@ -65,10 +75,14 @@ def test_compare_then_diagnose_on_a_local_model(tiny_dir, tmp_path):  # noqa: F8
         "posterior_density",
         "posterior_pair",
         "elbo_traces",
+        "loo_khat",
     ):
         assert (diag / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    loo = json.loads((diag / "loo.json").read_text())
-    assert loo["elpd_loo"] < 0
+    report = json.loads((diag / "diagnostics.json").read_text())
+    assert report["num_train"] == 6 and report["khat_q"]["estimator"] == "exact"
+    assert report["loo"]["elpd"] < 0 and sum(report["loo"]["k_counts"].values()) == 6
+    assert report["heldout"]["num_data"] == 5 and report["heldout"]["num_draws"] == 10
+    assert "k-hat of q:" in res.stdout and "training PSIS-LOO elpd" in res.stdout
     assert "mean" in (diag / "summary.csv").read_text().splitlines()[0]
 
 
@@ -81,8 +95,8 @@ def test_compare_and_diagnose_refuse_bad_input(tmp_path, capsys):
     assert main(["compare", "--output", str(busy)]) == 2
     assert "was not written by this command" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        main(["compare", "--output", str(tmp_path / "y"), "--khat-samples", "5"])
+        main(["compare", "--output", str(tmp_path / "y"), "--diag-samples", "5"])
     assert exc.value.code == 2
-    assert "--khat-samples: must be a whole number >= 25" in capsys.readouterr().err
+    assert "--diag-samples: must be a whole number >= 25" in capsys.readouterr().err
     assert main(["diagnose", "--checkpoint", str(tmp_path / "none"), "--output", "d"]) == 2
     assert "does not exist" in capsys.readouterr().err

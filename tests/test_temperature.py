@@ -224,3 +224,63 @@ def test_errors_are_one_line() -> None:
     with pytest.raises(ValueError) as info:
         fit_temperature(np.array([[0.0, -np.inf]]), np.array([1]))
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------ a Bayesian predictive keeps its draws
+
+
+def _disagreeing_draws(seed: int = 0, s: int = 8, n: int = 200, c: int = 4):
+    """Draws whose argmax differs between draws (epistemic spread) on top of shared logits."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 2.0, size=(n, c))
+    z = shared[None] + rng.normal(0, 1.5, size=(s, n, c))
+    labels = np.array([rng.choice(c, p=np.exp(r) / np.exp(r).sum()) for r in shared / 2.0])
+    return z - np.log(np.exp(z).sum(-1, keepdims=True)), labels
+
+
+def test_bma_temperature_keeps_mutual_information():
+    from scalabl_pyro.metrics import uncertainty_decomposition
+    from scalabl_pyro.temperature import bma_log_probs, fit_bma_temperature, tempered_draws
+
+    slp, y = _disagreeing_draws()
+    t = fit_bma_temperature(slp, y)
+    assert t != 1.0
+    tempered = tempered_draws(slp, t)
+    mi = uncertainty_decomposition(np.exp(tempered)).mean()["epistemic"]
+    assert mi > 0.01  # the draws still disagree after scaling
+    # each draw is a normalised distribution, its argmax unchanged
+    np.testing.assert_allclose(np.exp(tempered).sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(tempered.argmax(-1), slp.argmax(-1))
+    # T minimises the NLL of the averaged tempered probabilities over a fine grid
+    def nll(temp):
+        lp = bma_log_probs(tempered_draws(slp, temp))
+        return -np.mean(lp[np.arange(len(y)), y])
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+    assert nll(t) <= min(nll(g) for g in grid) + 1e-9
+    assert nll(t) <= nll(1.0)
+
+
+def test_bma_temperature_of_one_draw_is_classic_temperature_scaling():
+    from scalabl_pyro.temperature import fit_bma_temperature, tempered_draws
+
+    slp, y = _disagreeing_draws(seed=1, s=1)
+    t = fit_bma_temperature(slp, y)
+    assert t == pytest.approx(fit_temperature(slp[0], y), rel=1e-9)
+    np.testing.assert_allclose(np.exp(tempered_draws(slp, t))[0], apply_temperature(slp[0], t))
+
+
+def test_prediction_tempered_and_padded_classes():
+    from scalabl_pyro.predict import Prediction
+    from scalabl_pyro.temperature import tempered_draws
+
+    slp, y = _disagreeing_draws(seed=2, s=3, n=5, c=3)
+    slp[:, 0, 2] = -np.inf  # a padded class stays at probability 0
+    mask = np.isfinite(slp[0])
+    pred = Prediction(np.exp(slp).mean(0), slp, y, mask)
+    hot = pred.tempered(2.0)
+    assert hot.num_samples == 3 and hot.probs[0, 2] == 0.0
+    np.testing.assert_allclose(hot.probs, np.exp(tempered_draws(slp, 2.0)).mean(0))
+    np.testing.assert_allclose(hot.probs.sum(-1), 1.0)
+    with pytest.raises(ScalaBLError, match="temperature"):
+        pred.tempered(-1.0)
