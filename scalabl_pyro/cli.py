@@ -412,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(sum) or per byte (byte); a checkpoint keeps its own",
     )
     _add_data_args(p, "validation")
+    p.add_argument(
+        "--temperature-from",
+        default=None,
+        metavar="SPLIT",
+        help="fit a temperature on this split of --data (never the reported --split) and "
+        "report the tempered predictive; a BMA is tempered per draw, so MI survives",
+    )
     _num(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)
     _num(
         p,
@@ -1138,6 +1145,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if meta is not None:
         _check_point_mass(args, meta)
     data = _load_data(args)
+    fit_split = _temperature_split(args)
     if meta is not None:
         cfg = meta["config"]
         _check_letter_classes(data, cfg.get("task_format", "choice"), cfg.get("num_classes"))
@@ -1165,14 +1173,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             )
         )
     adopt_library_loggers()
-    pred = sbl.predict(
-        data,
+    predict_kw = dict(
         num_samples=args.samples if args.samples is not None else 10,
         mode=args.mode or "bma",
         width=args.width if args.width is not None else 1.0,
         progress=args.progress,
     )
-    metrics = pred.metrics()
+    pred = sbl.predict(data, **predict_kw)
+    extra: dict[str, Any] = {}
+    if fit_split is not None:
+        from scalabl_pyro.temperature import fit_bma_temperature
+
+        sel = sbl.predict(fit_split, **predict_kw)
+        temp = fit_bma_temperature(sel.sample_log_probs, sel.labels)
+        pred = pred.tempered(temp)
+        extra = {"temperature": temp, "temperature_from": f"{fit_split.name}/{fit_split.split}"}
+    metrics = {**pred.metrics(), **extra}
     print(json.dumps({"data": f"{data.name}/{data.split}", **metrics}, indent=2))
     if args.output:
         out = Path(args.output).expanduser()
@@ -1183,6 +1199,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
         name = Path(args.checkpoint).name if args.checkpoint else args.model
         reliability_diagram({name: (pred.probs, pred.labels)}, args.plot)
+
+
+def _temperature_split(args: argparse.Namespace) -> Any:
+    """The split ``--temperature-from`` names (same data set and limit), or None."""
+    split = getattr(args, "temperature_from", None)
+    if split is None:
+        return None
+    if split == args.split:
+        raise ScalaBLError(
+            f"--temperature-from {split} is the split being reported; fit the temperature on "
+            "another split (e.g. --temperature-from validation --split test)"
+        )
+    from scalabl_pyro.data import load_task
+    from scalabl_pyro.data.local import is_local_path
+    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
+
+    if canonical_name(str(args.data)) not in KNOWN_TASKS and is_local_path(args.data):
+        raise ScalaBLError(
+            f"--temperature-from needs a second split, but {args.data} is one local file; "
+            "split it into two files and evaluate on one after fitting on the other"
+        )
+    return load_task(args.data, split, source=args.source, limit=args.limit, seed=0)
 
 
 def _check_report_dir(path: str, marker: str) -> Path:

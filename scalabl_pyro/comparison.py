@@ -879,7 +879,7 @@ def _write_reports(
     paired = result.paired()
     seeds = ", ".join(str(s) for s in cfg.seeds)
     md = [
-        f"# Guide-family comparison: {cfg.base_model} on {cfg.task}",
+        f"### Guide-family comparison: {cfg.base_model} on {cfg.task}",
         "",
         f"Train {len(train)} questions ({train.name}/{train.split}), {cfg.steps} steps of "
         f"{cfg.batch_size}, lr {cfg.lr}, var_lr {cfg.var_lr or 'objective default'}, "

@@ -360,3 +360,47 @@ def test_os_errors_are_one_line_and_show_the_traceback_with_v(monkeypatch, capfd
     assert main(["-v", "data"]) == 2
     err = capfd.readouterr().err
     assert "Traceback" in err and err.splitlines()[-1].startswith("error: No space left")
+
+
+def test_evaluate_temperature_from_refuses_the_reported_split_and_single_files(tiny_dir):
+    model_dir, data = tiny_dir
+    out = run_cli(
+        "evaluate", "--model", str(model_dir), "--data", str(data), "--temperature-from", "train"
+    )
+    assert out.returncode == 2 and "is one local file" in out.stderr
+    out = run_cli(
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--data",
+        "arc_easy",
+        "--split",
+        "test",
+        "--temperature-from",
+        "test",
+    )
+    assert out.returncode == 2 and "is the split being reported" in out.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_temperature_from_fits_on_another_split(tiny_dir, tmp_path):
+    model_dir, _ = tiny_dir
+    res = tmp_path / "m.json"
+    out = run_cli(
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--data",
+        "arc_easy",
+        "--split",
+        "test",
+        "--limit",
+        "12",
+        "--temperature-from",
+        "validation",
+        "--output",
+        str(res),
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(res.read_text())
+    assert got["temperature"] > 0 and got["temperature_from"] == "arc_easy/validation"

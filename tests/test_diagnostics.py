@@ -10,10 +10,9 @@ from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
 from scalabl_pyro.comparison import guide_covariance
 from scalabl_pyro.diagnostics import (
-    MIN_KHAT_SAMPLES,
     combine_chains,
-    guide_draws_with_log_q,
     diagnose,
+    guide_draws_with_log_q,
     layer_names,
     log_prior,
     pareto_k_from_log_weights,

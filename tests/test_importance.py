@@ -55,7 +55,9 @@ class Regression:
         for i in range(self.n):
             m, c = self._posterior(np.arange(self.n) != i)
             v = self.x[i] @ c @ self.x[i] + SIGMA**2
-            out.append(-0.5 * (self.y[i] - self.x[i] @ m) ** 2 / v - 0.5 * math.log(2 * math.pi * v))
+            out.append(
+                -0.5 * (self.y[i] - self.x[i] @ m) ** 2 / v - 0.5 * math.log(2 * math.pi * v)
+            )
         return np.array(out)
 
     def grad(self, theta: np.ndarray) -> np.ndarray:
@@ -66,7 +68,9 @@ class Regression:
 def _log_normal(theta, mean, cov):
     chol = np.linalg.cholesky(cov)
     z = np.linalg.solve(chol, (theta - mean).T)
-    return -0.5 * (z**2).sum(0) - np.log(np.diag(chol)).sum() - 0.5 * len(mean) * math.log(2 * math.pi)
+    return (
+        -0.5 * (z**2).sum(0) - np.log(np.diag(chol)).sum() - 0.5 * len(mean) * math.log(2 * math.pi)
+    )
 
 
 def _draws(model, cov, num, seed):

@@ -251,6 +251,7 @@ def test_bma_temperature_keeps_mutual_information():
     # each draw is a normalised distribution, its argmax unchanged
     np.testing.assert_allclose(np.exp(tempered).sum(-1), 1.0, rtol=1e-12)
     np.testing.assert_array_equal(tempered.argmax(-1), slp.argmax(-1))
+
     # T minimises the NLL of the averaged tempered probabilities over a fine grid
     def nll(temp):
         lp = bma_log_probs(tempered_draws(slp, temp))
