@@ -33,7 +33,7 @@ import time
 import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, load_task
-from scalabl_pyro.predict import draw_latents, posterior_point, predict
+from scalabl_pyro.inference.predict import draw_latents, posterior_point, predict
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import command, machine, write_results  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "note")}
     sizes = [int(s) for s in args.samples.split(",")]
 
-    from scalabl_pyro.loading import load_base_model
+    from scalabl_pyro.io.loading import load_base_model
 
     base, tok = load_base_model(args.model, dtype=args.dtype)
     sbl = ScalaBL(ScalaBLConfig(guide="mean_field"), base, tok)

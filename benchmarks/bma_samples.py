@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command, write_results  # noqa: E402
 
-from scalabl_pyro.benchmark import CELL_DIR, load_cell, split_metrics  # noqa: E402
+from scalabl_pyro.experiments.benchmark import CELL_DIR, load_cell, split_metrics  # noqa: E402
 
 METRICS = ("acc", "ece", "nll", "brier", "mutual_information")
 

@@ -20,10 +20,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from scalabl_pyro.benchmark import _bma_log_probs, _temperature_scaled, cell_path, load_cell
-from scalabl_pyro.cli_benchmark import split_specs
-from scalabl_pyro.metrics import uncertainty_decomposition
-from scalabl_pyro.plots import reliability_diagram, risk_coverage_plot, training_curves
+from scalabl_pyro.cli.benchmark import split_specs
+from scalabl_pyro.evaluation.metrics import uncertainty_decomposition
+from scalabl_pyro.evaluation.plots import reliability_diagram, risk_coverage_plot, training_curves
+from scalabl_pyro.experiments.benchmark import (
+    _bma_log_probs,
+    _temperature_scaled,
+    cell_path,
+    load_cell,
+)
 
 
 def _cell(root: Path, spec: str, task: str, seed: int):

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scalabl_pyro.benchmark import CELL_DIR, _bma_log_probs, load_cell
-from scalabl_pyro.metrics import uncertainty_decomposition
-from scalabl_pyro.temperature import fit_temperature
+from scalabl_pyro.evaluation.metrics import uncertainty_decomposition
+from scalabl_pyro.experiments.benchmark import CELL_DIR, _bma_log_probs, load_cell
+from scalabl_pyro.inference.temperature import fit_temperature
 
 
 def margin_stats(slp: np.ndarray) -> dict[str, float]:

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
-from scalabl_pyro.loading import load_base_model
-from scalabl_pyro.predict import posterior_spread
+from scalabl_pyro.inference.predict import posterior_spread
+from scalabl_pyro.io.loading import load_base_model
 
 # name -> (ScalaBLConfig overrides, TrainConfig overrides)
 VARIANTS: dict[str, tuple[dict, dict]] = {

@@ -9,7 +9,7 @@ before) and in the shared-prefix layout (the path after):
 * a training step of the library's Trainer (batch 4, one particle): two
   trainers on two copies of the model see the same batches, steps
   interleaved (before, after, after, before, ...) so machine noise hits both;
-* a 10-sample BMA evaluation (``scalabl_pyro.predict.predict``) of the same
+* a 10-sample BMA evaluation (``scalabl_pyro.inference.predict.predict``) of the same
   validation questions, rounds interleaved the same way.
 
 Tokens are the decoder's token positions per call, padding included
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
-from scalabl_pyro.loading import load_base_model
-from scalabl_pyro.predict import predict
-from scalabl_pyro.scoring import decoder_tokens
-from scalabl_pyro.train import Trainer, batch_indices
+from scalabl_pyro.inference.predict import predict
+from scalabl_pyro.inference.train import Trainer, batch_indices
+from scalabl_pyro.io.loading import load_base_model
+from scalabl_pyro.program.scoring import decoder_tokens
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import command, machine, write_results  # noqa: E402

@@ -26,7 +26,7 @@ import sys
 import time
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, load_task
-from scalabl_pyro.diagnostics import diagnose, to_inference_data
+from scalabl_pyro.diagnostics.posterior import diagnose, to_inference_data
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import command, machine, write_results  # noqa: E402

@@ -125,7 +125,7 @@ def load(model_name: str, device: torch.device, dry: bool, quantization: str | N
     """(base model, tokenizer) for ``smollm2`` or ``llama7b-shape``, bf16, on ``device``."""
     from transformers import AutoModelForCausalLM
 
-    from scalabl_pyro.loading import load_base_model
+    from scalabl_pyro.io.loading import load_base_model
     from scalabl_pyro.testing import tiny_model_and_tokenizer, tiny_tokenizer
 
     if dry and quantization is None:
@@ -138,7 +138,7 @@ def load(model_name: str, device: torch.device, dry: bool, quantization: str | N
         model.config.pad_token_id = tok.pad_token_id
         return model.eval(), tok
     source = "smollm2-135m"
-    from scalabl_pyro.assets import MARKER_NAME, cache_root
+    from scalabl_pyro.io.assets import MARKER_NAME, cache_root
 
     if not dry and not (cache_root() / "models" / source / MARKER_NAME).is_file():
         raise RuntimeError("SmolLM2 is not in the cache; run `scalabl fetch` first (no downloads)")
@@ -158,7 +158,7 @@ class PlainLoRA:
     def __init__(self, base, tok, data, shapes: Shapes, device: torch.device) -> None:
         from peft import LoraConfig, get_peft_model
 
-        from scalabl_pyro.formats import make_format
+        from scalabl_pyro.program.formats import make_format
 
         self.model = get_peft_model(
             base, LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), lora_dropout=0.0)
@@ -170,7 +170,7 @@ class PlainLoRA:
         self.data, self.shapes, self.device = data, shapes, device
 
     def __call__(self, i: int) -> int:
-        from scalabl_pyro.train import batch_indices
+        from scalabl_pyro.inference.train import batch_indices
 
         idx = batch_indices(len(self.data), self.shapes.batch_size, 0, i)
         batch = self.fmt.encode([self.data[j] for j in idx], indices=idx).to(self.device)
@@ -190,7 +190,7 @@ class ScalaBLStep:
     def __init__(self, base, tok, data, shapes: Shapes, device: torch.device, **config) -> None:
         from scalabl_pyro.api import ScalaBL
         from scalabl_pyro.config import ScalaBLConfig
-        from scalabl_pyro.train import TrainConfig, Trainer
+        from scalabl_pyro.inference.train import TrainConfig, Trainer
 
         cfg = ScalaBLConfig(base_model="gpu-check", task_format="letter", target_modules=TARGETS,
                             rank=8, alpha=16, num_classes=5, **config)  # fmt: skip

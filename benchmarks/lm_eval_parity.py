@@ -15,7 +15,7 @@ scored twice:
 The custom task uses the library's choice prompt, which is also lm-eval's
 ``arc_easy`` prompt: ``"Question: {question}\\nAnswer:"``, target delimiter
 ``" "``, each answer text as a continuation. Questions and answers are written
-stripped, as :class:`~scalabl_pyro.formats.ChoiceFormat` strips them.
+stripped, as :class:`~scalabl_pyro.program.formats.ChoiceFormat` strips them.
 
 Recorded (``benchmarks/results/lm_eval_parity.json``): the largest absolute
 difference of a per-choice log-likelihood and of a per-question log-probability
@@ -86,7 +86,7 @@ def write_task(data, folder: Path) -> Path:
 
 def ours(sbl, data, batch_size: int = 8) -> dict:
     """Our per-choice summed log-likelihoods and the evaluate --mode mean log-probabilities."""
-    from scalabl_pyro.formats import ChoiceFormat
+    from scalabl_pyro.program.formats import ChoiceFormat
 
     fmt = ChoiceFormat(sbl.tokenizer, data.num_classes, normalization="sum")
     mean = sbl.posterior_mean()

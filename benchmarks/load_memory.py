@@ -45,8 +45,8 @@ def child(case: str, checkpoint: str | None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from scalabl_pyro.api import ScalaBL
-    from scalabl_pyro.assets import ensure_embedded_model
-    from scalabl_pyro.loading import load_base_model
+    from scalabl_pyro.io.assets import ensure_embedded_model
+    from scalabl_pyro.io.loading import load_base_model
 
     source = str(ensure_embedded_model("smollm2-135m"))
     gc.collect()

@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from scalabl_pyro.benchmark import CELL_DIR, cell_path
+from scalabl_pyro.experiments.benchmark import CELL_DIR, cell_path
 
 
 def with_setting(spec: str, key: str, value: str) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from scalabl_pyro import ScalaBL, TrainConfig, load_task
-from scalabl_pyro.benchmark import machine, split_metrics
-from scalabl_pyro.predict import draw_latents, posterior_point
+from scalabl_pyro.experiments.benchmark import machine, split_metrics
+from scalabl_pyro.inference.predict import draw_latents, posterior_point
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
-from scalabl_pyro.adapters import SubspaceLoRA
-from scalabl_pyro.formats import make_format
-from scalabl_pyro.loading import load_base_model
-from scalabl_pyro.scoring import class_scores
-from scalabl_pyro.train import Trainer, batch_indices
+from scalabl_pyro.inference.train import Trainer, batch_indices
+from scalabl_pyro.io.loading import load_base_model
+from scalabl_pyro.program.adapters import SubspaceLoRA
+from scalabl_pyro.program.formats import make_format
+from scalabl_pyro.program.scoring import class_scores
 
 METHODS = ("lora", "mle", "scalabl")
 

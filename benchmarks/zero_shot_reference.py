@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from scalabl_pyro import ScalaBL
-from scalabl_pyro.benchmark import (
+from scalabl_pyro.experiments.benchmark import (
     SETTINGS_FILE,
     BenchmarkConfig,
     machine,
     split_metrics,
     task_splits,
 )
-from scalabl_pyro.formats import NORMALIZATIONS
-from scalabl_pyro.temperature import apply_temperature, fit_temperature
+from scalabl_pyro.inference.temperature import apply_temperature, fit_temperature
+from scalabl_pyro.program.formats import NORMALIZATIONS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,23 @@
 """scalabl-pyro: ScalaBL (scalable Bayesian LoRA via stochastic variational subspace
 inference) as a Pyro probabilistic program over Hugging Face causal LMs.
 
-Where things are: the Pyro model in ``model.py``, guide families in
-``guides.py``, objectives in ``objectives.py``, the training loop in
-``train.py``, Bayesian model averaging in ``predict.py``, metrics in
-``metrics.py``, ArviZ diagnostics in ``diagnostics.py`` (figures in
-``diagnostic_plots.py``), guide-family comparison in ``comparison.py``;
-:class:`ScalaBL` (``api.py``) ties them together.
+The folders are the layers, each importing only the ones below it (bottom first;
+``tests/test_architecture.py`` checks it):
+
+* ``utils/``, ``errors``: random state, logging, atomic writes;
+* ``io/``: embedded assets, base-model loading, checkpoints;
+* ``data/``: multiple-choice data sets;
+* ``program/``: the Pyro program (latents, LoRA adapters, model, guides, objectives);
+* ``evaluation/``: metrics and their figures;
+* ``inference/``: training, Bayesian model averaging, temperature scaling;
+* ``methods/``: the baselines beside ScalaBL;
+* ``diagnostics/``: ArviZ, PSIS k-hat and LOO, and their figures;
+* ``config``, ``api``: :class:`ScalaBL` ties them together;
+* ``experiments/``: benchmark grid, guide comparison, demo;
+* ``cli/``: the ``scalabl`` command, one module per command.
 
 Public names are imported lazily, so ``scalabl fetch`` and ``import
-scalabl_pyro.assets`` do not pay for importing peft and Pyro.
+scalabl_pyro.io.assets`` do not pay for importing peft and Pyro.
 """
 
 from __future__ import annotations
@@ -17,28 +25,28 @@ from __future__ import annotations
 import importlib
 import logging as _logging
 
-from scalabl_pyro import logging_utils as _logging_utils
+from scalabl_pyro.utils import logging_utils as _logging_utils
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "ScalaBL": "scalabl_pyro.api",
     "ScalaBLConfig": "scalabl_pyro.config",
-    "TrainConfig": "scalabl_pyro.train",
-    "TrainHistory": "scalabl_pyro.train",
-    "Prediction": "scalabl_pyro.predict",
-    "GUIDE_FAMILIES": "scalabl_pyro.guides",
-    "classification_metrics": "scalabl_pyro.metrics",
-    "load_base_model": "scalabl_pyro.loading",
+    "TrainConfig": "scalabl_pyro.inference.train",
+    "TrainHistory": "scalabl_pyro.inference.train",
+    "Prediction": "scalabl_pyro.inference.predict",
+    "GUIDE_FAMILIES": "scalabl_pyro.program.guides",
+    "classification_metrics": "scalabl_pyro.evaluation.metrics",
+    "load_base_model": "scalabl_pyro.io.loading",
     "load_task": "scalabl_pyro.data",
     "load_local": "scalabl_pyro.data",
     "MCDataset": "scalabl_pyro.data",
     "MCExample": "scalabl_pyro.data",
     "ScalaBLError": "scalabl_pyro.errors",
-    "to_inference_data": "scalabl_pyro.diagnostics",
-    "pareto_k_of_q": "scalabl_pyro.diagnostics",
-    "CompareConfig": "scalabl_pyro.comparison",
-    "compare_guides": "scalabl_pyro.comparison",
+    "to_inference_data": "scalabl_pyro.diagnostics.posterior",
+    "pareto_k_of_q": "scalabl_pyro.diagnostics.posterior",
+    "CompareConfig": "scalabl_pyro.experiments.comparison",
+    "compare_guides": "scalabl_pyro.experiments.comparison",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -26,28 +26,33 @@ from pyro.infer.autoguide import AutoDelta, init_to_value
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl_pyro import __version__
-from scalabl_pyro import checkpoint as ckpt
-from scalabl_pyro.adapters import SubspaceLoRA
-from scalabl_pyro.baselines import DETERMINISTIC_METHODS, POINT_S_METHODS, gaussian_over_s
-from scalabl_pyro.baselines import ensemble as ens
-from scalabl_pyro.baselines.blob import BlobGuide, BlobLoRA
-from scalabl_pyro.baselines.laplace import (
+from scalabl_pyro.config import ScalaBLConfig
+from scalabl_pyro.data.examples import MCDataset
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.inference.interrupt import TrainingInterrupted, stop_after_step, stopping_steps
+from scalabl_pyro.inference.predict import (
+    Prediction,
+    posterior_point,
+    posterior_spread_by_site,
+    predict,
+)
+from scalabl_pyro.inference.train import NonFiniteError, TrainConfig, Trainer, TrainHistory
+from scalabl_pyro.io import checkpoint as ckpt
+from scalabl_pyro.methods import DETERMINISTIC_METHODS, POINT_S_METHODS, gaussian_over_s
+from scalabl_pyro.methods import ensemble as ens
+from scalabl_pyro.methods.blob import BlobGuide, BlobLoRA
+from scalabl_pyro.methods.laplace import (
     LaplaceGuide,
     covariance_parameters,
     fit_laplace,
     negative_log_joint_hessian,
 )
-from scalabl_pyro.baselines.mc_dropout import dropout_modules
-from scalabl_pyro.config import ScalaBLConfig
-from scalabl_pyro.data.examples import MCDataset
-from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskFormat, make_format
-from scalabl_pyro.guides import build_guide, count_free_parameters
-from scalabl_pyro.interrupt import TrainingInterrupted, stop_after_step, stopping_steps
-from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.predict import Prediction, posterior_point, posterior_spread_by_site, predict
-from scalabl_pyro.rng import model_devices, seeded
-from scalabl_pyro.train import NonFiniteError, TrainConfig, Trainer, TrainHistory
+from scalabl_pyro.methods.mc_dropout import dropout_modules
+from scalabl_pyro.program.adapters import SubspaceLoRA
+from scalabl_pyro.program.formats import TaskFormat, make_format
+from scalabl_pyro.program.guides import build_guide, count_free_parameters
+from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.utils.rng import model_devices, seeded
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,7 @@ class ScalaBL:
     @classmethod
     def from_base(cls, config: ScalaBLConfig | None = None, **overrides) -> ScalaBL:
         """Load the base model named in the config (hub id, local dir or embedded alias)."""
-        from scalabl_pyro.loading import load_base_model
+        from scalabl_pyro.io.loading import load_base_model
 
         config = replace(config or ScalaBLConfig(), **overrides)
         model, tok = load_base_model(
@@ -165,7 +170,7 @@ class ScalaBL:
         dtype: str = "auto",
     ) -> ScalaBL:
         """Rebuild a saved model: base model + LoRA factors + guide (+ head)."""
-        from scalabl_pyro.loading import load_base_model
+        from scalabl_pyro.io.loading import load_base_model
 
         checkpoint = ckpt.Checkpoint(path)
         checkpoint.check_files()  # before the (slow) base model load
@@ -287,7 +292,7 @@ class ScalaBL:
         total.
 
         A diverging run (non-finite loss or parameter, a distribution Pyro
-        refuses) raises :class:`~scalabl_pyro.train.NonFiniteError` naming
+        refuses) raises :class:`~scalabl_pyro.inference.train.NonFiniteError` naming
         the last good checkpoint, which is left as it was.
 
         Laplace trains the MAP of ``s`` and then fits its covariance on
@@ -298,7 +303,7 @@ class ScalaBL:
         split, subset, sha256 of the examples); ``resume=True`` refuses a
         ``train`` with other examples. SIGINT (Ctrl-C) or SIGTERM during
         training finishes the current step, saves a resumable checkpoint to
-        ``output_dir`` and raises :class:`~scalabl_pyro.interrupt.TrainingInterrupted`
+        ``output_dir`` and raises :class:`~scalabl_pyro.inference.interrupt.TrainingInterrupted`
         (a ``KeyboardInterrupt``) naming the step.
         """
         self._check_alive()
@@ -541,7 +546,7 @@ class ScalaBL:
         ``temperature`` divides each draw's class scores by ``T`` before the
         draws are averaged (:meth:`Prediction.tempered`), so the epistemic
         spread between draws survives; fit it on a validation split with
-        :func:`~scalabl_pyro.temperature.fit_bma_temperature`.
+        :func:`~scalabl_pyro.inference.temperature.fit_bma_temperature`.
         """
         self._check_alive()
         if temperature is not None:
@@ -591,7 +596,7 @@ class ScalaBL:
             )
         if mode != "bma":
             raise ScalaBLError("width scales the draws of a BMA; drop width or use mode='bma'")
-        from scalabl_pyro.predict import draw_latents, posterior_point
+        from scalabl_pyro.inference.predict import draw_latents, posterior_point
 
         mean = posterior_point(self.guide, self.model.site_names)
         draws = draw_latents(self.model, self.guide, num_samples, seed=seed)

@@ -15,7 +15,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from scalabl_pyro.rng import seeded
+from scalabl_pyro.utils.rng import seeded
 
 _CORPUS = [
     "Question: Which of these is a mammal?\nAnswer: a whale",

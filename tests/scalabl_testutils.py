@@ -10,10 +10,10 @@ from types import ModuleType
 import torch
 from pyro.distributions.transforms import biject_to
 
-from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data.examples import MCDataset, MCExample
+from scalabl_pyro.program.adapters import SubspaceLoRA
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 COLORS = ("red", "blue", "green", "yellow")

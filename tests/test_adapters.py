@@ -11,8 +11,8 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from scalabl_testutils import randomize_lora
 
-from scalabl_pyro.adapters import HEAD_SITE, SubspaceLoRA, site_name
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.program.adapters import HEAD_SITE, SubspaceLoRA, site_name
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 ARCHS = ("llama", "qwen2")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from scalabl_pyro import assets
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.io import assets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -402,7 +402,7 @@ def test_concurrent_threads_build_once(fake_olmo: Path, monkeypatch: pytest.Monk
 
 _CHILD = """
 import dataclasses, sys, time
-from scalabl_pyro import assets
+from scalabl_pyro.io import assets
 sha, counter = sys.argv[1], sys.argv[2]
 assets.OLMO_WHEEL = dataclasses.replace(assets.OLMO_WHEEL, sha256=sha)
 real_obtain = assets._obtain_wheel

@@ -12,20 +12,20 @@ from pyro.infer import Trace_ELBO
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
 from scalabl_pyro.api import ScalaBL
-from scalabl_pyro.baselines import METHODS
-from scalabl_pyro.baselines import ensemble as ens
-from scalabl_pyro.baselines.blob import BlobGuide, BlobLoRA
-from scalabl_pyro.baselines.laplace import (
+from scalabl_pyro.config import ScalaBLConfig
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.inference.train import TrainConfig
+from scalabl_pyro.methods import METHODS
+from scalabl_pyro.methods import ensemble as ens
+from scalabl_pyro.methods.blob import BlobGuide, BlobLoRA
+from scalabl_pyro.methods.laplace import (
     LaplaceGuide,
     exact_hessian_attention,
     negative_log_joint_hessian,
 )
-from scalabl_pyro.config import ScalaBLConfig
-from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.model import pyro_settings
-from scalabl_pyro.objectives import analytic_kl
+from scalabl_pyro.program.model import pyro_settings
+from scalabl_pyro.program.objectives import analytic_kl
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import TrainConfig
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from scalabl_pyro.benchmark import (
+from scalabl_pyro.cli.benchmark import split_specs
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.evaluation.metrics import classification_metrics
+from scalabl_pyro.experiments.benchmark import (
     BenchmarkConfig,
     _bma_log_probs,
     build_table,
@@ -22,10 +25,7 @@ from scalabl_pyro.benchmark import (
     split_metrics,
     summarise,
 )
-from scalabl_pyro.cli_benchmark import split_specs
-from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import classification_metrics
-from scalabl_pyro.temperature import apply_temperature, fit_temperature
+from scalabl_pyro.inference.temperature import apply_temperature, fit_temperature
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 
@@ -208,8 +208,8 @@ def test_a_cell_whose_spec_now_means_another_model_is_refused(tiny_base, tmp_pat
 
 def test_an_init_scale_default_change_relabels_only_the_cells_that_use_it(tmp_path):
     """Cells from before the 0.4 default: scalabl's are refused, mle's (no Gaussian) are kept."""
-    from scalabl_pyro.benchmark import _check_cell_config
     from scalabl_pyro.config import ScalaBLConfig
+    from scalabl_pyro.experiments.benchmark import _check_cell_config
 
     cfg = BenchmarkConfig(methods=["mle"], output=str(tmp_path), dtype="float32")
     for method, refused in (("scalabl", True), ("blob", False), ("mle", False)):
@@ -382,7 +382,7 @@ def test_ts_rows_of_a_bayesian_method_keep_their_draws():
         "report/arc_easy/labels": rep_y,
     }
     meta = {"task": "arc_easy", "seed": 0, "extra_parameters": 1, "train_seconds": 1.0}
-    from scalabl_pyro.benchmark import cell_rows
+    from scalabl_pyro.experiments.benchmark import cell_rows
 
     plain = cell_rows(parse_method("scalabl"), meta, arrays, 15)[0]
     scaled = cell_rows(parse_method("scalabl+ts"), meta, arrays, 15)[0]

@@ -15,10 +15,15 @@ import pytest
 import torch
 from scalabl_testutils import make_scalabl, randomize_lora
 
-from scalabl_pyro import scoring
 from scalabl_pyro.data.examples import MCExample
-from scalabl_pyro.formats import ChoiceFormat
-from scalabl_pyro.scoring import _buckets, _shared_prefix_scores, class_scores, decoder_tokens
+from scalabl_pyro.program import scoring
+from scalabl_pyro.program.formats import ChoiceFormat
+from scalabl_pyro.program.scoring import (
+    _buckets,
+    _shared_prefix_scores,
+    class_scores,
+    decoder_tokens,
+)
 
 ARCHS = ["llama", "qwen2"]
 
@@ -248,7 +253,7 @@ def test_retained_scope_keeps_the_outer_draws():
 def test_real_smollm2_arc_easy_scores_equal():
     """The real SmolLM2-135M in float32 on six ARC-Easy validation questions, two draws."""
     from scalabl_pyro import ScalaBL, ScalaBLConfig, load_task
-    from scalabl_pyro.loading import load_base_model
+    from scalabl_pyro.io.loading import load_base_model
 
     base, tok = load_base_model("smollm2-135m", dtype="float32")
     sbl = ScalaBL(ScalaBLConfig(task_format="choice", guide="mean_field"), base, tok)
@@ -274,7 +279,7 @@ def test_training_steps_equal_with_and_without_the_shared_prefix():
     from scalabl_testutils import lora_state, toy_dataset
 
     from scalabl_pyro import TrainConfig
-    from scalabl_pyro.train import Trainer
+    from scalabl_pyro.inference.train import Trainer
 
     data = toy_dataset(8)
     runs = []
@@ -297,7 +302,7 @@ def test_training_steps_equal_with_and_without_the_shared_prefix():
 def test_mc_dropout_takes_the_shared_path_with_the_full_paths_marginals():
     """Dropout kept on: every (question, answer) score has the full path's law, while the
     answers of one question in one copy share the prefix masks (one network per question)."""
-    from scalabl_pyro.baselines.mc_dropout import dropout_modules
+    from scalabl_pyro.methods.mc_dropout import dropout_modules
 
     sbl = make_scalabl("llama", task_format="choice", method="mc_dropout", dropout=0.3)
     randomize_lora(sbl.subspace, seed=2, scale=2.0)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from scalabl_pyro import cli
-from scalabl_pyro.checkpoint import CHECKPOINT_ENTRIES, check_output_dir, check_writable
-from scalabl_pyro.cli import build_parser, main
+from scalabl_pyro.cli import build_parser, main, options
+from scalabl_pyro.cli import data as data_command
+from scalabl_pyro.cli import train as train_command
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.io.checkpoint import CHECKPOINT_ENTRIES, check_output_dir, check_writable
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +225,7 @@ def test_data_shows_a_named_data_set(monkeypatch, capsys):
     from scalabl_pyro.data import MCDataset, MCExample
 
     ds = MCDataset("arc_easy", "validation", [MCExample("a", "q", ("x", "y", "z"), 1)])
-    monkeypatch.setattr(cli, "_load_data", lambda args: ds)
+    monkeypatch.setattr(data_command, "load_data", lambda args: ds)
     assert main(["data", "--data", "arc_easy"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "arc_easy: splits train, validation, test"
@@ -235,23 +236,23 @@ def test_data_shows_a_named_data_set(monkeypatch, capsys):
 
 
 def test_parser_lists_agree_with_the_library():
-    from scalabl_pyro.formats import LETTERS, NORMALIZATIONS
-    from scalabl_pyro.guides import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
+    from scalabl_pyro.program.formats import LETTERS, NORMALIZATIONS
+    from scalabl_pyro.program.guides import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
 
-    assert cli.NORMALIZATIONS == NORMALIZATIONS
-    assert cli.GUIDES == GUIDE_FAMILIES
-    assert cli.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES
-    assert len(LETTERS) == cli.MAX_LETTER_CHOICES
+    assert options.NORMALIZATIONS == NORMALIZATIONS
+    assert options.GUIDES == GUIDE_FAMILIES
+    assert options.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES
+    assert len(LETTERS) == options.MAX_LETTER_CHOICES
 
 
 def test_range_parses_and_describes():
-    rng = cli.Range(float, 0, 1, low_open=True)
+    rng = options.Range(float, 0, 1, low_open=True)
     assert rng("0.5") == 0.5 and rng("1") == 1.0
     assert rng.describe() == "a number > 0 and <= 1"
     for bad in ("0", "1.5", "nan", "inf", "x"):
         with pytest.raises(Exception, match="a number > 0 and <= 1"):
             rng(bad)
-    assert cli.Range(int, 1).describe() == "a whole number >= 1"
+    assert options.Range(int, 1).describe() == "a whole number >= 1"
 
 
 def test_resume_takes_unset_training_options_from_the_checkpoint():
@@ -260,11 +261,11 @@ def test_resume_takes_unset_training_options_from_the_checkpoint():
         "train_config": {"steps": 10, "batch_size": 2, "num_particles": 1, "seed": 7},
     }
     args = build_parser().parse_args(["train", "--output", "x", "--resume", "--steps", "20"])
-    s = cli._train_settings(args, meta)
+    s = train_command._train_settings(args, meta)
     assert (s.model, s.guide, s.task_format, s.num_classes) == ("m", "delta", "letter", 4)
     assert (s.steps, s.batch_size, s.seed) == (20, 2, 7)
     args = build_parser().parse_args(["train", "--output", "x", "--resume", "--batch-size", "8"])
-    assert cli._train_settings(args, meta).batch_size == 8
+    assert train_command._train_settings(args, meta).batch_size == 8
 
 
 def test_check_output_dir_allows_new_empty_and_pure_checkpoints(tmp_path):
@@ -323,10 +324,10 @@ def test_library_warnings_are_routed_and_restored(monkeypatch, capfd):
         hub_logging.get_logger("huggingface_hub.file_download").warning(f"hub-{tag}")
         logging.getLogger("peft.tuners").warning(f"peft-{tag}")
         warnings.warn(f"deprecated-{tag}", FutureWarning, stacklevel=1)
-        logging.getLogger("scalabl_pyro.train").info(f"own-{tag}")
+        logging.getLogger("scalabl_pyro.inference.train").info(f"own-{tag}")
         raise ScalaBLError("boom")
 
-    monkeypatch.setitem(cli.COMMANDS, "data", noisy)
+    monkeypatch.setattr(data_command, "run", noisy)
     capfd.readouterr()
     assert main(["data"]) == 2
     assert capfd.readouterr().err.splitlines() == ["error: boom"]
@@ -350,7 +351,7 @@ def test_os_errors_are_one_line_and_show_the_traceback_with_v(monkeypatch, capfd
     def disk_full(args):
         raise OSError(28, "No space left on device", "/runs/x/.x.tmp")
 
-    monkeypatch.setitem(cli.COMMANDS, "data", disk_full)
+    monkeypatch.setattr(data_command, "run", disk_full)
     capfd.readouterr()
     assert main(["data"]) == 2
     assert capfd.readouterr().err.splitlines() == [

@@ -533,7 +533,7 @@ def test_failure_after_the_model_loaded_is_still_one_line(work: Path, tiny_model
     out = run_cli("-v", *args, cwd=work)  # -v shows the logs, and still one error line
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert out.returncode == 2 and len(errors) == 1
-    assert "INFO scalabl_pyro.loading: loaded" in out.stderr
+    assert "INFO scalabl_pyro.io.loading: loaded" in out.stderr
 
 
 # ------------------------------------------- damaged checkpoints (real, tiny model)
@@ -545,8 +545,8 @@ def real_checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
     from scalabl_pyro.api import ScalaBL
     from scalabl_pyro.config import ScalaBLConfig
     from scalabl_pyro.data import load_local
+    from scalabl_pyro.inference.train import TrainConfig
     from scalabl_pyro.testing import tiny_model, tiny_tokenizer
-    from scalabl_pyro.train import TrainConfig
 
     root = tmp_path_factory.mktemp("ckpts")
     (root / "data.jsonl").write_text(jsonl(GOOD_ROWS))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scalabl_testutils import toy_dataset
 
-from scalabl_pyro import comparison
-from scalabl_pyro.comparison import CompareConfig, compare_guides
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.guides import expected_num_parameters
+from scalabl_pyro.experiments import comparison
+from scalabl_pyro.experiments.comparison import CompareConfig, compare_guides
+from scalabl_pyro.program.guides import expected_num_parameters
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 

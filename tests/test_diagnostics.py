@@ -8,8 +8,7 @@ import pytest
 import torch
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
-from scalabl_pyro.comparison import guide_covariance
-from scalabl_pyro.diagnostics import (
+from scalabl_pyro.diagnostics.posterior import (
     combine_chains,
     diagnose,
     guide_draws_with_log_q,
@@ -21,11 +20,12 @@ from scalabl_pyro.diagnostics import (
     prior_draws,
     to_inference_data,
 )
-from scalabl_pyro.diagnostics import loo as diag_loo
+from scalabl_pyro.diagnostics.posterior import loo as diag_loo
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.model import pyro_settings
-from scalabl_pyro.predict import draw_latents, predict
-from scalabl_pyro.train import TrainConfig
+from scalabl_pyro.inference.predict import draw_latents, predict
+from scalabl_pyro.inference.train import TrainConfig
+from scalabl_pyro.program.guides import guide_covariance
+from scalabl_pyro.program.model import pyro_settings
 
 
 def _fitted(guide: str = "mean_field", seed: int = 0, steps: int = 2):
@@ -145,7 +145,7 @@ def test_log_q_of_guide_draws_is_the_guides_density(family):
                 for n in sbl.model.site_names
             )
         elif family == "block":
-            cov = torch.as_tensor(guide_covariance(sbl))
+            cov = torch.as_tensor(guide_covariance(sbl.guide, sbl.model.site_names))
             loc = torch.cat([sbl.posterior_mean()[n].reshape(-1) for n in sbl.model.site_names])
             exact = torch.distributions.MultivariateNormal(loc.double(), cov).log_prob(z.double())
         else:
@@ -160,7 +160,7 @@ def test_block_covariance_matches_its_draws():
         for name, p in sbl.guide.named_parameters():
             if "scale_trils" in name:
                 p.add_(0.5 * torch.randn(p.shape, generator=gen))
-    exact = guide_covariance(sbl)
+    exact = guide_covariance(sbl.guide, sbl.model.site_names)
     draws = draw_latents(sbl.model, sbl.guide, 8000, seed=4)
     flat = torch.cat([draws[n] for n in sbl.model.site_names], dim=1).double().numpy()
     emp = np.cov(flat, rowvar=False)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalabl_pyro import checkpoint as ckpt
-from scalabl_pyro.distributed import DistributedContext
+from scalabl_pyro.inference.distributed import DistributedContext
+from scalabl_pyro.io import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scalabl_pyro" / "launch_ddp.py"
+SCRIPT = ROOT / "scalabl_pyro" / "cli" / "launch_ddp.py"
 ARGS = ["--tiny", "--steps", "3", "--lr", "1e-2", "--guide", "mean_field"]
 
 

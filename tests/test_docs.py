@@ -77,8 +77,8 @@ def test_api_reference_has_a_page_per_public_module(hooks):
     assert [m.removeprefix("scalabl_pyro.") for m in listed[: len(ordered)]] == ordered
     for name in ("api", "config", "latents", "model", "guides", "metrics", "plots", "checkpoint"):
         assert f"scalabl_pyro.{name}" in listed
-    assert hooks.api_page("scalabl_pyro.metrics") == (
-        "# `scalabl_pyro.metrics`\n\n::: scalabl_pyro.metrics\n"
+    assert hooks.api_page("scalabl_pyro.evaluation.metrics") == (
+        "# `scalabl_pyro.evaluation.metrics`\n\n::: scalabl_pyro.evaluation.metrics\n"
     )
 
 
@@ -100,7 +100,9 @@ def test_notebook_title_is_the_first_heading(hooks):
 
 
 def test_rst_roles_become_code(rst):
-    text = "See :func:`~scalabl_pyro.metrics.aurc`, :class:`KLScale` and :py:meth:`a.b.c`."
+    text = (
+        "See :func:`~scalabl_pyro.evaluation.metrics.aurc`, :class:`KLScale` and :py:meth:`a.b.c`."
+    )
     assert rst.rst_to_markdown(text) == "See `aurc`, `KLScale` and `a.b.c`."
 
 

@@ -27,7 +27,7 @@ import torch
 from bad_inputs import GOOD_ROWS, jsonl
 from test_cli_failures import assert_one_error, snapshot
 
-from scalabl_pyro.checkpoint import Checkpoint
+from scalabl_pyro.io.checkpoint import Checkpoint
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

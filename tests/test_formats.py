@@ -7,11 +7,11 @@ import logging
 import pytest
 import torch
 
-from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.data.examples import MCExample
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import ChoiceFormat, LetterFormat, make_format
-from scalabl_pyro.scoring import class_scores
+from scalabl_pyro.program.adapters import SubspaceLoRA
+from scalabl_pyro.program.formats import ChoiceFormat, LetterFormat, make_format
+from scalabl_pyro.program.scoring import class_scores
 from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 EXAMPLES = [

@@ -17,13 +17,13 @@ from pyro.distributions import constraints
 from scalabl_testutils import make_scalabl
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.guides import (
+from scalabl_pyro.program.guides import (
     GUIDE_FAMILIES,
     build_guide,
     count_free_parameters,
     expected_num_parameters,
 )
-from scalabl_pyro.objectives import make_elbo
+from scalabl_pyro.program.objectives import make_elbo
 
 SITES = ("s.layer0", "s.layer1", "s.layer2")
 R, D, N = 2, 6, 12

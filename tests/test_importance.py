@@ -2,7 +2,7 @@
 
 Bayesian linear regression y_i ~ N(x_i . theta, sigma^2), theta ~ N(0, tau^2 I)
 has a Gaussian posterior and exact leave-one-out predictive densities, so
-every estimate of :mod:`scalabl_pyro.importance` has a known answer.
+every estimate of :mod:`scalabl_pyro.diagnostics.importance` has a known answer.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import arviz as az
 import numpy as np
 import pytest
 
-from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.importance import (
+from scalabl_pyro.diagnostics.importance import (
     KHAT_GOOD,
     KHAT_OK,
     difference_log_lik_sum,
@@ -23,6 +22,7 @@ from scalabl_pyro.importance import (
     paired_difference,
     psis_loo_of_q,
 )
+from scalabl_pyro.errors import ScalaBLError
 
 SIGMA, TAU = 1.0, 1.0
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
-from scalabl_pyro.loading import load_base_model
+from scalabl_pyro.io.loading import load_base_model
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_short_real_run_lowers_training_nll():
 
 
 def test_quick_demo_writes_table_plot_and_json(tmp_path):
-    from scalabl_pyro.demo import DemoConfig, run_demo
+    from scalabl_pyro.experiments.demo import DemoConfig, run_demo
 
     res = run_demo(
         DemoConfig.quick(
@@ -78,8 +78,8 @@ def test_quick_demo_writes_table_plot_and_json(tmp_path):
 
 
 def test_overfit_demo_reports_test_split_and_temperature_scaled_mle(tmp_path):
-    from scalabl_pyro.demo import DemoConfig, run_demo
-    from scalabl_pyro.temperature import TemperatureScaler
+    from scalabl_pyro.experiments.demo import DemoConfig, run_demo
+    from scalabl_pyro.inference.temperature import TemperatureScaler
 
     cfg = DemoConfig.overfit(quick=True, output_dir=str(tmp_path), progress=False)
     assert (cfg.report_split, cfg.train_limit) == ("test", 8)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from scalabl_testutils import randomize_lora, toy_dataset
 
-from scalabl_pyro import checkpoint as ckpt
-from scalabl_pyro import loading
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
+from scalabl_pyro.io import checkpoint as ckpt
+from scalabl_pyro.io import loading
 from scalabl_pyro.testing import tiny_model, tiny_model_and_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_embedded_weights_are_q4_1_not_the_hub_weights() -> None:
     """
     from safetensors import safe_open
 
-    from scalabl_pyro.assets import EMBEDDED_MODELS, ensure_embedded_model
+    from scalabl_pyro.io.assets import EMBEDDED_MODELS, ensure_embedded_model
 
     spec = EMBEDDED_MODELS["smollm2-135m"]
     assert not spec.identical_to_source
@@ -230,7 +230,7 @@ def test_bitsandbytes_messages_wait_for_quantization() -> None:
         "import scalabl_pyro.api\n"
         "assert 'bitsandbytes' in sys.modules  # peft imported it\n"
         "print('imported', file=sys.stderr, flush=True)\n"
-        "from scalabl_pyro.loading import quantization_config\n"
+        "from scalabl_pyro.io.loading import quantization_config\n"
         "quantization_config('4bit', torch.float32, torch.device('cpu'))\n"
     )
     proc = _run_python(code)

@@ -15,9 +15,9 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from scalabl_pyro import loading
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.loading import load_base_model, resolve_device, resolve_dtype
+from scalabl_pyro.io import loading
+from scalabl_pyro.io.loading import load_base_model, resolve_device, resolve_dtype
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -342,7 +342,7 @@ def test_probe_hub_against_a_local_server_and_a_closed_port(
 
     from huggingface_hub import constants
 
-    from scalabl_pyro import hub_access
+    from scalabl_pyro.io import hub_access
 
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import (
+from scalabl_pyro.evaluation.metrics import (
     NLL_EPS,
     OODMetrics,
     ReliabilityBins,

@@ -14,8 +14,8 @@ from pyro.poutine.util import site_is_subsample
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.objectives import LikelihoodMonitor
-from scalabl_pyro.predict import draw_latents, predict
+from scalabl_pyro.inference.predict import draw_latents, predict
+from scalabl_pyro.program.objectives import LikelihoodMonitor
 
 FORMATS = [
     pytest.param(dict(task_format="choice"), id="choice"),
@@ -233,7 +233,7 @@ def test_draw_latents_returns_exactly_the_model_sites(family):
 
 def test_width_moves_draws_from_the_mean_and_widens_the_predictive():
     """width = 1 is the fitted posterior, 0 its mean; wider draws raise the mutual information."""
-    from scalabl_pyro.metrics import uncertainty_decomposition
+    from scalabl_pyro.evaluation.metrics import uncertainty_decomposition
 
     sbl = make_scalabl(init_scale=0.3)
     randomize_lora(sbl.subspace)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scalabl_testutils import load_benchmark_script
 
-from scalabl_pyro.benchmark import CELL_DIR, cell_path
+from scalabl_pyro.experiments.benchmark import CELL_DIR, cell_path
 
 
 def _load():

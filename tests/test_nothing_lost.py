@@ -13,8 +13,8 @@ import pytest
 from scalabl_testutils import make_scalabl, toy_dataset
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.image_mark import is_marked_image
-from scalabl_pyro.plots import reliability_diagram
+from scalabl_pyro.evaluation.plots import reliability_diagram
+from scalabl_pyro.io.image_mark import is_marked_image
 
 # ------------------------------------------------------------------ images
 
@@ -65,7 +65,7 @@ def test_truncation_is_a_warning_once(caplog):
     data = toy_dataset(4)
     long = [type(e)(e.id, "word " * 400 + e.question, e.choices, e.label) for e in data]
     fmt = sbl.format_for(data)
-    with caplog.at_level(logging.INFO, logger="scalabl_pyro.formats"):
+    with caplog.at_level(logging.INFO, logger="scalabl_pyro.program.formats"):
         for _ in range(3):
             fmt.encode(long)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -86,9 +86,9 @@ def test_fit_on_sigint_saves_the_whole_step_and_resume_checks_the_data(tmp_path,
     import torch
 
     from scalabl_pyro.api import ScalaBL
-    from scalabl_pyro.interrupt import TrainingInterrupted
+    from scalabl_pyro.inference.interrupt import TrainingInterrupted
+    from scalabl_pyro.inference.train import TrainConfig
     from scalabl_pyro.testing import tiny_model_and_tokenizer
-    from scalabl_pyro.train import TrainConfig
 
     data = toy_dataset(8)
     config = TrainConfig(steps=5, batch_size=2, progress=False)

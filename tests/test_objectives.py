@@ -19,7 +19,7 @@ from scalabl_testutils import (
 )
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.objectives import (
+from scalabl_pyro.program.objectives import (
     KLScale,
     KLSchedule,
     LikelihoodMonitor,

@@ -12,19 +12,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import (
+from scalabl_pyro.evaluation.metrics import (
     aurc,
     expected_calibration_error,
     ood_auroc,
     risk_coverage_curve,
 )
-from scalabl_pyro.plots import (
+from scalabl_pyro.evaluation.plots import (
     ood_histogram,
     reliability_diagram,
     risk_coverage_plot,
     training_curves,
 )
-from scalabl_pyro.train import StepRecord, TrainHistory
+from scalabl_pyro.inference.train import StepRecord, TrainHistory
 
 matplotlib.use("Agg")  # headless, as in CI (the figures never touch pyplot)
 

@@ -17,10 +17,10 @@ from scalabl_testutils import guide_state, lora_state, make_scalabl, randomize_l
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.model import pyro_settings
-from scalabl_pyro.predict import draw_latents, predictive_scores
+from scalabl_pyro.inference.predict import draw_latents, predictive_scores
+from scalabl_pyro.inference.train import NonFiniteError, TrainConfig, Trainer
+from scalabl_pyro.program.model import pyro_settings
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import NonFiniteError, TrainConfig, Trainer
 
 LETTER_HEAD = dict(task_format="letter", target_modules=("q_proj", "v_proj", "lm_head"))
 FORMATS = [pytest.param({}, id="choice"), pytest.param(LETTER_HEAD, id="letter-head")]

@@ -11,9 +11,9 @@ from scalabl_testutils import toy_dataset
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.loading import quantization_config
+from scalabl_pyro.inference.train import TrainConfig
+from scalabl_pyro.io.loading import quantization_config
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import TrainConfig
 
 
 def _quantization_or_skip(kind: str, device: str = "cpu") -> None:

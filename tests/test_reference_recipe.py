@@ -13,10 +13,10 @@ from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.guides import AutoLogMeanField
-from scalabl_pyro.objectives import blob_cyclic_weight, gaussian_kl, reverse_kl
+from scalabl_pyro.inference.train import TrainConfig, Trainer
+from scalabl_pyro.program.guides import AutoLogMeanField
+from scalabl_pyro.program.objectives import blob_cyclic_weight, gaussian_kl, reverse_kl
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import TrainConfig, Trainer
 
 
 def _trainer(steps: int = 8, **config) -> tuple[Trainer, object]:
@@ -120,7 +120,7 @@ def test_official_configs_set_the_whole_recipe_and_refuse_contradictions():
 
 
 def test_partial_last_batch_keeps_each_epochs_remainder():
-    from scalabl_pyro.train import batch_indices
+    from scalabl_pyro.inference.train import batch_indices
 
     batches = [batch_indices(5, 2, 0, k, partial_last_batch=True) for k in range(6)]
     assert [len(b) for b in batches] == [2, 2, 1, 2, 2, 1]

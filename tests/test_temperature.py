@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import accuracy, negative_log_likelihood
-from scalabl_pyro.temperature import (
+from scalabl_pyro.evaluation.metrics import accuracy, negative_log_likelihood
+from scalabl_pyro.inference.temperature import (
     T_MAX,
     T_MIN,
     TemperatureScaler,
@@ -239,8 +239,12 @@ def _disagreeing_draws(seed: int = 0, s: int = 8, n: int = 200, c: int = 4):
 
 
 def test_bma_temperature_keeps_mutual_information():
-    from scalabl_pyro.metrics import uncertainty_decomposition
-    from scalabl_pyro.temperature import bma_log_probs, fit_bma_temperature, tempered_draws
+    from scalabl_pyro.evaluation.metrics import uncertainty_decomposition
+    from scalabl_pyro.inference.temperature import (
+        bma_log_probs,
+        fit_bma_temperature,
+        tempered_draws,
+    )
 
     slp, y = _disagreeing_draws()
     t = fit_bma_temperature(slp, y)
@@ -263,7 +267,7 @@ def test_bma_temperature_keeps_mutual_information():
 
 
 def test_bma_temperature_of_one_draw_is_classic_temperature_scaling():
-    from scalabl_pyro.temperature import fit_bma_temperature, tempered_draws
+    from scalabl_pyro.inference.temperature import fit_bma_temperature, tempered_draws
 
     slp, y = _disagreeing_draws(seed=1, s=1)
     t = fit_bma_temperature(slp, y)
@@ -272,8 +276,8 @@ def test_bma_temperature_of_one_draw_is_classic_temperature_scaling():
 
 
 def test_prediction_tempered_and_padded_classes():
-    from scalabl_pyro.predict import Prediction
-    from scalabl_pyro.temperature import tempered_draws
+    from scalabl_pyro.inference.predict import Prediction
+    from scalabl_pyro.inference.temperature import tempered_draws
 
     slp, y = _disagreeing_draws(seed=2, s=3, n=5, c=3)
     slp[:, 0, 2] = -np.inf  # a padded class stays at probability 0

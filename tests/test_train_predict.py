@@ -11,13 +11,13 @@ import pytest
 import torch
 from scalabl_testutils import guide_state, lora_state, make_scalabl, randomize_lora, toy_dataset
 
-from scalabl_pyro import checkpoint as ckpt
 from scalabl_pyro.api import ScalaBL
-from scalabl_pyro.checkpoint import tensor_shapes
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.objectives import elbo_loss, make_elbo
+from scalabl_pyro.inference.train import TrainConfig, Trainer
+from scalabl_pyro.io import checkpoint as ckpt
+from scalabl_pyro.io.checkpoint import tensor_shapes
+from scalabl_pyro.program.objectives import elbo_loss, make_elbo
 from scalabl_pyro.testing import tiny_model_and_tokenizer
-from scalabl_pyro.train import TrainConfig, Trainer
 
 LETTER_HEAD = dict(task_format="letter", target_modules=("q_proj", "v_proj", "lm_head"))
 
@@ -274,7 +274,7 @@ def test_prediction_is_in_data_order_whatever_the_length_sorting():
 
 @pytest.mark.parametrize("family,std", [("mean_field", 0.4), ("full_rank", 0.4), ("mle", 0.0)])
 def test_posterior_spread_reports_initial_scale(family, std):
-    from scalabl_pyro.predict import posterior_spread
+    from scalabl_pyro.inference.predict import posterior_spread
 
     sbl = make_scalabl(guide=family)
     assert sbl.config.initial_scale == 0.4 and sbl.config.uses_init_scale == (std > 0)
@@ -293,7 +293,7 @@ def test_default_posterior_stays_wide_on_a_model_trained_to_overfit():
     SmolLM2 against 4.0 from 0.4). Here a tiny model fits its training set
     (accuracy 1) from both starts; only the default keeps the noise on s.
     """
-    from scalabl_pyro.predict import posterior_spread
+    from scalabl_pyro.inference.predict import posterior_spread
 
     data = toy_dataset(64, num_choices=2, label=0)
     ratio = {}

@@ -4,7 +4,7 @@ The docstrings are written for ``help()`` and Sphinx-style readers; the API
 reference renders them as Markdown. Two constructs would come out garbled,
 so they are rewritten when griffe loads each object (the source is untouched):
 
-- cross-reference roles, ``:func:`~scalabl_pyro.metrics.aurc``` -> ```aurc```
+- cross-reference roles, ``:func:`~scalabl_pyro.evaluation.metrics.aurc``` -> ```aurc```
   (``~`` keeps the last dotted component, as in Sphinx);
 - simple tables (rows between ``=====  ====`` rules) -> Markdown tables; a row
   whose first cell is empty continues the row above;

@@ -1,8 +1,5 @@
-"""``scalabl benchmark``: the resumable methods x data sets x seeds grid (:mod:`.benchmark`).
-
-Kept apart from :mod:`scalabl_pyro.cli` so the grid's options live beside
-their one handler; ``cli`` registers the subcommand and owns error handling.
-"""
+"""``scalabl benchmark``: the resumable methods x data sets x seeds grid
+(:mod:`scalabl_pyro.experiments.benchmark`)."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scalabl_pyro.cli.options import add_model_args, num_option, verbose_flag
 from scalabl_pyro.errors import ScalaBLError
 
 #: ``--quick``: a smoke-sized grid (a minute or two on a CPU).
@@ -43,14 +41,14 @@ def _int_list(flag: str, text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
-    """Register ``benchmark`` on the ``scalabl`` subparsers (``num``: the range-checked option)."""
+def register(sub: Any) -> None:
+    """Add ``scalabl benchmark`` to the subcommands."""
     p = sub.add_parser(
         "benchmark",
         help="methods x data sets x seeds -> one table (resumable; --quick for a smoke run)",
     )
-    verbose(p, top=False)
-    model_args(p)
+    verbose_flag(p, top=False)
+    add_model_args(p)
     p.add_argument(
         "--methods",
         default="mle,mle+ts,scalabl",
@@ -67,14 +65,14 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
         help="ood: train on OpenBookQA, report ARC-C/E and MMLU chemistry/physics too",
     )
     p.add_argument("--output", required=True, help="benchmark folder (new, or one to resume)")
-    num(p, "--train-limit", "training questions (a fixed random subset)", 256)
-    num(p, "--steps", "training steps per cell", 256)
-    num(p, "--batch-size", "questions per step", 4)
-    num(p, "--lr", "learning rate of the LoRA factors", 1e-3)
-    num(p, "--select-limit", "selection (validation) questions", 200)
-    num(p, "--eval-limit", "report (test) questions per data set", 500)
-    num(p, "--eval-every", "validation curve every N steps (0: none)", 0)
-    num(p, "--curve-limit", "selection questions in the validation curve", 100)
+    num_option(p, "--train-limit", "training questions (a fixed random subset)", 256)
+    num_option(p, "--steps", "training steps per cell", 256)
+    num_option(p, "--batch-size", "questions per step", 4)
+    num_option(p, "--lr", "learning rate of the LoRA factors", 1e-3)
+    num_option(p, "--select-limit", "selection (validation) questions", 200)
+    num_option(p, "--eval-limit", "report (test) questions per data set", 500)
+    num_option(p, "--eval-every", "validation curve every N steps (0: none)", 0)
+    num_option(p, "--curve-limit", "selection questions in the validation curve", 100)
     p.add_argument("--quick", action="store_true", help="a smoke-sized grid (1-2 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -85,9 +83,9 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """A :class:`~scalabl_pyro.benchmark.BenchmarkConfig` from the parsed options."""
-    from scalabl_pyro.benchmark import BenchmarkConfig
+    """A :class:`~scalabl_pyro.experiments.benchmark.BenchmarkConfig` from the parsed options."""
     from scalabl_pyro.data.registry import check_task
+    from scalabl_pyro.experiments.benchmark import BenchmarkConfig
 
     tasks = [t.strip() for t in args.tasks.split(",")]
     for t in tasks:
@@ -126,9 +124,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
     """Run or resume the grid and print the table."""
-    from scalabl_pyro.benchmark import rebuild_table, run_benchmark
+    from scalabl_pyro.experiments.benchmark import rebuild_table, run_benchmark
 
     cfg = config_from_args(args)
     if args.table_only:

@@ -1,6 +1,6 @@
 """Train ScalaBL on several processes (DDP) with accelerate.
 
-    accelerate launch --multi_gpu --num_processes 2 -m scalabl_pyro.launch_ddp \\
+    accelerate launch --multi_gpu --num_processes 2 -m scalabl_pyro.cli.launch_ddp \\
         --task arc_easy --steps 200 --batch-size 4 --output runs/ddp
 
 ``--batch-size`` is per process: the global batch is ``num_processes x``
@@ -9,7 +9,7 @@ GPU the same command runs K CPU processes over gloo (``--tiny`` uses a tiny
 random model and a toy data set, for a check in seconds). The process group
 is set up by ``accelerate.PartialState``; everything else (data shard, DDP
 wrap, plate size, KL counted once, rank-0 checkpoint) happens inside
-``ScalaBL.fit`` (``scalabl_pyro/distributed.py``).
+``ScalaBL.fit`` (``scalabl_pyro/inference/distributed.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import argparse
 import json
 import os
 
-from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
+from scalabl_pyro.api import ScalaBL
+from scalabl_pyro.config import ScalaBLConfig
+from scalabl_pyro.data import load_task
 from scalabl_pyro.data.examples import MCDataset, MCExample
+from scalabl_pyro.inference.train import TrainConfig
 
 
 def toy_task(n: int = 16) -> MCDataset:
@@ -41,7 +44,7 @@ def build(args: argparse.Namespace, device: str) -> tuple[ScalaBL, MCDataset]:
         seed=args.seed,
     )
     if args.tiny:
-        from scalabl_pyro.loading import resolve_device
+        from scalabl_pyro.io.loading import resolve_device
         from scalabl_pyro.testing import tiny_model_and_tokenizer
 
         model, tok = tiny_model_and_tokenizer()

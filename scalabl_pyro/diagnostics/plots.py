@@ -3,7 +3,7 @@
 Each function returns a :class:`matplotlib.figure.Figure` built on a bare
 Figure (no pyplot state, headless), and writes it atomically when ``path``
 is given, like ``plots.py``. Inputs are the ``InferenceData`` of
-:func:`scalabl_pyro.diagnostics.to_inference_data` (variable ``s`` with dims
+:func:`scalabl_pyro.diagnostics.posterior.to_inference_data` (variable ``s`` with dims
 ``layer`` x ``rank``), or plain arrays where a figure compares families.
 The ArviZ figures (forest, posterior, pair) draw into axes of that Figure.
 """
@@ -19,9 +19,9 @@ import arviz as az
 import numpy as np
 from matplotlib.figure import Figure
 
-from scalabl_pyro.diagnostics import KHAT_OK, LATENT_VAR, history_arrays
+from scalabl_pyro.diagnostics.posterior import KHAT_OK, LATENT_VAR, history_arrays
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.plots import _check_results, _colors, _finish
+from scalabl_pyro.evaluation.plots import _check_results, _colors, _finish
 
 _LAYER = re.compile(r"layers\.(\d+)\..*?([A-Za-z_]+)$")
 
@@ -36,7 +36,7 @@ def _check_idata(idata: Any, group: str = "posterior") -> None:
     if not isinstance(idata, az.InferenceData) or not hasattr(idata, group):
         raise ScalaBLError(
             f"expected an InferenceData with a {group!r} group; build it with "
-            "scalabl_pyro.diagnostics.to_inference_data"
+            "scalabl_pyro.diagnostics.posterior.to_inference_data"
         )
     if LATENT_VAR not in getattr(idata, group):
         raise ScalaBLError(f"the {group} group has no variable {LATENT_VAR!r}")
@@ -191,7 +191,7 @@ def elbo_traces(
     separately), or ``{name: InferenceData, TrainHistory or its to_dict()}``.
     Lines are trailing means over ``smooth`` steps, the raw curve faint behind.
     """
-    from scalabl_pyro.plots import _moving_average
+    from scalabl_pyro.evaluation.plots import _moving_average
 
     items = {"fit": results} if isinstance(results, az.InferenceData) else results
     _check_results(items, "results")
@@ -349,7 +349,7 @@ def metric_bars(
 
 
 def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
-    """All comparison figures of a :class:`~scalabl_pyro.comparison.ComparisonResult` as PNGs."""
+    """All figures of a :class:`~scalabl_pyro.experiments.comparison.ComparisonResult` (PNG)."""
     out = Path(out)
     cfg = result.config
     fams = list(result.families.values())

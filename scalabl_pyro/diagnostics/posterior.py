@@ -24,7 +24,7 @@ group                  content                                     dims
 ESS then measure how well independent runs agree, not MCMC mixing.
 
 **Importance diagnostics** (:func:`diagnose`; the maths is in
-:mod:`scalabl_pyro.importance`). With S draws of q and the log-likelihood of
+:mod:`scalabl_pyro.diagnostics.importance`). With S draws of q and the log-likelihood of
 **every** training question under each draw (the S x N matrix), k-hat of q
 compares q with the posterior p(s | D, A, B) it approximates (Yao et al.
 2018), and PSIS-LOO of the training questions uses the same matrix with the
@@ -56,11 +56,8 @@ import xarray as xr
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoGuide
 
-from scalabl_pyro.adapters import SITE_PREFIX
 from scalabl_pyro.data.examples import MCDataset
-from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskFormat
-from scalabl_pyro.importance import (
+from scalabl_pyro.diagnostics.importance import (
     KHAT_OK,
     MIN_KHAT_SAMPLES,
     ElpdResult,
@@ -71,9 +68,12 @@ from scalabl_pyro.importance import (
     pareto_k_from_log_weights,
     psis_loo_of_q,
 )
-from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.predict import predict
-from scalabl_pyro.rng import model_devices, seeded
+from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.inference.predict import predict
+from scalabl_pyro.program.adapters import SITE_PREFIX
+from scalabl_pyro.program.formats import TaskFormat
+from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.utils.rng import model_devices, seeded
 
 #: Variable name of the latents in ``posterior`` / ``prior``.
 LATENT_VAR = "s"
@@ -666,7 +666,7 @@ def pareto_k_of_q(
 ) -> ParetoK:
     """k-hat of q against p(s | ``data``), ``data`` being all the training questions.
 
-    See :func:`diagnose` (this is its ``khat``) and :mod:`scalabl_pyro.importance`.
+    See :func:`diagnose` (this is its ``khat``) and :mod:`scalabl_pyro.diagnostics.importance`.
     """
     return diagnose(
         fit,

@@ -7,14 +7,12 @@ inline in Jupyter. Every function takes a mapping ``{method name: data}``,
 draws the methods in its order with one colour each, returns the figure, and
 if ``path`` is given writes it atomically (temp file in the same folder, then
 ``os.replace``) as PNG, or as PDF/SVG when the suffix says so, marked as this
-library's in its metadata (:mod:`scalabl_pyro.image_mark`), so that the CLI
+library's in its metadata (:mod:`scalabl_pyro.io.image_mark`), so that the CLI
 replaces only images it wrote.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.image_mark import image_metadata
-from scalabl_pyro.metrics import (
+from scalabl_pyro.evaluation.metrics import (
     Binning,
     _check_binning,
     _check_n_bins,
@@ -36,6 +33,8 @@ from scalabl_pyro.metrics import (
     ood_auroc,
     risk_coverage_curve,
 )
+from scalabl_pyro.io.image_mark import image_metadata
+from scalabl_pyro.utils.atomic import atomic_open
 
 _BAR_COLOR = "#3b75af"
 _GAP_COLOR = "#d9534f"
@@ -100,8 +99,8 @@ def reliability_diagram(
     """Reliability diagrams with the confidence histogram under them, for several methods.
 
     ``results`` maps a method name to ``(probs, labels)`` (see
-    :mod:`scalabl_pyro.metrics`). Reliability bins follow ``binning`` (see
-    :func:`~scalabl_pyro.metrics.reliability_bins`); the histogram below always
+    :mod:`scalabl_pyro.evaluation.metrics`). Reliability bins follow ``binning`` (see
+    :func:`~scalabl_pyro.evaluation.metrics.reliability_bins`); the histogram below always
     counts top-label confidences in ``n_bins`` equal-width bins.
 
     - ``layout="columns"``: one column per method. The upper panel has the
@@ -247,7 +246,7 @@ def risk_coverage_plot(
 
     ``results`` maps a method name to ``(probs, labels)``, or to
     ``(probs, labels, confidence)`` to rank by another confidence (higher =
-    kept first); see :func:`~scalabl_pyro.metrics.risk_coverage_curve`. One
+    kept first); see :func:`~scalabl_pyro.evaluation.metrics.risk_coverage_curve`. One
     line per method, from the highest-confidence point to full coverage, where
     the risk is the plain error rate.
     """
@@ -291,7 +290,7 @@ def ood_histogram(
     """Histograms of an OOD score, in-distribution against OOD, one panel per method.
 
     ``scores`` maps a method name to ``(scores_in (N_in,), scores_out (N_out,))``,
-    higher meaning more likely OOD (see :func:`~scalabl_pyro.metrics.ood_scores`).
+    higher meaning more likely OOD (see :func:`~scalabl_pyro.evaluation.metrics.ood_scores`).
     Both histograms of a panel share ``bins`` equal-width bins over the pooled
     range and are normalised to densities, so sets of different sizes compare;
     the AUROC (percent) is in the panel title.
@@ -376,7 +375,7 @@ def training_curves(
 ) -> Figure:
     """Training NLL per step with validation NLL, and validation metrics, for several runs.
 
-    ``histories`` maps a run name to a :class:`~scalabl_pyro.train.TrainHistory`
+    ``histories`` maps a run name to a :class:`~scalabl_pyro.inference.train.TrainHistory`
     or its ``to_dict()``: ``{"steps": [{"step", "nll", ...}], "validation":
     [{"step", "nll", "acc", ...}]}``. The first panel has the per-example
     training NLL per step (a trailing mean over ``smooth`` steps, the raw
@@ -447,13 +446,5 @@ def _save_atomic(fig: Figure, path: Path) -> None:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("png", "pdf", "svg"):
         fmt = "png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=150, metadata=image_metadata(fmt))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the image normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=fmt, dpi=150, metadata=image_metadata(fmt))

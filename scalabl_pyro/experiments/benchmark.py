@@ -12,7 +12,7 @@ Methods are named by a spec string ``name[key=value,...][+ts]``:
 
 - ``name`` is one of :data:`METHODS` (``mle``, ``scalabl``, ``full_rank``...);
 - ``[key=value,...]`` overrides any field of :class:`~scalabl_pyro.config.ScalaBLConfig`
-  or :class:`~scalabl_pyro.train.TrainConfig` (``scalabl[kl_weight=10,init_scale=0.2]``),
+  or :class:`~scalabl_pyro.inference.train.TrainConfig` (``scalabl[kl_weight=10,init_scale=0.2]``),
   plus ``samples`` (BMA samples at prediction);
 - ``+ts`` adds temperature scaling, fitted post hoc on the selection split
   (the method's own cell is reused: no extra training).
@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.utils.atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "low_rank": ({"guide": "low_rank"}, {}, 10),
     "block": ({"guide": "block"}, {}, 10),
     "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
-    # the paper's baselines (scalabl_pyro.baselines, docs/baselines.md)
+    # the paper's baselines (scalabl_pyro.methods, docs/baselines.md)
     "map": ({"method": "map"}, {}, 1),
     "mc_dropout": ({"method": "mc_dropout"}, {}, 10),
     "ensemble": ({"method": "ensemble"}, {}, 5),
@@ -113,7 +114,7 @@ def _coerce(value: str) -> Any:
 def parse_method(spec: str) -> MethodSpec:
     """Parse ``name[key=value,...][+ts]``; unknown names or fields are a one-line error."""
     from scalabl_pyro.config import ScalaBLConfig
-    from scalabl_pyro.train import TrainConfig
+    from scalabl_pyro.inference.train import TrainConfig
 
     m = _SPEC.match(spec.strip())
     if not m:
@@ -240,21 +241,10 @@ def cell_path(root: Path, spec: str, task: str, seed: int) -> Path:
     return root / CELL_DIR / f"{_slug(spec)}__{task}__seed{seed}.json"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
-
-
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def load_cell(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -312,7 +302,11 @@ def _bma_log_probs(slp: np.ndarray) -> np.ndarray:
 
 def split_metrics(slp: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, float]:
     """ACC, ECE, NLL, Brier, AURC and mean mutual information from (S, N, C) log-probs."""
-    from scalabl_pyro.metrics import aurc, classification_metrics, uncertainty_decomposition
+    from scalabl_pyro.evaluation.metrics import (
+        aurc,
+        classification_metrics,
+        uncertainty_decomposition,
+    )
 
     probs = np.exp(_bma_log_probs(slp))
     out = classification_metrics(probs, labels, n_bins=n_bins)
@@ -352,7 +346,7 @@ def _check_cell_config(path: Path, spec: MethodSpec, seed: int, cfg: BenchmarkCo
 def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Path:
     """Train and predict one cell; returns its JSON path (skips a finished cell)."""
     from scalabl_pyro.api import ScalaBL
-    from scalabl_pyro.train import TrainConfig
+    from scalabl_pyro.inference.train import TrainConfig
 
     root = Path(cfg.output)
     path = cell_path(root, spec.trained, task, seed)
@@ -408,7 +402,7 @@ def run_cell(spec: MethodSpec, task: str, seed: int, cfg: BenchmarkConfig) -> Pa
         "posterior": _posterior_summary(sbl),
     }
     _save_arrays(path.with_suffix(".npz"), arrays)
-    _atomic_write_text(path, json.dumps(meta, indent=1, default=_json_default))
+    write_text_atomic(path, json.dumps(meta, indent=1, default=_json_default))
     return path
 
 
@@ -429,7 +423,7 @@ def _history_summary(history: Any) -> dict[str, Any]:
 def _posterior_summary(sbl: Any) -> dict[str, float] | None:
     if sbl.config.guide in ("mle", "delta") or getattr(sbl, "method", "scalabl") != "scalabl":
         return None
-    from scalabl_pyro.predict import posterior_spread
+    from scalabl_pyro.inference.predict import posterior_spread
 
     return {k: float(v) for k, v in posterior_spread(sbl.model, sbl.guide).items()}
 
@@ -449,10 +443,10 @@ def _temperature_scaled(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.nda
     """Fit T on the selection split's draws; temper every split's draws with it.
 
     Each draw's log-probabilities are divided by T before the average
-    (:func:`~scalabl_pyro.temperature.fit_bma_temperature`), so a Bayesian
+    (:func:`~scalabl_pyro.inference.temperature.fit_bma_temperature`), so a Bayesian
     method keeps its draws and its MI after scaling.
     """
-    from scalabl_pyro.temperature import fit_bma_temperature, tempered_draws
+    from scalabl_pyro.inference.temperature import fit_bma_temperature, tempered_draws
 
     temp = fit_bma_temperature(
         arrays["selection/slp"].astype(np.float64), arrays["selection/labels"]
@@ -467,7 +461,7 @@ def cell_rows(
     spec: MethodSpec, meta: dict, arrays: dict[str, np.ndarray], n_bins: int
 ) -> list[dict]:
     """One row per report split of one cell (temperature-scaled when the spec says +ts)."""
-    from scalabl_pyro.metrics import ood_detection, ood_scores
+    from scalabl_pyro.evaluation.metrics import ood_detection, ood_scores
 
     temp = None
     if spec.temperature:
@@ -550,7 +544,7 @@ def markdown_table(summary: list[dict]) -> str:
 
 def write_table(root: Path, cfg: BenchmarkConfig, rows: list[dict], summary: list[dict]) -> None:
     """``table.md``, ``table.csv`` (per seed) and ``table.json`` (both), each atomically."""
-    _atomic_write_text(root / "table.md", markdown_table(summary))
+    write_text_atomic(root / "table.md", markdown_table(summary))
     buf = io.StringIO()
     keys = sorted(
         {k for r in rows for k in r}, key=lambda k: (k not in ("method", "task", "eval", "seed"), k)
@@ -558,14 +552,14 @@ def write_table(root: Path, cfg: BenchmarkConfig, rows: list[dict], summary: lis
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-    _atomic_write_text(root / "table.csv", buf.getvalue())
+    write_text_atomic(root / "table.csv", buf.getvalue())
     doc = {
         "settings": cfg.fingerprint(),
         "methods": list(cfg.methods),
         "summary": summary,
         "rows": rows,
     }
-    _atomic_write_text(root / "table.json", json.dumps(doc, indent=1, default=_json_default))
+    write_text_atomic(root / "table.json", json.dumps(doc, indent=1, default=_json_default))
 
 
 def machine() -> dict[str, Any]:
@@ -619,7 +613,7 @@ def run_benchmark(cfg: BenchmarkConfig, on_cell: Callable[[str], None] | None = 
         "machine": machine(),
         **cfg.extra,
     }
-    _atomic_write_text(root / SETTINGS_FILE, json.dumps(settings, indent=1, default=_json_default))
+    write_text_atomic(root / SETTINGS_FILE, json.dumps(settings, indent=1, default=_json_default))
     trained = list(dict.fromkeys(s.trained for s in cfg.specs))
     for task in cfg.tasks:
         for seed in cfg.seeds:

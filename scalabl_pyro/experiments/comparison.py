@@ -14,7 +14,7 @@ reports for each:
   paired per-question differences;
 * k-hat of q against the posterior of **all** training questions, and
   PSIS-LOO of the training questions with the p/q correction, both from one
-  (``diag_samples`` x N) matrix (:func:`scalabl_pyro.diagnostics.diagnose`),
+  (``diag_samples`` x N) matrix (:func:`scalabl_pyro.diagnostics.posterior.diagnose`),
   with the counts of questions per Pareto-k band;
 * the largest posterior correlation, and how far training moved the
   correlations from the guide's initialisation;
@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import resource
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,11 +51,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalabl_pyro.checkpoint import write_json
 from scalabl_pyro.data.examples import MCDataset
+from scalabl_pyro.diagnostics.importance import ElpdResult, heldout_elpd, paired_difference
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.guides import GUIDE_FAMILIES, check_family, count_free_parameters
-from scalabl_pyro.importance import ElpdResult, heldout_elpd, paired_difference
+from scalabl_pyro.io.checkpoint import write_json
+from scalabl_pyro.program.guides import (
+    GUIDE_FAMILIES,
+    check_family,
+    count_free_parameters,
+    guide_covariance,
+)
+from scalabl_pyro.utils.atomic import atomic_open, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,7 @@ class CompareConfig:
         for name in ("steps", "num_samples", "diag_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ScalaBLError(f"{name} must be >= 1, got {getattr(self, name)}")
-        from scalabl_pyro.importance import MIN_KHAT_SAMPLES
+        from scalabl_pyro.diagnostics.importance import MIN_KHAT_SAMPLES
 
         if self.diag_samples < MIN_KHAT_SAMPLES:
             raise ScalaBLError(
@@ -184,7 +189,7 @@ class FamilyResult:
 
     def inference_data(self) -> Any:
         """An InferenceData of this fit: draws of q, training log-likelihoods and log weights."""
-        from scalabl_pyro.diagnostics import history_arrays, inference_data_from_arrays
+        from scalabl_pyro.diagnostics.posterior import history_arrays, inference_data_from_arrays
 
         a = self.arrays
         return inference_data_from_arrays(
@@ -277,28 +282,9 @@ class PeakMemory:
 # ------------------------------------------------------------------- files
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def _json_safe(x: Any) -> Any:
@@ -495,50 +481,10 @@ def _posterior_correlation(draws: np.ndarray, exact_cov: np.ndarray | None) -> n
     return cov / sd[:, None] / sd[None, :]
 
 
-def guide_covariance(sbl: Any) -> np.ndarray | None:
-    """The exact (D, D) covariance of a Gaussian guide, in site order (None if not closed-form).
-
-    Mean-field: diagonal of the scales; full-rank / low-rank: Pyro's
-    ``get_posterior()`` (the joint Normal over the packed latent vector,
-    identity transform since ``s`` is real); block (``AutoStructured`` with
-    dense conditionals and no dependencies, ``s_l = loc_l + diag(scale_l) L_l
-    z``): block-diagonal ``diag(scale_l) L_l L_l^T diag(scale_l)``. Other
-    families: None.
-    """
-    from operator import attrgetter
-
-    from pyro.infer.autoguide import AutoContinuous, AutoStructured
-
-    from scalabl_pyro.guides import AutoLogMeanField, AutoMeanFieldNormal
-    from scalabl_pyro.model import pyro_settings
-
-    guide = sbl.guide
-    with pyro_settings(), torch.no_grad():
-        if isinstance(guide, (AutoMeanFieldNormal, AutoLogMeanField)):
-            scales = [guide._get_loc_and_scale(n)[1].reshape(-1) for n in sbl.model.site_names]
-            return np.diag(torch.cat(scales).double().cpu().numpy() ** 2)
-        if isinstance(guide, AutoContinuous):
-            order = list(guide._unconstrained_shapes)
-            if order != list(sbl.model.site_names):
-                return None
-            post = guide.get_posterior()
-            return post.covariance_matrix.double().cpu().numpy()
-        if isinstance(guide, AutoStructured) and not guide.dependencies:
-            blocks = []
-            for n in sbl.model.site_names:
-                if guide.conditionals.get(n) != "mvn":
-                    return None
-                scale = attrgetter(n)(guide.scales).reshape(-1).double()
-                tril = attrgetter(n)(guide.scale_trils).double()
-                blocks.append(scale[:, None] * (tril @ tril.T) * scale[None, :])
-            return torch.block_diag(*blocks).cpu().numpy()
-    return None
-
-
 def _build(family: str, cfg: CompareConfig, seed: int) -> tuple[Any, Any]:
     """(ScalaBLConfig, TrainConfig) of one family at one seed."""
     from scalabl_pyro.config import ScalaBLConfig
-    from scalabl_pyro.train import TrainConfig
+    from scalabl_pyro.inference.train import TrainConfig
 
     model_kw, train_kw = RECIPES.get(family, ({"guide": family}, {}))
     config = ScalaBLConfig(
@@ -577,11 +523,11 @@ def _fit_family(
     from pyro.infer.autoguide import AutoDelta
 
     from scalabl_pyro.api import ScalaBL
-    from scalabl_pyro.diagnostics import diagnose, layer_names, prior_draws
+    from scalabl_pyro.diagnostics.posterior import diagnose, layer_names, prior_draws
 
     config, tcfg = _build(family, cfg, seed)
     sbl = ScalaBL.from_base(config) if load_base is None else ScalaBL(config, *load_base())
-    cov_init = guide_covariance(sbl)
+    cov_init = guide_covariance(sbl.guide, sbl.model.site_names)
     t0 = time.perf_counter()
     history = sbl.fit(train, tcfg)
     train_seconds = time.perf_counter() - t0
@@ -611,7 +557,7 @@ def _fit_family(
         one = np.stack([point[n].double().cpu().numpy() for n in sbl.model.site_names], axis=0)
         draws = one[None].repeat(cfg.diag_samples, axis=0)
     prior = prior_draws(sbl.model, cfg.diag_samples, seed + 2)
-    exact_cov = None if point_mass else guide_covariance(sbl)
+    exact_cov = None if point_mass else guide_covariance(sbl.guide, sbl.model.site_names)
     corr = None if point_mass else _posterior_correlation(draws, exact_cov)
     corr_init = (
         None if cov_init is None or corr is None else _posterior_correlation(draws, cov_init)
@@ -791,13 +737,13 @@ def compare_guides(
     ``command`` is recorded in the outputs.
     """
     out = Path(cfg.output_dir)
-    from scalabl_pyro.checkpoint import check_writable
+    from scalabl_pyro.io.checkpoint import check_writable
 
     check_writable(out, flag="output_dir")
     if (train is None or report is None) and _is_file(cfg.task):
         train, report = _file_splits(cfg, train, report)
     if train is None or report is None:
-        from scalabl_pyro.benchmark import BenchmarkConfig, task_splits
+        from scalabl_pyro.experiments.benchmark import BenchmarkConfig, task_splits
 
         bcfg = BenchmarkConfig(
             methods=["scalabl"],
@@ -834,7 +780,7 @@ def compare_guides(
     result = ComparisonResult(cfg, cells)
     _write_reports(result, train, report, command)
     if figures:
-        from scalabl_pyro.diagnostic_plots import write_comparison_figures
+        from scalabl_pyro.diagnostics.plots import write_comparison_figures
 
         result.files.update(write_comparison_figures(result, out))
     return result
@@ -921,8 +867,8 @@ def _write_reports(
     md += ["", f"Machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}"]
     if machine["cuda"]:
         md[-1] += f", {machine['cuda']}"
-    _write_text_atomic(out / f"{TABLE_STEM}.md", "\n".join(md) + "\n")
-    _write_text_atomic(out / f"{TABLE_STEM}.csv", csv_table(rows))
+    write_text_atomic(out / f"{TABLE_STEM}.md", "\n".join(md) + "\n")
+    write_text_atomic(out / f"{TABLE_STEM}.csv", csv_table(rows))
     write_json(
         out / f"{TABLE_STEM}.json",
         _json_safe(
@@ -954,7 +900,6 @@ __all__ = [
     "compare_guides",
     "csv_table",
     "family_correlation",
-    "guide_covariance",
     "load_family_result",
     "markdown_table",
     "paired_rows",

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from scalabl_pyro.api import ScalaBL
-from scalabl_pyro.checkpoint import write_json
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data import load_task
-from scalabl_pyro.loading import load_base_model
-from scalabl_pyro.plots import reliability_diagram
-from scalabl_pyro.predict import Prediction, posterior_spread
-from scalabl_pyro.temperature import TemperatureScaler
-from scalabl_pyro.train import TrainConfig
+from scalabl_pyro.evaluation.plots import reliability_diagram
+from scalabl_pyro.inference.predict import Prediction, posterior_spread
+from scalabl_pyro.inference.temperature import TemperatureScaler
+from scalabl_pyro.inference.train import TrainConfig
+from scalabl_pyro.io.checkpoint import write_json
+from scalabl_pyro.io.loading import load_base_model
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from tqdm.auto import tqdm
 
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskBatch, TaskFormat
-from scalabl_pyro.metrics import classification_metrics
-from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.rng import model_devices, seeded
+from scalabl_pyro.evaluation.metrics import classification_metrics
+from scalabl_pyro.program.formats import TaskBatch, TaskFormat
+from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.utils.rng import model_devices, seeded
 
 #: Name of the vectorised sample plate (Pyro's Predictive uses the same one).
 SAMPLE_PLATE = "_num_predictive_samples"
@@ -79,7 +79,7 @@ class Prediction:
         Unlike scaling the averaged probabilities, the draws stay distinct, so
         mutual information and the other epistemic measures survive.
         """
-        from scalabl_pyro.temperature import bma_log_probs, tempered_draws
+        from scalabl_pyro.inference.temperature import bma_log_probs, tempered_draws
 
         slp = tempered_draws(self.sample_log_probs, temperature)
         return Prediction(np.exp(bma_log_probs(slp)), slp, self.labels, self.class_mask)

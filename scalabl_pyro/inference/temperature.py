@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.metrics import _check_labels, read_float_array
+from scalabl_pyro.evaluation.metrics import _check_labels, read_float_array
 
 #: Default search range for ``T``; it must contain 1.
 T_MIN: float = 0.01

@@ -51,12 +51,12 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from scalabl_pyro.data.examples import MCDataset
-from scalabl_pyro.distributed import DistributedContext, no_sync
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskFormat
-from scalabl_pyro.guides import MEAN_FIELD_FAMILIES
-from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.objectives import (
+from scalabl_pyro.inference.distributed import DistributedContext, no_sync
+from scalabl_pyro.program.formats import TaskFormat
+from scalabl_pyro.program.guides import MEAN_FIELD_FAMILIES
+from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.program.objectives import (
     KLSchedule,
     LikelihoodMonitor,
     MeanNLL,
@@ -68,7 +68,7 @@ from scalabl_pyro.objectives import (
     reference_warmup_steps,
     reverse_kl,
 )
-from scalabl_pyro.rng import model_devices, seeded
+from scalabl_pyro.utils.rng import model_devices, seeded
 
 log = logging.getLogger(__name__)
 

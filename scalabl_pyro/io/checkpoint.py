@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.utils.atomic import write_text_atomic
 
 if TYPE_CHECKING:  # torch is imported where tensors are read or written, so that the
     import torch  # output-directory checks of the CLI refuse in a fraction of a second
@@ -130,10 +131,8 @@ def recover_interrupted_save(path: str | Path) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write JSON (inside an atomic directory, or via a temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`~scalabl_pyro.utils.atomic.write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

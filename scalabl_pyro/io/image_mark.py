@@ -1,6 +1,6 @@
 """The mark that says "this library wrote this image", and the check for it.
 
-``scalabl evaluate --plot`` (and every figure written by :mod:`scalabl_pyro.plots`)
+``scalabl evaluate --plot`` (and every figure written by :mod:`scalabl_pyro.evaluation.plots`)
 replaces an existing file only if it carries this mark, so a user's own
 ``photo.png`` is never overwritten because it happens to be a PNG. The mark is
 ordinary image metadata: a PNG ``tEXt`` chunk ``Software: scalabl-pyro``, the

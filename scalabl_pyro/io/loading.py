@@ -1,7 +1,7 @@
 """Load a base causal LM and its tokenizer, ready for batched scoring.
 
 One entry point, :func:`load_base_model`, accepts an embedded alias (built once
-into the local cache by :mod:`scalabl_pyro.assets`), a local ``save_pretrained``
+into the local cache by :mod:`scalabl_pyro.io.assets`), a local ``save_pretrained``
 directory, or a Hugging Face hub id, and returns the model in eval mode on the
 requested device together with a left-padding tokenizer that has a pad token
 (left padding keeps every sequence's last token at position -1, which is what
@@ -46,10 +46,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from scalabl_pyro.assets import EMBEDDED_MODELS, ensure_embedded_model
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.hub_access import hub_endpoint, hub_status
-from scalabl_pyro.logging_utils import quiet_library_calls, release_bitsandbytes_logs
+from scalabl_pyro.io.assets import EMBEDDED_MODELS, ensure_embedded_model
+from scalabl_pyro.io.hub_access import hub_endpoint, hub_status
+from scalabl_pyro.utils.logging_utils import quiet_library_calls, release_bitsandbytes_logs
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def load_base_model(
     ``name_or_path`` is an embedded alias (e.g. ``"smollm2-135m"``, fetched and
     converted once), a local directory with ``config.json``, or a hub id
     ``org/name``. ``revision`` applies to hub ids only. A hub id is checked
-    with one short probe first (:mod:`scalabl_pyro.hub_access`): when the hub
+    with one short probe first (:mod:`scalabl_pyro.io.hub_access`): when the hub
     cannot be reached the cached copy is used, and without one the call fails
     in seconds rather than after the hub client's minute of retries.
     ``quantization`` (``None``, ``"4bit"`` or ``"8bit"``) loads a frozen
@@ -152,7 +152,7 @@ def load_base_model(
 
     Loading prints nothing: transformers' and the hub's progress bars are off
     unless ``progress`` is true, and the libraries' ``warnings.warn`` calls are
-    logged on this module's logger (:func:`~scalabl_pyro.logging_utils.quiet_library_calls`).
+    logged on this module's logger (:func:`~scalabl_pyro.utils.logging_utils.quiet_library_calls`).
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -5,7 +5,7 @@ Every adapted layer computes ``h = W0 x + (alpha / r) B A x`` with
     A_l ~ q(A_l) = N(M_l, diag sigma_l^2)       (r x d_in, site ``A.<module path>``)
     p(A_l) = N(0, sigma_p^2),  sigma_p = 0.2     (BLoB's prior)
 
-and ``B`` a point estimate. It is a second :class:`~scalabl_pyro.latents.LatentFamily`
+and ``B`` a point estimate. It is a second :class:`~scalabl_pyro.program.latents.LatentFamily`
 (:class:`BlobLoRA`): the Pyro model, the ELBO (analytic KL through
 ``TraceMeanField_ELBO``), the trainer and the BMA predictor are the ones
 ScalaBL uses. ``M_l`` *is* peft's ``lora_A`` weight (the guide reads it, it is
@@ -42,9 +42,9 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule
 from torch import nn
 
-from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.latents import Draws
+from scalabl_pyro.program.adapters import SubspaceLoRA
+from scalabl_pyro.program.latents import Draws
 
 #: BLoB's prior standard deviation on the entries of A.
 BLOB_PRIOR_SCALE = 0.2

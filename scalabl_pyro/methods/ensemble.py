@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from pyro.infer.autoguide import AutoGuide
 
-from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.predict import Prediction
+from scalabl_pyro.inference.predict import Prediction
+from scalabl_pyro.program.adapters import SubspaceLoRA
 
 DEFAULT_ENSEMBLE_SIZE = 5
 _LORA, _GUIDE = "lora.", "guide."

@@ -38,9 +38,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskFormat
-from scalabl_pyro.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.scoring import class_scores
+from scalabl_pyro.program.formats import TaskFormat
+from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+from scalabl_pyro.program.scoring import class_scores
 
 HESSIANS = ("ggn", "exact")
 

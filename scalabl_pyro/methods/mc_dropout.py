@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from scalabl_pyro.adapters import SubspaceLoRA
+from scalabl_pyro.program.adapters import SubspaceLoRA
 
 #: Dropout probability used when method 'mc_dropout' is chosen without one.
 DEFAULT_DROPOUT = 0.1

@@ -44,9 +44,9 @@ from pyro.distributions import constraints
 from torch import nn
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.latents import Draws, LatentFamily
-from scalabl_pyro.logging_utils import quiet_library_calls
-from scalabl_pyro.rng import model_devices, seeded
+from scalabl_pyro.program.latents import Draws, LatentFamily
+from scalabl_pyro.utils.logging_utils import quiet_library_calls
+from scalabl_pyro.utils.rng import model_devices, seeded
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,11 @@ the reference objective's SGD step on the reverse KL.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -275,3 +277,41 @@ def _constraint_of(guide: AutoGuide, param_name: str) -> constraints.Constraint:
         if entry is not None:
             return entry[0]
     return constraints.real
+
+
+def guide_covariance(guide: Any, site_names: Sequence[str]) -> np.ndarray | None:
+    """The exact (D, D) covariance of a Gaussian guide over ``site_names`` (None: no closed form).
+
+    Mean-field: diagonal of the scales; full-rank / low-rank: Pyro's
+    ``get_posterior()`` (the joint Normal over the packed latent vector,
+    identity transform since ``s`` is real); block (``AutoStructured`` with
+    dense conditionals and no dependencies, ``s_l = loc_l + diag(scale_l) L_l
+    z``): block-diagonal ``diag(scale_l) L_l L_l^T diag(scale_l)``. Other
+    families: None. It reads the guides' internals, so it lives beside them.
+    """
+    from operator import attrgetter
+
+    from pyro.infer.autoguide import AutoContinuous, AutoStructured
+
+    from scalabl_pyro.program.model import pyro_settings
+
+    with pyro_settings(), torch.no_grad():
+        if isinstance(guide, (AutoMeanFieldNormal, AutoLogMeanField)):
+            scales = [guide._get_loc_and_scale(n)[1].reshape(-1) for n in site_names]
+            return np.diag(torch.cat(scales).double().cpu().numpy() ** 2)
+        if isinstance(guide, AutoContinuous):
+            order = list(guide._unconstrained_shapes)
+            if order != list(site_names):
+                return None
+            post = guide.get_posterior()
+            return post.covariance_matrix.double().cpu().numpy()
+        if isinstance(guide, AutoStructured) and not guide.dependencies:
+            blocks = []
+            for n in site_names:
+                if guide.conditionals.get(n) != "mvn":
+                    return None
+                scale = attrgetter(n)(guide.scales).reshape(-1).double()
+                tril = attrgetter(n)(guide.scale_trils).double()
+                blocks.append(scale[:, None] * (tril @ tril.T) * scale[None, :])
+            return torch.block_diag(*blocks).cpu().numpy()
+    return None

@@ -14,7 +14,7 @@ kind of LoRA without forking the layer). It owns
 * its **export**: a plain peft adapter (and a merged model) equal to the
   point model.
 
-ScalaBL's family is :class:`~scalabl_pyro.adapters.SubspaceLoRA`, an
+ScalaBL's family is :class:`~scalabl_pyro.program.adapters.SubspaceLoRA`, an
 r-vector ``s`` per adapted layer; BLoB's Gaussian over ``A`` is a second
 family of the same kind.
 """

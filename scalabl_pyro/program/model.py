@@ -38,10 +38,10 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from scalabl_pyro.adapters import SubspaceLoRA
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskBatch
-from scalabl_pyro.scoring import class_scores
+from scalabl_pyro.program.adapters import SubspaceLoRA
+from scalabl_pyro.program.formats import TaskBatch
+from scalabl_pyro.program.scoring import class_scores
 
 #: Pyro settings the program runs under (guide parameters are module-local
 #: ``nn.Parameter``s, so a plain torch optimizer trains them). Entered as a

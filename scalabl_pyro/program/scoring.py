@@ -71,10 +71,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalabl_pyro.adapters import HEAD_SITE, SubspaceLoRA
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.formats import TaskBatch
-from scalabl_pyro.latents import Draws
+from scalabl_pyro.program.adapters import HEAD_SITE, SubspaceLoRA
+from scalabl_pyro.program.formats import TaskBatch
+from scalabl_pyro.program.latents import Draws
 
 #: Fixed cost of one extra decoder call, in token positions, that the answer
 #: bucketing weighs against padding (on a GPU padding is nearly free).

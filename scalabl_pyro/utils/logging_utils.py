@@ -18,8 +18,9 @@ of :func:`cli_logging`:
   the libraries' own handlers are taken off so their records reach the root
   handler; libraries imported later read their verbosity from the
   environment (``TRANSFORMERS_VERBOSITY`` and friends, set only where the
-  user has not set them) and :func:`adopt_library_loggers` takes their
-  handlers off once they are imported;
+  user has not set them), and their handlers are taken off as soon as they
+  are imported (an import hook installed for the block, so no command has to
+  ask for it);
 * library progress bars are off when ``progress`` is false
   (``HF_HUB_DISABLE_PROGRESS_BARS``, ``HF_DATASETS_DISABLE_PROGRESS_BARS``).
 
@@ -86,7 +87,13 @@ class _OwnOrVerbose(logging.Filter):
 
 
 class _Routing:
-    """What :func:`cli_logging` changed, so that it can be put back."""
+    """What :func:`cli_logging` changed, so that it can be put back.
+
+    While the block runs it is also a meta-path finder: when transformers, datasets
+    or huggingface_hub (or one of their submodules, which attach the library's
+    handler lazily) finishes importing, their handlers are taken off at once, so no
+    command has to remember to do it after importing the heavy stack.
+    """
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
@@ -96,14 +103,16 @@ class _Routing:
     def adopt(self) -> None:
         """Take the libraries' own handlers off, so their records use the root handler."""
         for name in _OWN_HANDLER_LIBRARIES:
-            if name in self.adopted or name not in sys.modules:
+            if name not in sys.modules:
                 continue
             lib = logging.getLogger(name)
-            self.adopted[name] = (list(lib.handlers), lib.propagate)
+            if name not in self.adopted:
+                self.adopted[name] = ([], lib.propagate)
+                lib.setLevel(self.third_party_level)
             for handler in list(lib.handlers):
+                self.adopted[name][0].append(handler)
                 lib.removeHandler(handler)
             lib.propagate = True
-            lib.setLevel(self.third_party_level)
 
     def restore(self) -> None:
         for name, (handlers, propagate) in self.adopted.items():
@@ -112,20 +121,43 @@ class _Routing:
                 lib.addHandler(handler)
             lib.propagate = propagate
 
+    def find_spec(self, fullname: str, path=None, target=None):
+        """Wrap the loader of the libraries' modules so that :meth:`adopt` runs after each."""
+        if fullname.partition(".")[0] not in _OWN_HANDLER_LIBRARIES:
+            return None
+        import importlib.machinery
 
-_active: _Routing | None = None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _AdoptingLoader(spec.loader, self)
+        return spec
 
 
-def adopt_library_loggers() -> None:
-    """Route libraries imported since :func:`cli_logging` began (no-op outside it)."""
-    if _active is not None:
-        _active.adopt()
+class _AdoptingLoader:
+    """Delegates to a module's own loader; takes the library handlers off once it ran."""
+
+    def __init__(self, loader, routing: _Routing) -> None:
+        self._loader = loader
+        self._routing = routing
+
+    def __getattr__(self, name: str):
+        if name in ("_loader", "_routing"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._loader, name)
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        try:
+            self._loader.exec_module(module)
+        finally:
+            self._routing.adopt()
 
 
 @contextmanager
 def cli_logging(verbose: bool, *, progress: bool = True) -> Iterator[None]:
     """Route all logging and warnings of one CLI command (see the module docs)."""
-    global _active
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
@@ -151,12 +183,13 @@ def cli_logging(verbose: bool, *, progress: bool = True) -> Iterator[None]:
     showwarning = warnings.showwarning
     logging.captureWarnings(True)
     we_capture = warnings.showwarning is not showwarning  # False if the caller already did
-    previous, _active = _active, routing
     routing.adopt()
+    sys.meta_path.insert(0, routing)
     try:
         yield
     finally:
-        _active = previous
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(routing)
         routing.restore()
         if we_capture:
             logging.captureWarnings(False)

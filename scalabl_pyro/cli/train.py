@@ -1,0 +1,541 @@
+"""``scalabl train``: fine-tune a model with ScalaBL or a baseline, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from scalabl_pyro.cli.checks import (
+    check_checkpoint_files,
+    check_device,
+    check_letter_classes,
+    load_data,
+    read_checkpoint_meta,
+    scalabl_class,
+)
+from scalabl_pyro.cli.options import (
+    DATA_DEFAULTS,
+    GUIDES,
+    MEAN_FIELD_GUIDES,
+    METHODS,
+    NO_PROGRESS,
+    NORMALIZATIONS,
+    POINT_MASS_GUIDES,
+    STEP_SEED_FACTOR,
+    add_data_args,
+    add_model_args,
+    flag_list,
+    given,
+    num_option,
+    them,
+    verbose_flag,
+)
+from scalabl_pyro.errors import ScalaBLError
+
+
+def register(sub: Any) -> None:
+    """Add ``scalabl train`` to the subcommands."""
+    p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
+    verbose_flag(p, top=False)
+    add_model_args(p)
+    add_data_args(p, "train", resumable=True)
+    p.add_argument("--output", required=True, help="checkpoint directory (new or empty)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the checkpoint in --output (training options default to its own)",
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoint in --output (only a scalabl-pyro checkpoint, "
+        "and only if it holds nothing else)",
+    )
+    p.add_argument(
+        "--format",
+        dest="task_format",
+        default=None,
+        choices=("choice", "letter"),
+        help="choice scoring (default) or the lettered format",
+    )
+    p.add_argument(
+        "--normalization",
+        default=None,
+        choices=NORMALIZATIONS,
+        help="choice scoring: an answer's log-likelihood per token (mean, the default), "
+        "in total (sum) or per UTF-8 byte of its text (byte)",
+    )
+    p.add_argument(
+        "--method",
+        default=None,
+        choices=METHODS,
+        help="scalabl (default) or a baseline (docs/baselines.md)",
+    )
+    p.add_argument(
+        "--guide",
+        default=None,
+        choices=GUIDES,
+        help="guide family of --method scalabl (default mean_field; log_mean_field with "
+        "--objective reference)",
+    )
+    num_option(p, "--ensemble-size", "adapters K of --method ensemble", 5)
+    num_option(
+        p,
+        "--dropout",
+        "LoRA dropout p, kept on at test time by mc_dropout",
+        "0.1 for mc_dropout, else 0",
+    )
+    p.add_argument(
+        "--targets", default=None, help="comma-separated module names (default q_proj,v_proj)"
+    )
+    num_option(p, "--rank", "LoRA rank", 8)
+    num_option(p, "--alpha", "LoRA alpha", 16.0)
+    num_option(p, "--prior-scale", "prior standard deviation, not with --guide mle", 1.0)
+    num_option(
+        p,
+        "--init-scale",
+        "initial posterior std of s (docs/calibration.md), not with a point-mass method",
+        "0.4; 0.05 for log_mean_field and blob",
+    )
+    num_option(p, "--steps", "total optimizer steps, with --resume the new total", 200)
+    num_option(p, "--batch-size", "examples per micro-batch", 4)
+    num_option(p, "--lr", "learning rate of the LoRA factors", 1e-4)
+    num_option(
+        p,
+        "--var-lr",
+        "learning rate of the variational parameters",
+        "10 x --lr; --lr with --objective reference",
+    )
+    num_option(p, "--grad-accum", "micro-batches per step", 1)
+    num_option(
+        p,
+        "--max-grad-norm",
+        "clip the gradient norm, in per-example units (gradient of loss / N)",
+        "off",
+    )
+    num_option(p, "--particles", "posterior samples per step, not with a point-mass guide", 1)
+    p.add_argument(
+        "--objective",
+        default=None,
+        choices=("elbo", "reference"),
+        help="elbo (default) or reference, the official code's recipe",
+    )
+    p.add_argument(
+        "--kl-schedule",
+        default=None,
+        choices=("constant", "linear", "cyclic"),
+        help="KL weight schedule (default constant; cyclic with --objective reference)",
+    )
+    num_option(p, "--kl-warmup-steps", "steps of the warm-up of --kl-schedule linear", 0)
+    num_option(
+        p,
+        "--kl-weight",
+        "multiplier of the KL term (1: the proper ELBO; > 1 a tempered, wider posterior, "
+        "see docs/calibration.md)",
+        1.0,
+    )
+    num_option(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=("official",),
+        help="official: the official ScalaBL code's recipe in one switch (docs/method.md): "
+        "--guide log_mean_field, --objective reference, its N(u, (1 + u)^2) prior, "
+        "alpha = 2 x rank, lm_head with q_proj,v_proj (so --format letter), each epoch's "
+        "partial last batch kept, float32 LoRA path",
+    )
+    num_option(
+        p,
+        "--threads",
+        "CPU threads of this process (docs/reliability.md)",
+        "$OMP_NUM_THREADS, else all cores",
+    )
+    num_option(p, "--seed", "seed of the data order and the posterior draws", 0)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+
+
+def _train_data_args(args: argparse.Namespace, meta: dict | None) -> None:
+    """Fill train's --data/--split/--limit/--source: given, else (--resume) saved, else default."""
+    if meta is None:
+        args.data = args.data if args.data is not None else DATA_DEFAULTS["data"]
+        args.split = args.split if args.split is not None else "train"
+        args.source = args.source if args.source is not None else DATA_DEFAULTS["source"]
+        args.subset_seed = 0
+        return
+    from scalabl_pyro.io.checkpoint import TRAIN_DATA_KEY, resume_data_settings
+
+    given = {"data": args.data, "split": args.split, "limit": args.limit, "source": args.source}
+    chosen = resume_data_settings(meta.get(TRAIN_DATA_KEY), given)
+    args.data, args.split, args.limit = chosen["data"], chosen["split"], chosen["limit"]
+    args.source, args.subset_seed = chosen["source"], chosen["seed"]
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise ScalaBLError(
+            f"--targets {text!r} has an empty module name; write e.g. --targets q_proj,v_proj"
+        )
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ScalaBLError(f"--targets names {', '.join(dup)} twice; list each module once")
+    return tuple(names)
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """``--resume`` keeps the saved model and learning rates: refuse flags it would ignore."""
+    fixed = given(
+        args,
+        "model",
+        "task_format",
+        "normalization",
+        "method",
+        "guide",
+        "targets",
+        "rank",
+        "alpha",
+        "prior_scale",
+        "init_scale",
+        "ensemble_size",
+        "dropout",
+        "recipe",
+    )
+    fixed = [f.replace("--task-format", "--format") for f in fixed]
+    if fixed:
+        raise ScalaBLError(
+            f"--resume continues the model saved in --output, so {flag_list(fixed)} would be "
+            f"ignored; drop {them(fixed)}, or train a new model into another --output"
+        )
+    rates = given(args, "lr", "var_lr")
+    if rates:
+        raise ScalaBLError(
+            f"--resume restores the learning rates with the optimizer state, so {flag_list(rates)} "
+            f"would be ignored; drop {them(rates)} (--steps sets the new total)"
+        )
+
+
+@dataclass
+class TrainSettings:
+    """Every option of ``scalabl train`` after defaults (and, with --resume, the checkpoint)."""
+
+    model: str = "smollm2-135m"
+    task_format: str = "choice"
+    normalization: str = "mean"
+    method: str = "scalabl"
+    guide: str = "mean_field"
+    ensemble_size: int = 5
+    dropout: float | None = None
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    rank: int = 8
+    alpha: float = 16.0
+    prior_scale: float = 1.0
+    init_scale: float | None = None  # None: the method's default (ScalaBLConfig.initial_scale)
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    var_lr: float | None = None
+    grad_accum: int = 1
+    max_grad_norm: float | None = None
+    particles: int = 1
+    objective: str = "elbo"
+    kl_schedule: str | None = None  # None: the objective's own (constant; reference: cyclic)
+    kl_weight: float = 1.0
+    kl_warmup_steps: int = 0
+    checkpoint_every: int = 0
+    seed: int = 0
+    num_classes: int | None = None  # letter format of a resumed checkpoint
+    recipe: str | None = None  # "official": ScalaBLConfig.official + TrainConfig.official
+
+
+_SAVED_TRAIN_KEYS = {  # TrainSettings field -> TrainConfig field saved in a checkpoint
+    "lr": "lr",
+    "var_lr": "var_lr",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "max_grad_norm": "max_grad_norm",
+    "particles": "num_particles",
+    "objective": "objective",
+    "kl_schedule": "kl_schedule",
+    "kl_weight": "kl_weight",
+    "kl_warmup_steps": "kl_warmup_steps",
+    "checkpoint_every": "checkpoint_every",
+    "seed": "seed",
+}
+
+
+def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSettings:
+    """The options typed, else (with --resume) the checkpoint's, else the defaults."""
+    s = TrainSettings()
+    if meta is not None:
+        cfg = meta.get("config", {})
+        s.model = cfg.get("base_model", s.model)
+        s.task_format = cfg.get("task_format", s.task_format)
+        s.guide = cfg.get("guide", s.guide)
+        s.method = cfg.get("method", s.method)
+        s.num_classes = cfg.get("num_classes")
+        saved = meta.get("train_config") or {}
+        for ours, theirs in _SAVED_TRAIN_KEYS.items():
+            if saved.get(theirs) is not None:
+                setattr(s, ours, saved[theirs])
+    for name in vars(s):
+        value = getattr(args, name, None)
+        if value is not None and name != "targets":
+            setattr(s, name, value)
+    if args.targets is not None:
+        s.targets = _targets(args.targets)
+    if meta is None and args.guide is None and s.objective == "reference":
+        s.guide = "log_mean_field"  # the official code's parameters (log mu, log sigma)
+    if meta is None and s.recipe == "official":  # what ScalaBLConfig/TrainConfig.official set
+        from scalabl_pyro.config import ScalaBLConfig
+
+        s.guide = ScalaBLConfig.OFFICIAL["guide"]
+        s.task_format = ScalaBLConfig.OFFICIAL["task_format"]
+        s.objective = "reference"
+        s.alpha = 2.0 * s.rank
+        if args.targets is None:
+            s.targets = ("q_proj", "v_proj", "lm_head")
+    return s
+
+
+#: Flags whose value --recipe official sets itself (dest names).
+_RECIPE_SETS = (
+    "method",
+    "guide",
+    "objective",
+    "task_format",
+    "normalization",
+    "alpha",
+    "prior_scale",
+    "init_scale",
+    "dropout",
+    "kl_schedule",
+    "kl_weight",
+    "kl_warmup_steps",
+    "particles",
+)
+
+
+def _check_recipe(s: TrainSettings, args: argparse.Namespace) -> None:
+    """--recipe official sets these options itself: a typed one would contradict or be ignored."""
+    if s.recipe != "official" or args.resume:
+        return
+    typed = [f.replace("--task-format", "--format") for f in given(args, *_RECIPE_SETS)]
+    if typed:
+        raise ScalaBLError(
+            f"--recipe official sets {flag_list(typed)} itself (docs/method.md); drop "
+            f"{them(typed)}, or drop --recipe and set each option yourself"
+        )
+    if "lm_head" not in s.targets:
+        raise ScalaBLError(
+            "--recipe official adapts lm_head, as the official code does; add lm_head to "
+            "--targets, or drop --recipe"
+        )
+
+
+def _check_method_settings(s: TrainSettings, args: argparse.Namespace) -> None:
+    """Options that the chosen --method does not use."""
+    if args.resume:
+        return
+    ignored = []
+    if s.method != "scalabl" and args.guide is not None:
+        ignored.append("--guide")
+    if s.method not in ("scalabl", "laplace") and args.prior_scale is not None:
+        ignored.append("--prior-scale")
+    if s.method != "ensemble" and args.ensemble_size is not None:
+        ignored.append("--ensemble-size")
+    if ignored:
+        raise ScalaBLError(
+            f"--method {s.method} does not use {flag_list(ignored)}; drop {them(ignored)} "
+            "(--guide and --prior-scale shape --method scalabl, --ensemble-size --method ensemble)"
+        )
+    if s.method != "scalabl" and s.objective == "reference":
+        raise ScalaBLError(
+            f"--objective reference is the official ScalaBL recipe; --method {s.method} trains "
+            "with --objective elbo, so drop --objective"
+        )
+    if s.method == "blob" and "lm_head" in s.targets:
+        raise ScalaBLError("--method blob does not adapt lm_head; drop lm_head from --targets")
+
+
+def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
+    """Combinations that are contradictory, ignored or no-ops."""
+    _check_recipe(s, args)
+    _check_method_settings(s, args)
+    if s.method in ("mle", "map", "mc_dropout", "ensemble"):
+        s.guide = "mle"  # what ScalaBLConfig sets for these methods
+    point_mass = s.guide in POINT_MASS_GUIDES or s.method == "laplace"
+    if s.guide == "mle":
+        extra = given(args, "prior_scale", "kl_warmup_steps", "kl_weight")
+        if args.kl_schedule is not None:
+            extra.append("--kl-schedule")
+        if extra:
+            raise ScalaBLError(
+                f"--guide mle is plain LoRA with no prior and no KL term, so {flag_list(extra)} "
+                f"would be ignored; drop {them(extra)}, or pick a Bayesian --guide such as "
+                "mean_field"
+            )
+    if point_mass and args.init_scale is not None and not args.resume:
+        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
+        raise ScalaBLError(
+            f"{what} starts from a point, not a Gaussian, so --init-scale would be ignored; "
+            "drop --init-scale or pick a Gaussian --guide such as mean_field"
+        )
+    if point_mass and s.particles > 1:
+        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
+        raise ScalaBLError(
+            f"{what} is a point mass, so its --particles {s.particles} samples "
+            "would all be the same; drop --particles"
+        )
+    schedule = s.kl_schedule or ("cyclic" if s.objective == "reference" else "constant")
+    if s.objective == "reference":
+        if s.guide not in MEAN_FIELD_GUIDES:
+            raise ScalaBLError(
+                "--objective reference reproduces the official mean-field recipe; use "
+                f"--guide log_mean_field or mean_field (not {s.guide}), or --objective elbo"
+            )
+        if s.particles > 1:
+            raise ScalaBLError(
+                "--objective reference draws one posterior sample per step, so --particles "
+                f"{s.particles} would be ignored; drop --particles or use --objective elbo"
+            )
+        if schedule != "cyclic":
+            raise ScalaBLError(
+                f"--objective reference uses BLoB's cyclic KL weight only, so --kl-schedule "
+                f"{schedule} cannot apply; drop --kl-schedule or use --objective elbo"
+            )
+    if schedule == "linear" and s.kl_warmup_steps < 1:
+        raise ScalaBLError(
+            "--kl-schedule linear without --kl-warmup-steps is the constant schedule; "
+            "pass --kl-warmup-steps N (N >= 1) or drop --kl-schedule"
+        )
+    if schedule != "linear" and s.kl_warmup_steps > 0:
+        raise ScalaBLError(
+            f"--kl-warmup-steps only applies to --kl-schedule linear (this run uses "
+            f"{schedule}); add --kl-schedule linear or drop --kl-warmup-steps"
+        )
+    if s.checkpoint_every and s.checkpoint_every >= s.steps:
+        raise ScalaBLError(
+            f"--checkpoint-every {s.checkpoint_every} is not below --steps {s.steps}, so it "
+            "saves nothing beyond the final checkpoint (always written); lower it or drop it"
+        )
+    if s.seed * STEP_SEED_FACTOR + s.steps >= 2**32:
+        raise ScalaBLError(
+            f"--seed {s.seed} with --steps {s.steps} overflows the per-step seeds "
+            f"(seed x {STEP_SEED_FACTOR:,} + step must stay below 2^32); use a smaller --seed"
+        )
+    if "lm_head" in s.targets and s.task_format != "letter":
+        raise ScalaBLError(
+            "--targets lm_head adapts the answer-token rows, which only the letter format "
+            "scores; add --format letter or drop lm_head from --targets"
+        )
+    if args.normalization is not None and s.task_format != "choice":
+        raise ScalaBLError(
+            "--normalization sets how answer texts are scored, which only the choice format "
+            "does; drop --normalization or use --format choice"
+        )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check every option, then train (and save) or resume."""
+    if args.resume:
+        _check_resume_flags(args)
+    else:
+        _check_train_settings(_train_settings(args, None), args)
+    from scalabl_pyro.io.checkpoint import check_output_dir
+
+    check_output_dir(args.output, resume=args.resume, overwrite=args.overwrite)
+    meta = None
+    if args.resume:
+        from scalabl_pyro.io.checkpoint import load_trainer_state
+
+        meta = read_checkpoint_meta(args.output, "--output")
+        s = _train_settings(args, meta)
+        _check_train_settings(s, args)
+        try:
+            state = load_trainer_state(args.output) or {}
+            done = int(state["step"])
+        except ScalaBLError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any unreadable state is a damaged checkpoint
+            raise ScalaBLError(
+                f"--resume: the training state in --output {args.output} cannot be read "
+                f"({type(e).__name__}); the checkpoint is damaged, so train a new one"
+            ) from e
+        if s.steps <= done:
+            raise ScalaBLError(
+                f"--resume: the checkpoint in --output has already trained {done} steps, so "
+                f"--steps {s.steps} would train none; pass --steps above {done}"
+            )
+    else:
+        s = _train_settings(args, None)
+    given_data = args.data
+    _train_data_args(args, meta)
+    train = load_data(args)
+    check_letter_classes(train, s.task_format, s.num_classes)
+    if args.resume:
+        from scalabl_pyro.io.checkpoint import TRAIN_DATA_KEY, check_train_data
+
+        check_train_data(
+            (meta or {}).get(TRAIN_DATA_KEY),
+            train,
+            where=f"--output {args.output}",
+            flag=f"--data {given_data}" if given_data is not None else "--data",
+            fix="drop --data to continue on the saved set, or train a new model into another "
+            "--output",
+        )
+        check_checkpoint_files(args.output)
+
+    check_device(args.device)
+    ScalaBL = scalabl_class()
+    from dataclasses import fields
+
+    from scalabl_pyro.config import ScalaBLConfig
+    from scalabl_pyro.inference.train import TrainConfig
+
+    # a resumed run keeps every saved setting, also those the CLI has no flag for
+    known = {f.name for f in fields(TrainConfig)}
+    saved = (meta or {}).get("train_config") or {}
+    settings = {k: v for k, v in saved.items() if k in known}
+    settings.update({theirs: getattr(s, ours) for ours, theirs in _SAVED_TRAIN_KEYS.items()})
+    settings["gradient_checkpointing"] = args.gradient_checkpointing or bool(
+        settings.get("gradient_checkpointing")
+    )
+    settings["progress"] = args.progress
+    if s.recipe == "official" and not args.resume:
+        settings.update(TrainConfig.OFFICIAL)  # partial last batch, float32 LoRA path
+    tcfg = TrainConfig(**settings)
+    if args.resume:
+        sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
+    else:
+        method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
+        if s.dropout is not None:
+            method_args["dropout"] = s.dropout
+        if s.init_scale is not None:
+            method_args["init_scale"] = s.init_scale
+        if s.recipe == "official":  # the rest of ScalaBLConfig.official(): prior, init, dropout
+            official = ScalaBLConfig.OFFICIAL
+            method_args.update({k: official[k] for k in ("reference_prior_quirk", "init_scale")})
+            method_args["dropout"] = official["dropout"]
+        mcfg = ScalaBLConfig(
+            **method_args,
+            base_model=s.model,
+            task_format=s.task_format,
+            normalization=s.normalization,
+            guide=s.guide if s.method == "scalabl" else "mean_field",
+            target_modules=s.targets,
+            rank=s.rank,
+            alpha=s.alpha,
+            prior_scale=None if s.guide == "mle" else s.prior_scale,
+            num_classes=max(train.num_classes, 2),
+            device=args.device,
+            dtype=args.dtype,
+            seed=s.seed,
+        )
+        sbl = ScalaBL.from_base(mcfg)
+    print(sbl.summary())
+    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
+    print(f"saved {args.output}")

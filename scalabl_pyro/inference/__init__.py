@@ -1,0 +1,3 @@
+"""Running the Pyro program: training by SVI (:mod:`.train`, multi-process in
+:mod:`.distributed`, stop-and-save in :mod:`.interrupt`), Bayesian model averaging
+(:mod:`.predict`) and temperature scaling of a BMA (:mod:`.temperature`)."""
