@@ -35,7 +35,7 @@ _EXPORTS = {
     "TrainConfig": "scalabl_pyro.inference.train",
     "TrainHistory": "scalabl_pyro.inference.train",
     "Prediction": "scalabl_pyro.inference.predict",
-    "GUIDE_FAMILIES": "scalabl_pyro.program.guides",
+    "GUIDE_FAMILIES": "scalabl_pyro.program.families",
     "classification_metrics": "scalabl_pyro.evaluation.metrics",
     "load_base_model": "scalabl_pyro.io.loading",
     "load_task": "scalabl_pyro.data",

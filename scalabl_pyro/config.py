@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.io.loading import check_quantization
+from scalabl_pyro.io.quantization import check_quantization
 from scalabl_pyro.methods import METHODS, POINT_S_METHODS, gaussian_over_s
-from scalabl_pyro.program.guides import check_family
+from scalabl_pyro.program.families import check_family
 
 #: The posterior family each non-ScalaBL method implies (what ``guide`` is set to).
 _METHOD_GUIDE = {"blob": "mean_field", "laplace": "full_rank"} | {m: "mle" for m in POINT_S_METHODS}

@@ -236,8 +236,8 @@ def test_data_shows_a_named_data_set(monkeypatch, capsys):
 
 
 def test_parser_lists_agree_with_the_library():
+    from scalabl_pyro.program.families import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
     from scalabl_pyro.program.formats import LETTERS, NORMALIZATIONS
-    from scalabl_pyro.program.guides import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
 
     assert options.NORMALIZATIONS == NORMALIZATIONS
     assert options.GUIDES == GUIDE_FAMILIES

@@ -17,8 +17,8 @@ from pyro.distributions import constraints
 from scalabl_testutils import make_scalabl
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.program.families import GUIDE_FAMILIES
 from scalabl_pyro.program.guides import (
-    GUIDE_FAMILIES,
     build_guide,
     count_free_parameters,
     expected_num_parameters,

@@ -17,7 +17,7 @@ EXIT_USAGE = 2
 NORMALIZATIONS = ("mean", "sum", "byte")
 
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
-"""Guide families (``program.guides.GUIDE_FAMILIES``, repeated to keep parsing light)."""
+"""Guide families (``program.families.GUIDE_FAMILIES``, repeated to keep parsing light)."""
 
 MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
 

@@ -55,12 +55,8 @@ from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.diagnostics.importance import ElpdResult, heldout_elpd, paired_difference
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.io.checkpoint import write_json
-from scalabl_pyro.program.guides import (
-    GUIDE_FAMILIES,
-    check_family,
-    count_free_parameters,
-    guide_covariance,
-)
+from scalabl_pyro.program.families import GUIDE_FAMILIES, check_family
+from scalabl_pyro.program.guides import count_free_parameters, guide_covariance
 from scalabl_pyro.utils.atomic import atomic_open, write_text_atomic
 
 log = logging.getLogger(__name__)

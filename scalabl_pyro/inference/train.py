@@ -53,8 +53,8 @@ from transformers import get_linear_schedule_with_warmup
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.inference.distributed import DistributedContext, no_sync
+from scalabl_pyro.program.families import MEAN_FIELD_FAMILIES
 from scalabl_pyro.program.formats import TaskFormat
-from scalabl_pyro.program.guides import MEAN_FIELD_FAMILIES
 from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.program.objectives import (
     KLSchedule,

@@ -49,6 +49,7 @@ from transformers import (
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.io.assets import EMBEDDED_MODELS, ensure_embedded_model
 from scalabl_pyro.io.hub_access import hub_endpoint, hub_status
+from scalabl_pyro.io.quantization import check_quantization
 from scalabl_pyro.utils.logging_utils import quiet_library_calls, release_bitsandbytes_logs
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _FALLBACK_PAD = "<|pad|>"
-QUANTIZATIONS = ("4bit", "8bit")
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _SAFETENSORS_FILE = "model.safetensors"
 
@@ -209,12 +209,6 @@ def load_base_model(
         f", {quantization}" if quantization else "",
     )
     return model, tokenizer
-
-
-def check_quantization(quantization: str | None) -> None:
-    """Refuse an unknown quantization name (the config calls this)."""
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ScalaBLError(f"unknown quantization {quantization!r}; use None, '4bit' or '8bit'")
 
 
 def quantization_config(quantization: str | None, dtype: torch.dtype, device: torch.device):

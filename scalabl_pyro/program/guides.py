@@ -56,6 +56,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.program.families import check_family
 
 
 def _base_constraint(constraint: constraints.Constraint) -> constraints.Constraint:
@@ -159,29 +160,6 @@ class AutoLogMeanField(AutoGuide):
             name: self._get_loc_and_scale(name)[0].clone()
             for name, _ in self.prototype_trace.iter_stochastic_nodes()
         }
-
-
-GUIDE_FAMILIES = (
-    "mean_field",
-    "log_mean_field",
-    "full_rank",
-    "low_rank",
-    "block",
-    "delta",
-    "mle",
-)
-
-#: Families with a diagonal Gaussian per site (analytic KL, closed-form reverse KL).
-MEAN_FIELD_FAMILIES = ("mean_field", "log_mean_field")
-
-
-def check_family(family: str) -> str:
-    """Validate a guide-family name (clear error listing the known ones)."""
-    if family not in GUIDE_FAMILIES:
-        raise ScalaBLError(
-            f"unknown guide family {family!r}; choose one of {', '.join(GUIDE_FAMILIES)}"
-        )
-    return family
 
 
 def build_guide(

@@ -41,8 +41,9 @@ from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.poutine.messenger import Messenger
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.program.families import MEAN_FIELD_FAMILIES
 from scalabl_pyro.program.formats import TaskBatch
-from scalabl_pyro.program.guides import MEAN_FIELD_FAMILIES, AutoLogMeanField
+from scalabl_pyro.program.guides import AutoLogMeanField
 from scalabl_pyro.program.model import ScalaBLModel
 
 _MEAN_FIELD_GUIDES = (AutoNormal, AutoLogMeanField)

@@ -1,0 +1,182 @@
+"""The package's folders are layers: every import points down, and no import runs in a circle.
+
+Each module is parsed with :mod:`ast` (imports inside functions count too, since they
+run sooner or later) and each ``scalabl_pyro.X...`` import is mapped to the layer of
+``X``. A layer may import itself and any layer below it, never one above.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "scalabl_pyro"
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # the root holds only the version and a lazy export table (importlib strings)
+    ("", "errors", "utils", "testing"),
+    ("io",),
+    ("data",),
+    ("program",),
+    ("evaluation",),
+    ("inference",),
+    ("methods",),
+    ("diagnostics",),
+    ("config",),
+    ("api",),
+    ("experiments",),
+    ("cli",),
+)
+"""Bottom first: the first part of a module's name below ``scalabl_pyro`` -> its layer."""
+
+RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The package's modules that ``name`` imports, anywhere in its body."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base if is_package else base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            for alias in node.names:  # ``from pkg import submodule`` imports the submodule
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m == "scalabl_pyro" or m.startswith("scalabl_pyro.")}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return RANK[part]
+
+
+def test_every_module_has_a_layer():
+    missing = sorted({m.split(".")[1] for m in MODULES if "." in m} - set(RANK))
+    assert not missing, f"give these folders/modules a layer in LAYERS: {missing}"
+
+
+def test_the_layering_is_checked_on_real_imports():
+    """The parser sees imports inside functions and ``from pkg import submodule``."""
+    assert "scalabl_pyro.api" in GRAPH["scalabl_pyro.cli.checks"]  # inside a function
+    assert "scalabl_pyro.cli.train" in GRAPH["scalabl_pyro.cli.app"]
+    assert "scalabl_pyro.data.normalize" in GRAPH["scalabl_pyro.data.hub"]
+
+
+def test_imports_point_down():
+    upward = [
+        f"{src} (layer {_layer(src)}) imports {dst} (layer {_layer(dst)})"
+        for src, targets in GRAPH.items()
+        for dst in sorted(targets)
+        if _layer(dst) > _layer(src)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (a list of nodes, first repeated last), or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_modules():
+    cycle = _cycle(GRAPH)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_import_cycle_between_folders():
+    folders: dict[str, set[str]] = {}
+    for src, targets in GRAPH.items():
+        a = src.split(".")[1] if "." in src else ""
+        folders.setdefault(a, set()).update(
+            b for b in (t.split(".")[1] if "." in t else "" for t in targets) if b != a
+        )
+    cycle = _cycle(folders)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _heavy_after(code: str) -> list[str]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{code}\nimport sys\n"
+            "print(','.join(m for m in ('torch', 'pyro', 'transformers', 'peft') "
+            "if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import scalabl_pyro.config",
+        "from scalabl_pyro.config import ScalaBLConfig; ScalaBLConfig(guide='full_rank')",
+        "from scalabl_pyro.cli import build_parser; build_parser()",
+    ],
+)
+def test_light_modules_import_no_torch(code):
+    assert _heavy_after(code) == []
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["benchmark"], ["compare"]])
+def test_help_imports_no_torch(command):
+    code = (
+        "import sys\nfrom scalabl_pyro.cli import main\n"
+        f"try:\n    main({[*command, '--help']!r})\nexcept SystemExit:\n    pass"
+    )
+    assert _heavy_after(code) == []
