@@ -8,9 +8,9 @@
     sbl.save_pretrained("runs/arc-easy")
 
 The class wires the pieces together and delegates: the latent family
-(``adapters.py``), the Pyro model (``model.py``), the guide (``guides.py``),
-training (``train.py``), prediction (``predict.py``), checkpoints
-(``checkpoint.py``). ``merge_and_unload()`` and ``export_adapter()`` give a
+(``program/adapters.py``), the Pyro model (``program/model.py``), the guide (``program/guides.py``),
+training (``inference/train.py``), prediction (``inference/predict.py``), checkpoints
+(``io/checkpoint.py``). ``merge_and_unload()`` and ``export_adapter()`` give a
 plain Hugging Face model / peft adapter equal to the posterior-mean model.
 """
 
@@ -608,7 +608,7 @@ class ScalaBL:
 
     # --------------------------------------------------------------- export
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write a checkpoint directory atomically (layout: ``checkpoint.py``)."""
+        """Write a checkpoint directory atomically (layout: ``io/checkpoint.py``)."""
         self._check_alive()
         meta = {
             "library": "scalabl-pyro",

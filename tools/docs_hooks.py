@@ -46,19 +46,19 @@ API_SECTION = "API reference"
 API_ORDER: tuple[str, ...] = (
     "api",
     "config",
-    "latents",
-    "adapters",
-    "model",
-    "guides",
-    "objectives",
-    "train",
-    "predict",
-    "metrics",
-    "plots",
-    "temperature",
-    "checkpoint",
+    "program",
+    "inference",
+    "methods",
+    "evaluation",
+    "diagnostics",
+    "experiments",
+    "data",
+    "io",
+    "utils",
+    "cli",
 )
-"""Modules listed first in the API reference, in reading order (the rest follow A-Z)."""
+"""Modules and subpackages listed first in the API reference, top layer first (the rest
+follow A-Z)."""
 
 USAGE_WIDTH = 88
 log = logging.getLogger("mkdocs.hooks.scalabl")
@@ -235,7 +235,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         if not _fill(nav, section, entries):
             log.warning("mkdocs.yml nav has no empty '%s: []' section to fill", section)
     if not CLI_PAGE.exists() or CLI_PAGE.read_text(encoding="utf-8") != render_cli_reference():
-        log.warning("docs/cli.md is out of date with scalabl_pyro/cli.py; run `make cli-docs`")
+        log.warning("docs/cli.md is out of date with scalabl_pyro/cli/; run `make cli-docs`")
     return config
 
 

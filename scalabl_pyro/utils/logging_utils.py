@@ -29,7 +29,7 @@ logging. What the library does for its Python API (no progress bars or
 third-party warnings while loading, bitsandbytes' import-time messages held
 until quantisation is asked for) is at the end of this module.
 Everything :func:`cli_logging` sets is put back when the block exits, so
-calling ``scalabl_pyro.cli.main`` in-process leaves the caller's logging as
+calling ``scalabl_pyro.cli.main()`` in-process leaves the caller's logging as
 it was.
 """
 
