@@ -314,19 +314,6 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 # ------------------------------------------------------------------- tables
 
 #: (column, header, format) of the markdown table.
