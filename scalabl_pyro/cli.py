@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -980,6 +981,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        from scalabl_pyro.train import set_cpu_threads
+
+        set_cpu_threads(args.threads)
     if args.resume:
         _check_resume_flags(args)
     else:
@@ -1465,6 +1470,9 @@ def _os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalabl`` console script."""
     args = build_parser().parse_args(argv)
+    # idle OpenMP threads sleep instead of spinning: two jobs sharing the cores no longer
+    # starve each other (read when torch loads, so set before; docs/reliability.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args.progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     with cli_logging(args.verbose, progress=args.progress):
         try:

@@ -7,6 +7,7 @@ their one handler; ``cli`` registers the subcommand and owns error handling.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -75,6 +76,13 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
     num(p, "--eval-limit", "report (test) questions per data set", 500)
     num(p, "--eval-every", "validation curve every N steps (0: none)", 0)
     num(p, "--curve-limit", "selection questions in the validation curve", 100)
+    num(
+        p,
+        "--threads",
+        "CPU threads (1 keeps cells bitwise reproducible and long runs fast beside other "
+        "jobs, docs/reliability.md)",
+        "$OMP_NUM_THREADS, else 1",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke-sized grid (1-2 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -131,6 +139,10 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from scalabl_pyro.benchmark import rebuild_table, run_benchmark
 
     cfg = config_from_args(args)
+    if not args.table_only:
+        from scalabl_pyro.train import set_cpu_threads
+
+        set_cpu_threads(args.threads or (None if os.environ.get("OMP_NUM_THREADS") else 1))
     if args.table_only:
         rebuild_table(cfg)
     else:
