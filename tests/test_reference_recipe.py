@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -436,3 +437,21 @@ def test_benchmark_official_method_is_the_recipe():
         parse_method("official[guide=mean_field]")
     with pytest.raises(ScalaBLError, match="drop num_particles|num_particles=1"):
         parse_method("official[num_particles=2]")
+
+
+def test_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(tiny_run_dir, monkeypatch):
+    """Spinning OpenMP threads made two jobs on shared cores ~5x slower (docs/reliability.md)."""
+    from scalabl_pyro.train import set_cpu_threads
+
+    data = ["data", "--data", str(tiny_run_dir / "data.jsonl")]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(data) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting wins
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(data) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with pytest.raises(ScalaBLError, match="threads must be >= 1"):
+        set_cpu_threads(0)
+    assert set_cpu_threads(None) == torch.get_num_threads()
