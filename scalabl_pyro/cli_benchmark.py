@@ -56,7 +56,7 @@ def add_parser(sub: Any, num: Any, verbose: Any, model_args: Any) -> None:
         "--methods",
         default="mle,mle+ts,scalabl",
         help="method specs name[key=value,...] (add +ts for temperature scaling), comma-separated "
-        "(names: mle, scalabl, full_rank, low_rank, block, reference, map, mc_dropout, "
+        "(names: mle, scalabl, full_rank, low_rank, block, reference, official, map, mc_dropout, "
         "ensemble, blob, laplace)",
     )
     p.add_argument("--tasks", default="arc_easy", help="data set keys, comma-separated")
