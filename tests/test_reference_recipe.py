@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from pyro.poutine.messenger import Messenger
 from scalabl_testutils import make_scalabl, randomize_lora, toy_dataset
 
 from scalabl_pyro.api import ScalaBL
+from scalabl_pyro.cli import main
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.inference.train import TrainConfig, Trainer
@@ -350,3 +355,103 @@ def _snapshot(lora, guide, names) -> list[torch.Tensor]:
     mus = [guide._get_loc_and_scale(s)[0].detach().log() for s in names]
     sigmas = [guide._get_loc_and_scale(s)[1].detach().log() for s in names]
     return [p.detach().clone() for p in lora] + mus + sigmas
+
+
+# --------------------------------------------------------------------------------------
+# One switch: scalabl train --recipe official, the benchmark's "official" method
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("recipe")
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(d / "tiny")
+    tok.save_pretrained(d / "tiny")
+    rows = [
+        {
+            "question": f"Which colour is item {i}?",
+            "choices": ["red", "blue", "green"],
+            "label": i % 3,
+        }
+        for i in range(5)
+    ]
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def _train_cli(d, *extra: str, output: str = "run") -> tuple[int, str]:
+    args = ["train", "--model", str(d / "tiny"), "--data", str(d / "data.jsonl")]
+    args += ["--output", str(d / output), "--rank", "2", "--no-progress", *extra]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    return code, err.getvalue()
+
+
+def test_cli_recipe_official_sets_every_item(tiny_run_dir):
+    threads = torch.get_num_threads()
+    try:
+        code, err = _train_cli(
+            tiny_run_dir, "--recipe", "official", "--steps", "3", "--threads", "1"
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)  # the rest of the session keeps its own
+    assert code == 0, err
+    meta = json.loads((tiny_run_dir / "run" / "scalabl_config.json").read_text())
+    cfg, tcfg = meta["config"], meta["train_config"]
+    assert cfg["guide"] == "log_mean_field" and cfg["reference_prior_quirk"] is True
+    assert cfg["alpha"] == 4.0 and cfg["rank"] == 2  # alpha = 2r
+    assert cfg["target_modules"] == ["q_proj", "v_proj", "lm_head"]
+    assert cfg["task_format"] == "letter" and cfg["init_scale"] == 0.05
+    assert cfg["prior_scale"] == 1.0 and cfg["dropout"] == 0.0
+    assert tcfg["objective"] == "reference" and tcfg["partial_last_batch"] is True
+    assert tcfg["bf16"] is False and tcfg["num_particles"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--guide", "mean_field"], "--recipe official sets --guide itself"),
+        (["--objective", "elbo"], "--recipe official sets --objective itself"),
+        (["--alpha", "16", "--format", "choice"], "sets --format and --alpha itself"),
+        (["--particles", "2"], "--particles"),
+        (["--targets", "q_proj,v_proj"], "add lm_head to --targets"),
+    ],
+)
+def test_cli_recipe_official_refuses_what_it_sets(tiny_run_dir, extra, match):
+    code, err = _train_cli(tiny_run_dir, "--recipe", "official", *extra, output="refused")
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not (tiny_run_dir / "refused").exists()
+
+
+def test_benchmark_official_method_is_the_recipe():
+    from scalabl_pyro.experiments.benchmark import parse_method
+
+    spec = parse_method("official[rank=4,lr=0.01]")
+    assert spec.model["alpha"] == 8.0 and spec.model["reference_prior_quirk"] is True
+    assert spec.model["guide"] == "log_mean_field" and "lm_head" in spec.model["target_modules"]
+    assert spec.train == {**TrainConfig.OFFICIAL, "lr": 0.01}
+    with pytest.raises(ScalaBLError, match="drop guide"):
+        parse_method("official[guide=mean_field]")
+    with pytest.raises(ScalaBLError, match="drop num_particles|num_particles=1"):
+        parse_method("official[num_particles=2]")
+
+
+def test_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(tiny_run_dir, monkeypatch):
+    """Spinning OpenMP threads made two jobs on shared cores ~5x slower (docs/reliability.md)."""
+    from scalabl_pyro.inference.train import set_cpu_threads
+
+    data = ["data", "--data", str(tiny_run_dir / "data.jsonl")]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(data) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting wins
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(data) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with pytest.raises(ScalaBLError, match="threads must be >= 1"):
+        set_cpu_threads(0)
+    assert set_cpu_threads(None) == torch.get_num_threads()

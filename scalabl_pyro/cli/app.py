@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -65,6 +66,9 @@ def _os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalabl`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # idle OpenMP threads sleep instead of spinning: two jobs sharing the cores no longer
+    # starve each other (read when torch loads, so set before; docs/reliability.md)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args.progress = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     with cli_logging(args.verbose, progress=args.progress):
         try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ def register(sub: Any) -> None:
         "--methods",
         default="mle,mle+ts,scalabl",
         help="method specs name[key=value,...] (add +ts for temperature scaling), comma-separated "
-        "(names: mle, scalabl, full_rank, low_rank, block, reference, map, mc_dropout, "
+        "(names: mle, scalabl, full_rank, low_rank, block, reference, official, map, mc_dropout, "
         "ensemble, blob, laplace)",
     )
     p.add_argument("--tasks", default="arc_easy", help="data set keys, comma-separated")
@@ -73,6 +74,13 @@ def register(sub: Any) -> None:
     num_option(p, "--eval-limit", "report (test) questions per data set", 500)
     num_option(p, "--eval-every", "validation curve every N steps (0: none)", 0)
     num_option(p, "--curve-limit", "selection questions in the validation curve", 100)
+    num_option(
+        p,
+        "--threads",
+        "CPU threads (1 keeps cells bitwise reproducible and long runs fast beside other "
+        "jobs, docs/reliability.md)",
+        "$OMP_NUM_THREADS, else 1",
+    )
     p.add_argument("--quick", action="store_true", help="a smoke-sized grid (1-2 minutes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -129,6 +137,10 @@ def run(args: argparse.Namespace) -> None:
     from scalabl_pyro.experiments.benchmark import rebuild_table, run_benchmark
 
     cfg = config_from_args(args)
+    if not args.table_only:
+        from scalabl_pyro.inference.train import set_cpu_threads
+
+        set_cpu_threads(args.threads or (None if os.environ.get("OMP_NUM_THREADS") else 1))
     if args.table_only:
         rebuild_table(cfg)
     else:

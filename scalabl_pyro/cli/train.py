@@ -441,6 +441,10 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Check every option, then train (and save) or resume."""
+    if args.threads is not None:
+        from scalabl_pyro.inference.train import set_cpu_threads
+
+        set_cpu_threads(args.threads)
     if args.resume:
         _check_resume_flags(args)
     else:

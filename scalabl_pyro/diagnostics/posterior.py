@@ -651,35 +651,13 @@ def _scale_subsample(loo: ElpdResult, num_data: int) -> ElpdResult:
     return loo
 
 
-def pareto_k_of_q(
-    fit: Any,
-    data: MCDataset,
-    *,
-    num_samples: int = 100,
-    exact_limit: int = 512,
-    subsample_size: int = 128,
-    seed: int = 0,
-    fmt: TaskFormat | None = None,
-    batch_size: int = 8,
-    max_rows: int = 256,
-    progress: bool = False,
-) -> ParetoK:
+def pareto_k_of_q(fit: Any, data: MCDataset, **kwargs: Any) -> ParetoK:
     """k-hat of q against p(s | ``data``), ``data`` being all the training questions.
 
-    See :func:`diagnose` (this is its ``khat``) and :mod:`scalabl_pyro.diagnostics.importance`.
+    The ``khat`` of :func:`diagnose` (same keyword arguments; no held-out
+    set); the maths is in :mod:`scalabl_pyro.diagnostics.importance`.
     """
-    return diagnose(
-        fit,
-        data,
-        num_samples=num_samples,
-        exact_limit=exact_limit,
-        subsample_size=subsample_size,
-        seed=seed,
-        fmt=fmt,
-        batch_size=batch_size,
-        max_rows=max_rows,
-        progress=progress,
-    ).khat
+    return diagnose(fit, data, **kwargs).khat
 
 
 __all__ = [

@@ -63,6 +63,8 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
     "low_rank": ({"guide": "low_rank"}, {}, 10),
     "block": ({"guide": "block"}, {}, 10),
     "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
+    # the official code's whole recipe (ScalaBLConfig/TrainConfig.official; alpha follows rank)
+    "official": ({"recipe": "official"}, {"recipe": "official"}, 10),
     # the paper's baselines (scalabl_pyro.methods, docs/baselines.md)
     "map": ({"method": "map"}, {}, 1),
     "mc_dropout": ({"method": "mc_dropout"}, {}, 10),
@@ -147,6 +149,15 @@ def parse_method(spec: str) -> MethodSpec:
                 f"method spec {spec!r}: {key!r} is neither a ScalaBLConfig nor a TrainConfig "
                 "field (nor 'samples')"
             )
+    if name == "official":  # ScalaBLConfig/TrainConfig.official() refuse what contradicts it
+        from scalabl_pyro.config import ScalaBLConfig
+
+        del model["recipe"], train["recipe"]
+        official = ScalaBLConfig.official(**model)  # checks the overrides
+        fixed = (*ScalaBLConfig.OFFICIAL, "alpha", "target_modules")
+        model = {**model, **{k: getattr(official, k) for k in fixed}}
+        TrainConfig.official(**train)  # checks the overrides
+        train = {**TrainConfig.OFFICIAL, **train}
     return MethodSpec(spec.strip(), name, model, train, samples, bool(m["ts"]))
 
 
@@ -571,6 +582,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -280,20 +280,7 @@ class PeakMemory:
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+        np.savez_compressed(fh, **arrays)
 
 
 def _json_safe(x: Any) -> Any:

@@ -226,6 +226,20 @@ class NonFiniteError(ScalaBLError):
         self.step, self.loss = step, loss
 
 
+def set_cpu_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op CPU threads in this process (None: keep torch's); returns the count.
+
+    On CPU, multi-threaded training is not bitwise reproducible run to run (and
+    two jobs sharing cores each with all of them can run many times slower);
+    one thread is both exact and robust under contention: ``docs/reliability.md``.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ScalaBLError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
 def _official_factor(k: int, *, warmup: int, total: int) -> float:
     """LambdaLR factor after ``k`` scheduler steps: the official factor of step ``k + 1``."""
     return reference_lr_factor(k + 1, warmup, total)
