@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from scalabl_pyro.utils.atomic import write_text_atomic
+
 
 def machine() -> dict:
     """The machine and library versions a result was measured on."""
@@ -32,13 +34,8 @@ def command() -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` atomically (unique temporary name, then a rename)."""
+    return write_text_atomic(path, text)
 
 
 def write_results(path: str | Path, result: dict, markdown: str) -> None:
