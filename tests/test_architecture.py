@@ -146,19 +146,17 @@ def test_the_cycle_finder_finds_one():
 
 
 def _heavy_after(code: str) -> list[str]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"{code}\nimport sys\n"
-            "print(','.join(m for m in ('torch', 'pyro', 'transformers', 'peft') "
-            "if m in sys.modules))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    """The heavy libraries in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    report = (
+        "\nimport sys\nprint('HEAVY:' + ','.join(m for m in "
+        "('torch', 'pyro', 'transformers', 'peft') if m in sys.modules))"
     )
-    return [m for m in out.stdout.strip().split(",") if m]
+    out = subprocess.run(
+        [sys.executable, "-c", code + report], capture_output=True, text=True, check=True
+    )
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("HEAVY:"), out.stdout
+    return [m for m in line.removeprefix("HEAVY:").split(",") if m]
 
 
 @pytest.mark.parametrize(
