@@ -450,8 +450,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_compare_parser(sub: Any) -> None:
-    from scalabl_pyro.formats import NORMALIZATIONS
-
     p = sub.add_parser(
         "compare", help="fit several guide families on the same data and compare them side by side"
     )
