@@ -395,7 +395,8 @@ def loo_khat_panels(
     for ax, name in zip(axes, names):
         k = np.asarray(pareto_k[name], dtype=np.float64)
         az.plot_khat(np.clip(k, -1.0, 2.0), ax=ax, show_hlines=True, hlines_kwargs={"lw": 0.8})
-        ax.set_title(name, fontsize=9)
+        above = int(np.sum(k > 2.0))
+        ax.set_title(name + (f" ({above} k > 2 drawn at 2)" if above else ""), fontsize=9)
         ax.set_xlabel("training question", fontsize=8)
     return _finish(fig, title, path)
 
