@@ -366,7 +366,11 @@ def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     p = out / "guide_comparison_scales.png"
     scale_heatmap({f.family: f.draws.std(axis=0) for f in fams if f.draws.std() > 0}, p)
     files["scales"] = str(p)
-    corrs = {f.family: f.arrays["correlation"] for f in fams if "correlation" in f.arrays}
+    corrs = {
+        f.family: f.arrays["correlation"].astype(np.float64)
+        for f in fams
+        if "correlation" in f.arrays
+    }
     if corrs:
         p = out / "guide_comparison_correlation.png"
         correlation_matrices(corrs, p)
