@@ -19,7 +19,7 @@ def bma():
 def _write_cell(root: Path, spec: str, seed: int, slp: np.ndarray, labels: np.ndarray) -> None:
     base = root / "cells" / f"{spec}__toy__seed{seed}"
     base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps({"spec": spec, "seed": seed}))
+    base.with_suffix(".json").write_text(json.dumps({"spec": spec, "seed": seed, "metrics": {}}))
     np.savez(base.with_suffix(".npz"), **{"report/toy/slp": slp, "report/toy/labels": labels})
 
 

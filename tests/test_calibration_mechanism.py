@@ -46,7 +46,7 @@ def test_analyse_reads_cells_and_mle_needs_its_temperature(mech, tmp_path):
         z = _log_softmax(true_logits[None] / temp + 0.01 * rng.normal(size=(s, n, c)))
         base = tmp_path / "cells" / f"{spec}__toy__seed0"
         base.parent.mkdir(exist_ok=True)
-        base.with_suffix(".json").write_text(json.dumps({"spec": spec, "seed": 0}))
+        base.with_suffix(".json").write_text(json.dumps({"spec": spec, "seed": 0, "metrics": {}}))
         np.savez(base.with_suffix(".npz"), **{"selection/slp": z, "selection/labels": labels})
     rows = {r["spec"]: r for r in mech.analyse(tmp_path, "toy", "selection")}
     assert rows["mle"]["T_needed"] > 2.0  # the sharpened model asks for softening

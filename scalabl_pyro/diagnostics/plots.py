@@ -366,7 +366,11 @@ def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     p = out / "guide_comparison_scales.png"
     scale_heatmap({f.family: f.draws.std(axis=0) for f in fams if f.draws.std() > 0}, p)
     files["scales"] = str(p)
-    corrs = {f.family: f.arrays["correlation"] for f in fams if "correlation" in f.arrays}
+    corrs = {
+        f.family: f.arrays["correlation"].astype(np.float64)
+        for f in fams
+        if "correlation" in f.arrays
+    }
     if corrs:
         p = out / "guide_comparison_correlation.png"
         correlation_matrices(corrs, p)
@@ -395,7 +399,8 @@ def loo_khat_panels(
     for ax, name in zip(axes, names):
         k = np.asarray(pareto_k[name], dtype=np.float64)
         az.plot_khat(np.clip(k, -1.0, 2.0), ax=ax, show_hlines=True, hlines_kwargs={"lw": 0.8})
-        ax.set_title(name, fontsize=9)
+        above = int(np.sum(k > 2.0))
+        ax.set_title(name + (f" ({above} k > 2 drawn at 2)" if above else ""), fontsize=9)
         ax.set_xlabel("training question", fontsize=8)
     return _finish(fig, title, path)
 

@@ -596,12 +596,10 @@ def _fit_family(
                 "loo_pointwise": diag.loo.pointwise,
             }
         )
-    if corr is not None:
-        arrays["correlation"] = corr.astype(np.float32)
+    if corr is not None:  # for the figures; the row keeps the exact summaries
+        arrays["correlation"] = corr.astype(np.float16)
     if prior is not None:
         arrays["prior"] = prior
-    if corr_init is not None:
-        arrays["correlation_init"] = corr_init.astype(np.float32)
     result = FamilyResult(family, seed, row, history.to_dict(), layer_names(sbl.model), arrays)
     _save_npz_atomic(cell_dir / ARRAYS_FILE, arrays)
     write_json(
