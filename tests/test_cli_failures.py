@@ -24,7 +24,8 @@ import pytest
 import torch
 from bad_inputs import BAD_FILES, GOOD_ROWS, jsonl
 
-from scalabl_pyro.cli import RANGES, Range, build_parser
+from scalabl_pyro.cli import build_parser
+from scalabl_pyro.cli.options import RANGES, Range
 
 ROOT = Path(__file__).resolve().parents[1]
 
