@@ -2,8 +2,8 @@
 
     from scalabl_pyro import ScalaBL, ScalaBLConfig, TrainConfig, load_task
 
-    sbl = ScalaBL.from_base(ScalaBLConfig(base_model="smollm2-135m", guide="mean_field"))
-    sbl.fit(load_task("arc_easy", "train"), TrainConfig(steps=200, lr=1e-3))
+    sbl = ScalaBL.from_base(ScalaBLConfig(base_model="smollm2-135m"))
+    sbl.fit(load_task("arc_easy", "train", limit=64), TrainConfig(steps=160))
     print(sbl.evaluate(load_task("arc_easy", "validation"), num_samples=10))
     sbl.save_pretrained("runs/arc-easy")
 

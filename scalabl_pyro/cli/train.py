@@ -101,7 +101,7 @@ def register(sub: Any) -> None:
     )
     num_option(p, "--steps", "total optimizer steps, with --resume the new total", 200)
     num_option(p, "--batch-size", "examples per micro-batch", 4)
-    num_option(p, "--lr", "learning rate of the LoRA factors", 1e-4)
+    num_option(p, "--lr", "learning rate of the LoRA factors", 1e-3)
     num_option(
         p,
         "--var-lr",
@@ -235,7 +235,7 @@ class TrainSettings:
     init_scale: float | None = None  # None: the method's default (ScalaBLConfig.initial_scale)
     steps: int = 200
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float = 1e-3
     var_lr: float | None = None
     grad_accum: int = 1
     max_grad_norm: float | None = None
