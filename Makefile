@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs clean
+.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs notebooks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ docs: install
 # Rewrite docs/cli.md from the argument parser (the docs build fails while it is stale).
 cli-docs: install
 	$(BIN)/python tools/docs_hooks.py
+
+# Re-run the tutorial notebooks in place (quick mode; NOTEBOOK_ARGS="--full 01_quickstart").
+notebooks: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python tools/run_notebooks.py $(NOTEBOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache site
