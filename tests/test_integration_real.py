@@ -63,8 +63,13 @@ def test_quick_demo_writes_table_plot_and_json(tmp_path):
     from scalabl_pyro.experiments.demo import DemoConfig, run_demo
 
     res = run_demo(
-        DemoConfig.quick(
-            output_dir=str(tmp_path), steps=4, eval_limit=12, num_samples=3, progress=False
+        DemoConfig.short(
+            quick=True,
+            output_dir=str(tmp_path),
+            steps=4,
+            eval_limit=12,
+            num_samples=3,
+            progress=False,
         )
     )
     assert [r["method"] for r in res["results"]] == [
@@ -81,8 +86,9 @@ def test_overfit_demo_reports_test_split_and_temperature_scaled_mle(tmp_path):
     from scalabl_pyro.experiments.demo import DemoConfig, run_demo
     from scalabl_pyro.inference.temperature import TemperatureScaler
 
-    cfg = DemoConfig.overfit(quick=True, output_dir=str(tmp_path), progress=False)
+    cfg = DemoConfig.quick(output_dir=str(tmp_path), progress=False)  # the default regime
     assert (cfg.report_split, cfg.train_limit) == ("test", 8)
+    assert (DemoConfig().train_limit, DemoConfig().steps) == (64, 160)
     res = run_demo(cfg)
     rows = {r["method"]: r for r in res["results"]}
     assert list(rows) == ["zero-shot", "MLE LoRA", "MLE LoRA + TS", "ScalaBL (mean-field)"]
