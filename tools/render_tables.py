@@ -40,8 +40,12 @@ Directive options (YAML after the path, all optional):
     which table of a ``.md`` source (0-based; default 0).
 ``from``
     for a ``.json`` source, the field holding the list of rows (default ``rows``).
+``where``
+    ``{column: value}``: keep only the rows with these cells (before ``rows``).
 ``settings``
     the settings keys shown in the caption (default: all but file names and flags).
+
+A key that matches several rows (after ``where``) brings all of them, in file order.
 
 The commit: the result file's own ``commit`` field when it records one; otherwise the
 entry for the file in ``benchmarks/results/provenance.json``, which holds the file's
@@ -53,7 +57,8 @@ test only reads them, so it needs no git history.
 Also a check: :func:`stray_tables` lists results-looking tables (a header naming a
 metric, or numbers with ``±`` or ``%``) outside any marked region; the test fails on
 them. A page that states it is a history page (``<!-- results-history: why -->``) is
-exempt: its tables are a record of superseded settings, not current results.
+exempt: its tables are a record of superseded settings, not current results. A table
+right under ``<!-- not-results: why -->`` (a status summary, say) is exempt too.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ OPEN = re.compile(r"<!-- table: (?P<body>.*?)-->\n", re.DOTALL)
 CLOSE = "<!-- /table -->"
 SNIPPET = re.compile(r'^--8<-- "(?P<path>benchmarks/results/[^"]+)"\s*$', re.MULTILINE)
 HISTORY = "<!-- results-history:"
+NOT_RESULTS = "<!-- not-results:"
 
 HIDDEN_SETTINGS = {"out", "output", "output_dir", "no_progress", "progress", "root", "only"}
 """Settings keys left out of captions: where the file went and display flags, not what
@@ -103,8 +109,8 @@ def _md_tables(text: str) -> list[list[list[str]]]:
     """Every pipe table of a Markdown text, as rows of cells (header first, rule dropped)."""
     tables, current = [], []
     for line in [*text.splitlines(), ""]:
-        if line.startswith("|"):
-            current.append(line)
+        if line.lstrip().startswith("|"):  # also tables indented under a list item
+            current.append(line.strip())
             continue
         if len(current) >= 2:
             tables.append([_split_row(r) for i, r in enumerate(current) if i != 1])
@@ -179,18 +185,25 @@ def load_table(path: str, options: dict) -> Table:
 def select(table: Table, options: dict) -> Table:
     """Apply ``columns`` (non-JSON sources), ``rows`` and ``bold``."""
     header, rows, keys = table.header, table.rows, table.keys
+    where = {str(k): str(v) for k, v in options.get("where", {}).items()}
+    if where:
+        cols = {name: table.header.index(name) for name in where}
+        kept = [i for i, r in enumerate(rows) if all(r[c] == where[n] for n, c in cols.items())]
+        rows, keys = [rows[i] for i in kept], [keys[i] for i in kept]
     wanted = options.get("rows")
     if wanted is not None:
         labels = wanted if isinstance(wanted, dict) else {k: None for k in wanted}
         picked_rows, picked_keys = [], []
         for key, label in labels.items():
-            if key not in keys:
+            matches = [i for i, k in enumerate(keys) if k == key]  # all of them, in file order
+            if not matches:
                 raise KeyError(f"row {key!r} is not in the result file (rows: {keys})")
-            row = list(rows[keys.index(key)])
-            if label is not None:
-                row[0] = str(label)
-            picked_rows.append(row)
-            picked_keys.append(key)
+            for i in matches:
+                row = list(rows[i])
+                if label is not None:
+                    row[0] = str(label)
+                picked_rows.append(row)
+                picked_keys.append(key)
         rows, keys = picked_rows, picked_keys
     bold = set(options.get("bold", []))
     rows = [
@@ -324,10 +337,9 @@ def parse_directive(body: str) -> tuple[str, dict]:
 
 def render(path: str, options: dict, record: dict | None = None) -> str:
     """The generated text of one region: the table, a blank line, the caption."""
-    table = load_table(path, options)
+    table = select(load_table(path, options), options)
     if "columns" in options and not path.endswith(".json"):
         table = select_columns(table, options["columns"])
-    table = select(table, options)
 
     def row(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
@@ -376,8 +388,11 @@ def stray_tables(text: str) -> list[str]:
         return []
     for start, end, _, _ in reversed(regions(text)):
         text = text[:start] + text[end:]
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    # a table right under a "<!-- not-results: why -->" line is a summary, not a result
+    text = re.sub(r"<!-- not-results:.*?-->\n(\s*\|.*\n)+", "", text)
     stray = []
-    for table in _md_tables(re.sub(r"```.*?```", "", text, flags=re.DOTALL)):
+    for table in _md_tables(text):
         header, body = table[0], table[1:]
         looks = any(RESULT_HEADER.search(h) for h in header) or any(
             RESULT_CELL.search(c) for r in body for c in r
