@@ -15,6 +15,9 @@ drift:
   by one page per module inside it. Packages in :data:`API_ORDER` come first, the rest
   alphabetically; a new module needs no edit here either. Internal modules are left
   out by :data:`API_EXCLUDED`, each with its reason.
+- **Tutorial pages** are shown without their stderr streams (:func:`strip_stderr`:
+  warnings and progress bars of the run that stored the outputs, with that machine's
+  paths); the ``.ipynb`` download keeps them.
 - **Result tables**: every ``--8<--`` include of a file under ``benchmarks/results/``
   gets a caption with the commit it was made at (``tools/render_tables.py``; marked
   table regions are rendered into the pages themselves by that script).
@@ -37,6 +40,7 @@ import json
 import logging
 import os
 import pkgutil
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -393,6 +397,26 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for module in api_modules():
         files.append(File.generated(config, api_path(module), content=api_page(module)))
     return files
+
+
+_STDERR = re.compile(
+    r'<div class="[^"]*" data-mime-type="application/vnd\.jupyter\.stderr"[^>]*>'
+    r"\s*<pre>.*?</pre>\s*</div>",
+    re.DOTALL,
+)
+
+
+def strip_stderr(html: str) -> str:
+    """A rendered notebook without its stderr streams (library warnings, progress bars,
+    with the paths of the machine that ran it); results, stdout and errors stay."""
+    return _STDERR.sub("", html)
+
+
+def on_post_page(output: str, page, config: MkDocsConfig) -> str:
+    """Tutorial pages are shown without the stderr noise of the run that stored them."""
+    if page.file.src_uri.startswith(f"{NOTEBOOKS.name}/"):
+        return strip_stderr(output)
+    return output
 
 
 def on_page_markdown(markdown: str, page, config: MkDocsConfig, files: Files) -> str:
