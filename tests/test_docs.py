@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,27 @@ def test_tutorial_pages_drop_stderr_streams_only(hooks):
         'data-mime-type="text/plain" tabindex="0">\n<pre>acc 0.6</pre>\n</div>'
     )
     assert hooks.strip_stderr(f"<p>a</p>{stderr}{stdout}") == f"<p>a</p>{stdout}"
+
+
+def test_docstring_tables_of_the_api_pages_convert_cleanly(rst):
+    """Every simple table in a public module's docstring becomes a Markdown table whose rows
+    have as many cells as its header (a cell overflowing its column breaks the page)."""
+    import ast
+
+    checked = 0
+    for path in sorted((ROOT / "scalabl_pyro").rglob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        if not any(rst._RULE.match(line) for line in doc.splitlines()):
+            continue
+        out = rst.rst_to_markdown(doc)
+        rows = [line for line in out.splitlines() if line.startswith("| ")]
+        assert rows, path
+        widths = {len(re.split(r"(?<!\\)\|", row)) for row in rows}
+        assert len(widths) == 1, (path, rows)
+        checked += 1
+    assert checked >= 1
+    doc = ast.get_docstring(
+        ast.parse((ROOT / "scalabl_pyro/diagnostics/posterior.py").read_text(encoding="utf-8"))
+    )
+    table = rst.rst_to_markdown(doc)
+    assert "| ``posterior_predictive`` | ``obs``: y_i ~ p(y \\| x_i, s) per draw |" in table
