@@ -279,6 +279,8 @@ def _settings_text(settings: Any, keys: list[str] | None) -> str:
 
 
 def _machine_text(machine: Any) -> str:
+    if not machine:
+        return ""
     if not isinstance(machine, dict):
         return str(machine)
     parts = []
@@ -319,6 +321,8 @@ def caption(path: str, options: dict, record: dict | None = None) -> str:
     parts = [f"From `{path}`"]
     if "settings" in meta:
         parts.append(f"settings: {_settings_text(meta['settings'], options.get('settings'))}")
+    elif meta.get("command"):
+        parts.append(f"command: `{meta['command']}`")
     machine = _machine_text(meta.get("machine"))
     if machine:
         parts.append(f"machine: {machine}")
