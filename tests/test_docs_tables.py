@@ -160,3 +160,15 @@ def test_snippet_includes_get_a_commit_caption(rt):
     assert out.startswith(md.rstrip("\n"))
     assert "From `benchmarks/results/guide_comparison/khat_decomposition.md`, " in out
     assert "commit `" in out
+
+
+def test_a_region_in_a_list_item_is_rendered_indented(rt, results):
+    text = (
+        "- item:\n\n  <!-- table: benchmarks/results/t.md\n  rows: [b]\n  -->\n"
+        "  <!-- /table -->\n- next\n"
+    )
+    out = rt.rewrite(text, results)
+    assert "\n  | method | k | ACC | ECE % |\n  |---|---|---|---|\n  | b | 1 | 0.7 | 8.0 |\n" in out
+    assert "\n\n  <small>From `benchmarks/results/t.md`" in out
+    assert out.endswith("</small>\n  <!-- /table -->\n- next\n")
+    assert rt.rewrite(out, results) == out

@@ -364,11 +364,24 @@ def regions(text: str) -> list[tuple[int, int, str, dict]]:
     return out
 
 
+def _indent(text: str, start: int) -> str:
+    """The whitespace before the directive that ends at ``start`` (a table in a list item)."""
+    opening = text.rfind("<!-- table:", 0, start)
+    line_start = text.rfind("\n", 0, opening) + 1
+    prefix = text[line_start:opening]
+    return prefix if not prefix.strip() else ""
+
+
 def rewrite(text: str, record: dict | None = None) -> str:
-    """``text`` with every marked region rendered afresh."""
+    """``text`` with every marked region rendered afresh (indented like its directive)."""
     pieces, last = [], 0
     for start, end, path, options in regions(text):
-        pieces += [text[last:start], render(path, options, record)]
+        indent = _indent(text, start)
+        body = render(path, options, record)
+        if indent:
+            body = "".join(f"{indent}{line}\n" if line else "\n" for line in body.splitlines())
+            body += indent
+        pieces += [text[last:start], body]
         last = end
     return "".join(pieces) + text[last:]
 
