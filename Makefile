@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs clean
+.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ docs: install
 # Rewrite docs/cli.md from the argument parser (the docs build fails while it is stale).
 cli-docs: install
 	$(BIN)/python tools/docs_hooks.py
+
+# Re-render the results tables of README.md and docs/*.md from benchmarks/results/ (and
+# record the commit of a new or changed result file); tests/test_docs_tables.py fails while
+# a table differs from its file.
+tables: install
+	$(BIN)/python tools/render_tables.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache site
