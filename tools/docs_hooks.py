@@ -231,16 +231,31 @@ def notebook_title(path: Path) -> str:
     return path.stem
 
 
+def _summary(short: str) -> str:
+    """The first sentence of a module's docstring (reST roles reduced to code)."""
+    path = ROOT / PACKAGE / Path(*short.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    text = " ".join(doc.split("\n\n", 1)[0].split())
+    text = re.sub(r":[a-z:]+:`~?([^`]+)`", lambda m: f"`{m[1].rsplit('.', 1)[-1]}`", text)
+    return text.split(". ", 1)[0].rstrip(".").replace("|", "\\|")
+
+
 def api_page(module: str) -> str:
     """Markdown of one API page: the module's docstring and members via mkdocstrings.
 
-    A package's page is its docstring alone; its modules have their own pages."""
-    options = (
-        "\n    options:\n      members: false"
-        if _is_package(module.removeprefix(f"{PACKAGE}."))
-        else ""
-    )
-    return f"# `{module}`\n\n::: {module}{options}\n"
+    A package's page is its docstring and a list of its documented modules, each of
+    which has its own page."""
+    short = module.removeprefix(f"{PACKAGE}.")
+    if not _is_package(short):
+        return f"# `{module}`\n\n::: {module}\n"
+    lines = [f"# `{module}`", "", f"::: {module}", "    options:", "      members: false", ""]
+    lines += ["## Modules", "", "| module | what it holds |", "|---|---|"]
+    for child, _ in _children(ROOT / PACKAGE / Path(*short.split(".")), f"{short}."):
+        name = child.rsplit(".", 1)[-1]
+        link = f"{name}/index.md" if _is_package(child) else f"{name}.md"
+        lines.append(f"| [`{PACKAGE}.{child}`]({link}) | {_summary(child)} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------- CLI reference
