@@ -172,3 +172,13 @@ def test_a_region_in_a_list_item_is_rendered_indented(rt, results):
     assert "\n\n  <small>From `benchmarks/results/t.md`" in out
     assert out.endswith("</small>\n  <!-- /table -->\n- next\n")
     assert rt.rewrite(out, results) == out
+
+
+def test_a_one_record_json_becomes_a_two_column_table(rt, results):
+    (rt.ROOT / "benchmarks" / "results" / "r.json").write_text(
+        json.dumps({"diff": 0.000123, "agree": {"acc": "9/10"}, "n": 3}), encoding="utf-8"
+    )
+    options = {"fields": [{"max diff": "{diff:.1e} nats"}, {"agreement": "{agree.acc} of {n}"}]}
+    table = rt.load_table("benchmarks/results/r.json", options)
+    assert table.header == ["measured", "value"]
+    assert table.rows == [["max diff", "1.2e-04 nats"], ["agreement", "9/10 of 3"]]

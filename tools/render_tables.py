@@ -40,12 +40,20 @@ Directive options (YAML after the path, all optional):
     which table of a ``.md`` source (0-based; default 0).
 ``from``
     for a ``.json`` source, the field holding the list of rows (default ``rows``).
+``fields``
+    for a ``.json`` source that is one record, not a list of rows: a list of
+    ``{label: template}``, each a row ``label | value``; ``{field[*scale][:format]}`` in
+    the template is replaced by that field (``header`` names the two columns).
 ``where``
     ``{column: value}``: keep only the rows with these cells (before ``rows``).
 ``settings``
     the settings keys shown in the caption (default: all but file names and flags).
 
-A key that matches several rows (after ``where``) brings all of them, in file order.
+A key that matches several rows (after ``fields``
+    for a ``.json`` source that is one record, not a list of rows: a list of
+    ``{label: template}``, each a row ``label | value``; ``{field[*scale][:format]}`` in
+    the template is replaced by that field (``header`` names the two columns).
+``where``) brings all of them, in file order.
 
 The commit: the result file's own ``commit`` field when it records one; otherwise the
 entry for the file in ``benchmarks/results/provenance.json``, which holds the file's
@@ -144,6 +152,16 @@ def _format(value: Any, spec: str) -> str:
     return format(value, fmt) if fmt else str(value)
 
 
+def _fill_template(data: dict, template: str) -> str:
+    """``"{a.b} of {c:.1e}"`` with each ``{field[*scale][:format]}`` read from ``data``."""
+
+    def one(m: re.Match) -> str:
+        field = re.split(r"[*:]", m[1], maxsplit=1)[0]
+        return _format(_lookup(data, field), m[1][len(field) :])
+
+    return re.sub(r"\{([^{}]+)\}", one, str(template))
+
+
 @dataclass
 class Table:
     header: list[str]
@@ -154,6 +172,15 @@ class Table:
 def load_table(path: str, options: dict) -> Table:
     """The table a directive asks for, before row and column selection."""
     file = ROOT / path
+    if file.suffix == ".json" and "fields" in options:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        header = list(options.get("header", ["measured", "value"]))
+        body = [
+            [label, _fill_template(data, template)]
+            for f in options["fields"]
+            for label, template in f.items()
+        ]
+        return Table(header, body, [r[0] for r in body])
     if file.suffix == ".json":
         data = json.loads(file.read_text(encoding="utf-8"))
         rows = _lookup(data, options.get("from", "rows"))
