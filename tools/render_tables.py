@@ -42,8 +42,9 @@ Directive options (YAML after the path, all optional):
     for a ``.json`` source, the field holding the list of rows (default ``rows``).
 ``fields``
     for a ``.json`` source that is one record, not a list of rows: a list of
-    ``{label: template}``, each a row ``label | value``; ``{field[*scale][:format]}`` in
-    the template is replaced by that field (``header`` names the two columns).
+    ``{label: template}`` (or ``{label: [template, ...]}`` for several value columns),
+    each a row; ``{field[*scale][:format]}`` in a template is replaced by that field
+    (``header`` names the columns; default ``[measured, value]``).
 ``where``
     ``{column: value}``: keep only the rows with these cells (before ``rows``).
 ``settings``
@@ -51,8 +52,9 @@ Directive options (YAML after the path, all optional):
 
 A key that matches several rows (after ``fields``
     for a ``.json`` source that is one record, not a list of rows: a list of
-    ``{label: template}``, each a row ``label | value``; ``{field[*scale][:format]}`` in
-    the template is replaced by that field (``header`` names the two columns).
+    ``{label: template}`` (or ``{label: [template, ...]}`` for several value columns),
+    each a row; ``{field[*scale][:format]}`` in a template is replaced by that field
+    (``header`` names the columns; default ``[measured, value]``).
 ``where``) brings all of them, in file order.
 
 The commit: the result file's own ``commit`` field when it records one; otherwise the
@@ -175,11 +177,11 @@ def load_table(path: str, options: dict) -> Table:
     if file.suffix == ".json" and "fields" in options:
         data = json.loads(file.read_text(encoding="utf-8"))
         header = list(options.get("header", ["measured", "value"]))
-        body = [
-            [label, _fill_template(data, template)]
-            for f in options["fields"]
-            for label, template in f.items()
-        ]
+        body = []
+        for field in options["fields"]:
+            for label, templates in field.items():
+                templates = templates if isinstance(templates, list) else [templates]
+                body.append([label, *(_fill_template(data, t) for t in templates)])
         return Table(header, body, [r[0] for r in body])
     if file.suffix == ".json":
         data = json.loads(file.read_text(encoding="utf-8"))
