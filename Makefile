@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs notebooks clean
+.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs notebooks tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ cli-docs: install
 # Re-run the tutorial notebooks in place (quick mode; NOTEBOOK_ARGS="--full 01_quickstart").
 notebooks: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python tools/run_notebooks.py $(NOTEBOOK_ARGS)
+
+# Re-render the results tables of README.md and docs/*.md from benchmarks/results/ (and
+# record the commit of a new or changed result file); tests/test_docs_tables.py fails while
+# a table differs from its file.
+tables: install
+	$(BIN)/python tools/render_tables.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache site

@@ -7,10 +7,20 @@ drift:
   (rendered by mkdocs-jupyter from its stored outputs, never executed), listed
   under the nav section ``Tutorials`` in file-name order, titled by the
   notebook's first heading. A new notebook needs no edit here.
-- **API reference**: one page ``api/<module>.md`` per public module of
-  ``scalabl_pyro`` (no leading underscore), each a mkdocstrings ``:::`` block,
-  listed under ``API reference``: the modules in :data:`API_ORDER` first, then
-  the rest alphabetically. A new module needs no edit here either.
+- **API reference**: first ``api/index.md``, the top-level exports, generated from
+  ``scalabl_pyro._EXPORTS`` (what ``from scalabl_pyro import ...`` offers), so it
+  cannot drift from the package. Then one page per public module, each a mkdocstrings
+  ``:::`` block: ``api/<module>.md`` for a top-level module, and for a subpackage a
+  nav section ``api/<package>/`` whose index page is the package's docstring, followed
+  by one page per module inside it. Packages in :data:`API_ORDER` come first, the rest
+  alphabetically; a new module needs no edit here either. Internal modules are left
+  out by :data:`API_EXCLUDED`, each with its reason.
+- **Tutorial pages** are shown without their stderr streams (:func:`strip_stderr`:
+  warnings and progress bars of the run that stored the outputs, with that machine's
+  paths); the ``.ipynb`` download keeps them.
+- **Result tables**: every ``--8<--`` include of a file under ``benchmarks/results/``
+  gets a caption with the commit it was made at (``tools/render_tables.py``; marked
+  table regions are rendered into the pages themselves by that script).
 - **CLI reference**: ``docs/cli.md`` is rendered from ``scalabl_pyro.cli.build_parser()``
   by :func:`render_cli_reference` and committed. The build warns (so a strict
   build fails) when the committed file differs from a fresh rendering; rewrite
@@ -23,11 +33,14 @@ mkdocs.yml names the two generated nav sections with an empty list
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
+import importlib.util
 import json
 import logging
 import os
 import pkgutil
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -60,6 +73,22 @@ API_ORDER: tuple[str, ...] = (
 """Modules and subpackages listed first in the API reference, top layer first (the rest
 follow A-Z)."""
 
+API_EXCLUDED: dict[str, str] = {
+    "cli": "the command line's plumbing (argparse, option checks); the command line is "
+    "documented in the CLI reference, generated from its parser",
+    "testing": "tiny random models and a stub tokenizer for the test suite",
+    "utils": "plumbing (local random state, logging of a CLI run, atomic writes), no "
+    "user-facing API",
+    "errors": "its one public class, ScalaBLError, is on the top-level exports page",
+    "inference.interrupt": "Ctrl-C / SIGTERM handling inside the training loop",
+    "io.hub_access": "the hub reachability probe behind load_base_model",
+    "io.image_mark": "the mark the library puts in the images it writes",
+    "data.normalize": "per-layout record converters behind load_task",
+}
+"""Modules and packages (relative to ``scalabl_pyro``) kept out of the API reference, and why.
+A package excludes everything inside it."""
+
+EXPORTS_PAGE = "api/index.md"
 USAGE_WIDTH = 88
 log = logging.getLogger("mkdocs.hooks.scalabl")
 
@@ -67,13 +96,122 @@ log = logging.getLogger("mkdocs.hooks.scalabl")
 # ------------------------------------------------------------- discovery
 
 
+def _excluded(short: str) -> bool:
+    return any(short == e or short.startswith(f"{e}.") for e in API_EXCLUDED)
+
+
+def _children(folder: Path, prefix: str) -> list[tuple[str, bool]]:
+    """(dotted name below ``scalabl_pyro``, is a package) of the public modules in ``folder``."""
+    found = []
+    for m in pkgutil.iter_modules([str(folder)]):
+        short = f"{prefix}{m.name}"
+        if not m.name.startswith("_") and not _excluded(short):
+            found.append((short, m.ispkg))
+    return found
+
+
+def api_tree(folder: Path | None = None, prefix: str = "") -> list[tuple[str, list]]:
+    """The documented modules as a tree: ``(short dotted name, children)``, in nav order.
+
+    A module has no children; a package lists its own public modules (and packages)
+    alphabetically. At the top, the names in :data:`API_ORDER` come first."""
+    folder = ROOT / PACKAGE if folder is None else folder
+    children = sorted(_children(folder, prefix))
+    if not prefix:
+        rank = {name: i for i, name in enumerate(API_ORDER)}
+        children.sort(key=lambda c: (rank.get(c[0], len(rank)), c[0]))
+    tree = []
+    for short, is_pkg in children:
+        sub = api_tree(folder / short.rsplit(".", 1)[-1], f"{short}.") if is_pkg else []
+        tree.append((short, sub) if is_pkg else (short, []))
+    return tree
+
+
+def _is_package(short: str) -> bool:
+    return (ROOT / PACKAGE / Path(*short.split("."))).is_dir()
+
+
 def api_modules() -> list[str]:
-    """Public modules and subpackages of ``scalabl_pyro`` (dotted names), in nav order."""
-    found = {
-        m.name for m in pkgutil.iter_modules([str(ROOT / PACKAGE)]) if not m.name.startswith("_")
-    }
-    first = [m for m in API_ORDER if m in found]
-    return [f"{PACKAGE}.{m}" for m in first + sorted(found - set(first))]
+    """Every documented module and package (full dotted names), in nav order."""
+    out: list[str] = []
+
+    def walk(tree: list[tuple[str, list]]) -> None:
+        for short, children in tree:
+            out.append(f"{PACKAGE}.{short}")
+            walk(children)
+
+    walk(api_tree())
+    return out
+
+
+def api_path(module: str) -> str:
+    """The page of a module: ``api/<a>/<b>.md``, or ``api/<a>/<b>/index.md`` for a package."""
+    parts = module.removeprefix(f"{PACKAGE}.").split(".")
+    if _is_package(".".join(parts)):
+        return "/".join(["api", *parts, "index.md"])
+    return "/".join(["api", *parts]) + ".md"
+
+
+def api_nav() -> list[dict]:
+    """The ``API reference`` nav section: the exports page, then the module tree."""
+
+    def entries(tree: list[tuple[str, list]]) -> list[dict]:
+        out = []
+        for short, children in tree:
+            name = short.rsplit(".", 1)[-1]
+            page = api_path(f"{PACKAGE}.{short}")
+            if _is_package(short):
+                out.append({name: [page, *entries(children)]})
+            else:
+                out.append({name: page})
+        return out
+
+    return [{"Top-level exports": EXPORTS_PAGE}, *entries(api_tree())]
+
+
+def exports() -> dict[str, str]:
+    """``scalabl_pyro._EXPORTS`` (name -> module), read from the source without importing it."""
+    tree = ast.parse((ROOT / PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("scalabl_pyro/__init__.py defines no _EXPORTS")
+
+
+def exports_page() -> str:
+    """Markdown of the top-level exports page: one section per name of ``_EXPORTS``."""
+    names = exports()
+    lines = [
+        "# Top-level exports",
+        "",
+        "<!-- generated from scalabl_pyro._EXPORTS by tools/docs_hooks.py -->",
+        "",
+        "What `from scalabl_pyro import ...` offers: the names below, imported lazily (so",
+        "`import scalabl_pyro` stays cheap). Each is shown with its signature and docstring;",
+        "its members are on the page of the module that defines it.",
+        "",
+        "| name | defined in |",
+        "|---|---|",
+    ]
+    for name, module in names.items():
+        if _excluded(module.removeprefix(f"{PACKAGE}.")):
+            where = f"`{module}`"
+        else:
+            where = f"[`{module}`]({api_path(module).removeprefix('api/')})"
+        lines.append(f"| [`{name}`](#{module}.{name}) | {where} |")
+    for name, module in names.items():
+        lines += [
+            "",
+            f"::: {module}.{name}",
+            "    options:",
+            "      show_root_heading: true",
+            "      show_root_toc_entry: true",
+            "      members: false",
+            "      heading_level: 2",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def notebooks() -> list[Path]:
@@ -93,11 +231,31 @@ def notebook_title(path: Path) -> str:
     return path.stem
 
 
+def _summary(short: str) -> str:
+    """The first sentence of a module's docstring (reST roles reduced to code)."""
+    path = ROOT / PACKAGE / Path(*short.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    text = " ".join(doc.split("\n\n", 1)[0].split())
+    text = re.sub(r":[a-z:]+:`~?([^`]+)`", lambda m: f"`{m[1].rsplit('.', 1)[-1]}`", text)
+    return text.split(". ", 1)[0].rstrip(".").replace("|", "\\|")
+
+
 def api_page(module: str) -> str:
-    """Markdown of one API page: the module's docstring and members via mkdocstrings."""
-    is_package = (ROOT / Path(*module.split("."))).is_dir()
-    options = "\n    options:\n      show_submodules: true" if is_package else ""
-    return f"# `{module}`\n\n::: {module}{options}\n"
+    """Markdown of one API page: the module's docstring and members via mkdocstrings.
+
+    A package's page is its docstring and a list of its documented modules, each of
+    which has its own page."""
+    short = module.removeprefix(f"{PACKAGE}.")
+    if not _is_package(short):
+        return f"# `{module}`\n\n::: {module}\n"
+    lines = [f"# `{module}`", "", f"::: {module}", "    options:", "      members: false", ""]
+    lines += ["## Modules", "", "| module | what it holds |", "|---|---|"]
+    for child, _ in _children(ROOT / PACKAGE / Path(*short.split(".")), f"{short}."):
+        name = child.rsplit(".", 1)[-1]
+        link = f"{name}/index.md" if _is_package(child) else f"{name}.md"
+        lines.append(f"| [`{PACKAGE}.{child}`]({link}) | {_summary(child)} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------- CLI reference
@@ -227,10 +385,7 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         sys.path.insert(0, str(ROOT))  # the checkout's package, also when not installed
     nav = config.nav or []
     tutorials = [{notebook_title(p): f"{NOTEBOOKS.name}/{p.name}"} for p in notebooks()]
-    api = [
-        {m.removeprefix(f"{PACKAGE}."): f"api/{m.removeprefix(f'{PACKAGE}.')}.md"}
-        for m in api_modules()
-    ]
+    api = api_nav()
     for section, entries in ((TUTORIALS_SECTION, tutorials), (API_SECTION, api)):
         if not _fill(nav, section, entries):
             log.warning("mkdocs.yml nav has no empty '%s: []' section to fill", section)
@@ -253,10 +408,47 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
                 use_directory_urls=config.use_directory_urls,
             )
         )
+    files.append(File.generated(config, EXPORTS_PAGE, content=exports_page()))
     for module in api_modules():
-        short = module.removeprefix(f"{PACKAGE}.")
-        files.append(File.generated(config, f"api/{short}.md", content=api_page(module)))
+        files.append(File.generated(config, api_path(module), content=api_page(module)))
     return files
+
+
+_STDERR = re.compile(
+    r'<div class="[^"]*" data-mime-type="application/vnd\.jupyter\.stderr"[^>]*>'
+    r"\s*<pre>.*?</pre>\s*</div>",
+    re.DOTALL,
+)
+
+
+def strip_stderr(html: str) -> str:
+    """A rendered notebook without its stderr streams (library warnings, progress bars,
+    with the paths of the machine that ran it); results, stdout and errors stay."""
+    return _STDERR.sub("", html)
+
+
+def on_post_page(output: str, page, config: MkDocsConfig) -> str:
+    """Tutorial pages are shown without the stderr noise of the run that stored them."""
+    if page.file.src_uri.startswith(f"{NOTEBOOKS.name}/"):
+        return strip_stderr(output)
+    return output
+
+
+def on_page_markdown(markdown: str, page, config: MkDocsConfig, files: Files) -> str:
+    """Caption each ``--8<--`` include of a result file with the commit it was made at."""
+    return _render_tables().snippet_captions(markdown)
+
+
+@functools.cache
+def _render_tables():
+    """tools/render_tables.py (loaded by path: tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "render_tables", ROOT / "tools" / "render_tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

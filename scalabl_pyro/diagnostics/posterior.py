@@ -4,19 +4,19 @@ ArviZ has no converter for SVI, so :func:`to_inference_data` builds the
 ``InferenceData`` itself (``az.from_dict``) from the library's own
 ``Predictive`` path:
 
-=====================  ==========================================  =======================
-group                  content                                     dims
-=====================  ==========================================  =======================
-``posterior``          ``s``: draws of every layer's latent        chain, draw, layer, rank
-                       (``predict.draw_latents``)
-``prior``              ``s``: draws of the prior of each site      chain, draw, layer, rank
-``log_likelihood``     ``obs``: log p(y_i | x_i, s) per draw       chain, draw, example
-                       (``predict.predict`` with those draws)
-``posterior_predictive`` ``obs``: y_i ~ p(y | x_i, s) per draw     chain, draw, example
-``observed_data``      ``obs``: the labels                         example
-``sample_stats``       ``elbo``, ``nll``, ``kl``, ``kl_weight``:   chain, step
-                       the training history
-=====================  ==========================================  =======================
+========================  ==========================================  ========================
+group                     content                                     dims
+========================  ==========================================  ========================
+``posterior``             ``s``: draws of every layer's latent        chain, draw, layer, rank
+                          (``predict.draw_latents``)
+``prior``                 ``s``: draws of the prior of each site      chain, draw, layer, rank
+``log_likelihood``        ``obs``: log p(y_i | x_i, s) per draw       chain, draw, example
+                          (``predict.predict`` with those draws)
+``posterior_predictive``  ``obs``: y_i ~ p(y | x_i, s) per draw       chain, draw, example
+``observed_data``         ``obs``: the labels                         example
+``sample_stats``          ``elbo``, ``nll``, ``kl``, ``kl_weight``    chain, step;
+                          (training history); ``log_weight`` (below)  chain, draw
+========================  ==========================================  ========================
 
 ``layer`` coordinates are the module paths of the adapted layers (site
 ``s.<path>``). Several independent fits (seeds) become chains
