@@ -25,24 +25,27 @@ def module_sizes(package: Path = PACKAGE) -> dict[str, int]:
     }
 
 
+def _functions(node: ast.AST, prefix: str = "") -> dict[str, int]:
+    """``{qualified name: lines}`` of the functions and methods under ``node``."""
+    sizes: dict[str, int] = {}
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            if not isinstance(child, ast.ClassDef):
+                sizes[name] = child.end_lineno - child.lineno + 1
+            sizes.update(_functions(child, name + "."))
+        else:
+            sizes.update(_functions(child, prefix))
+    return sizes
+
+
 def function_sizes(package: Path = PACKAGE) -> dict[str, int]:
     """``{"path:qualified.name": lines}`` of every function and method."""
     sizes: dict[str, int] = {}
     for path in sorted(package.rglob("*.py")):
         rel = path.relative_to(package.parent).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
-
-        def visit(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    name = f"{prefix}{child.name}"
-                    if not isinstance(child, ast.ClassDef):
-                        sizes[f"{rel}:{name}"] = child.end_lineno - child.lineno + 1
-                    visit(child, name + ".")
-                else:
-                    visit(child, prefix)
-
-        visit(tree, "")
+        sizes.update({f"{rel}:{name}": n for name, n in _functions(tree).items()})
     return sizes
 
 

@@ -102,14 +102,10 @@ def run(args: argparse.Namespace) -> None:
     ScalaBL = scalabl_class()
     import arviz as az
 
+    from scalabl_pyro.diagnostics.fits import layer_names, prior_draws
+    from scalabl_pyro.diagnostics.khat import diagnose
     from scalabl_pyro.diagnostics.plots import loo_khat_panels, write_diagnostics
-    from scalabl_pyro.diagnostics.posterior import (
-        diagnose,
-        history_arrays,
-        inference_data_from_arrays,
-        layer_names,
-        prior_draws,
-    )
+    from scalabl_pyro.diagnostics.posterior import history_arrays, inference_data_from_arrays
     from scalabl_pyro.io.checkpoint import write_json
     from scalabl_pyro.utils.atomic import write_text_atomic
 

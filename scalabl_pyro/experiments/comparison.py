@@ -14,7 +14,7 @@ reports for each:
   paired per-question differences;
 * k-hat of q against the posterior of **all** training questions, and
   PSIS-LOO of the training questions with the p/q correction, both from one
-  (``diag_samples`` x N) matrix (:func:`scalabl_pyro.diagnostics.posterior.diagnose`),
+  (``diag_samples`` x N) matrix (:func:`scalabl_pyro.diagnostics.khat.diagnose`),
   with the counts of questions per Pareto-k band;
 * the largest posterior correlation, and how far training moved the
   correlations from the guide's initialisation;
@@ -506,7 +506,8 @@ def _fit_family(
     from pyro.infer.autoguide import AutoDelta
 
     from scalabl_pyro.api import ScalaBL
-    from scalabl_pyro.diagnostics.posterior import diagnose, layer_names, prior_draws
+    from scalabl_pyro.diagnostics.fits import layer_names, prior_draws
+    from scalabl_pyro.diagnostics.khat import diagnose
 
     config, tcfg = _build(family, cfg, seed)
     sbl = ScalaBL.from_base(config) if load_base is None else ScalaBL(config, *load_base())

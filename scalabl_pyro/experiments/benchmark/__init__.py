@@ -49,6 +49,7 @@ from scalabl_pyro.experiments.benchmark.cells import (
     run_cell,
     split_metrics,
 )
+
 # private names that the scripts in benchmarks/ and the tests import from here
 from scalabl_pyro.experiments.benchmark.cells import (
     _bma_log_probs as _bma_log_probs,
