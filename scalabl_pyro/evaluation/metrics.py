@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.selective import (  # selective prediction, re-exported here
-    RiskCoverage,
-    accuracy_at_coverage,
-    aurc,
-    risk_coverage_curve,
-)
+
+# selective prediction lives in evaluation/selective.py; re-exported here
+from scalabl_pyro.evaluation.selective import RiskCoverage as RiskCoverage
+from scalabl_pyro.evaluation.selective import accuracy_at_coverage as accuracy_at_coverage
+from scalabl_pyro.evaluation.selective import aurc as aurc
+from scalabl_pyro.evaluation.selective import risk_coverage_curve as risk_coverage_curve
+from scalabl_pyro.evaluation.validation import BINNINGS as BINNINGS
 from scalabl_pyro.evaluation.validation import (
-    BINNINGS,
     Binning,
     check_binning,
     check_n_bins,
@@ -487,34 +487,3 @@ def ood_scores(sample_probs: Any) -> dict[str, np.ndarray]:
         "entropy": parts.total,
         "mutual_information": parts.epistemic,
     }
-
-
-__all__ = [
-    "accuracy",
-    "accuracy_at_coverage",
-    "aurc",
-    "Binning",
-    "BINNINGS",
-    "brier_score",
-    "classification_metrics",
-    "classwise_calibration_error",
-    "expected_calibration_error",
-    "max_probability_score",
-    "mutual_information",
-    "negative_log_likelihood",
-    "NLL_EPS",
-    "ood_aupr",
-    "ood_auroc",
-    "ood_detection",
-    "ood_fpr_at_tpr",
-    "ood_scores",
-    "OOD_SCORES",
-    "OODMetrics",
-    "predictive_entropy",
-    "reliability_bins",
-    "ReliabilityBins",
-    "risk_coverage_curve",
-    "RiskCoverage",
-    "uncertainty_decomposition",
-    "UncertaintyDecomposition",
-]
