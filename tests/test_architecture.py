@@ -212,7 +212,7 @@ LONG_MODULES: dict[str, int] = {
     "scalabl_pyro/api.py": 790,  # the facade (goal: under 250)
     "scalabl_pyro/io/checkpoint.py": 644,  # resume decision moves out
     "scalabl_pyro/inference/train.py": 605,  # objectives move to the method registry
-    "scalabl_pyro/cli/train.py": 605,  # resume merging moves to the library
+    "scalabl_pyro/cli/train.py": 579,  # resume merging moves to the library
 }
 
 #: Functions allowed over FUNCTION_LINES (``path:Qualified.name``), with their size.

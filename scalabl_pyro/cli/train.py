@@ -7,10 +7,10 @@ The same command trains on several processes (DDP) when a launcher starts it::
 
 ``--batch-size`` is then per process (the global batch is ``num_processes x`` that).
 Each process starts the launcher's process group and takes its own device
-(:func:`~scalabl_pyro.inference.distributed.start_process_group`); the data shard,
-the DDP wrap, the plate size, the KL counted once and the rank-0 checkpoint happen
-inside ``ScalaBL.fit`` (:mod:`scalabl_pyro.inference.distributed`). On a machine
-without a GPU the same command runs the processes on the CPU over gloo.
+(:mod:`scalabl_pyro.cli.launch`); the data shard, the DDP wrap, the plate size, the KL
+counted once and the rank-0 checkpoint happen inside ``ScalaBL.fit``
+(:mod:`scalabl_pyro.inference.distributed`). On a machine without a GPU the same
+command runs the processes on the CPU over gloo.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from scalabl_pyro.cli.checks import (
     read_checkpoint_meta,
     scalabl_class,
 )
+from scalabl_pyro.cli.launch import is_main_process, process_device
 from scalabl_pyro.cli.options import (
     DATA_DEFAULTS,
     GUIDES,
@@ -467,33 +468,6 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
         )
 
 
-def _process_device(device: str) -> str:
-    """This process's device: under a launcher with several processes, the group's choice.
-
-    ``accelerate launch`` (or ``torchrun``) sets ``WORLD_SIZE``; each process then
-    starts the process group and takes the device of its rank, so ``--device``
-    cannot choose one.
-    """
-    from scalabl_pyro.inference.distributed import launched_world_size, start_process_group
-
-    if launched_world_size() < 2:
-        return device
-    if device != "auto":
-        raise ScalaBLError(
-            f"--device {device}: under accelerate launch every process takes the device of "
-            "its rank; drop --device (give accelerate launch --cpu for CPU processes)"
-        )
-    return str(start_process_group())
-
-
-def _is_main_process() -> bool:
-    """Rank 0, or the only process: the one that prints (and writes the checkpoint)."""
-    from scalabl_pyro.inference.distributed import DistributedContext
-
-    ctx = DistributedContext.detect()
-    return ctx is None or ctx.is_main
-
-
 def run(args: argparse.Namespace) -> None:
     """Check every option, then train (and save) or resume."""
     if args.threads is not None:
@@ -548,9 +522,9 @@ def run(args: argparse.Namespace) -> None:
         )
         check_checkpoint_files(args.output)
 
-    args.device = _process_device(args.device)
+    args.device = process_device(args.device)
     check_device(args.device)
-    main_process = _is_main_process()
+    main_process = is_main_process()
     ScalaBL = scalabl_class()
     from dataclasses import fields
 
