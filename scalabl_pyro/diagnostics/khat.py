@@ -1,7 +1,7 @@
 """k-hat of q, PSIS-LOO of the training questions and held-out elpd of one fit.
 
-**Importance diagnostics** (:func:`diagnose`; the maths is in
-:mod:`scalabl_pyro.diagnostics.importance`). With S draws of q and the log-likelihood of
+:func:`diagnose` runs them; the maths on arrays is in
+:mod:`scalabl_pyro.diagnostics.importance`. With S draws of q and the log-likelihood of
 **every** training question under each draw (the S x N matrix), k-hat of q
 compares q with the posterior p(s | D, A, B) it approximates (Yao et al.
 2018), and PSIS-LOO of the training questions uses the same matrix with the
