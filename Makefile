@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-quick test test-fast lint fetch docs cli-docs notebooks tables clean
+.PHONY: install demo demo-quick test test-fast lint size fetch docs cli-docs notebooks tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check scalabl_pyro tests benchmarks tools
+
+# The largest modules and functions (tests/test_architecture.py holds them to 500 and 80 lines).
+size:
+	$(PYTHON) tools/size_report.py
 
 # The documentation site (mkdocs-material + mkdocstrings + mkdocs-jupyter) into site/.
 docs: install

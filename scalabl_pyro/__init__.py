@@ -44,7 +44,7 @@ _EXPORTS = {
     "MCExample": "scalabl_pyro.data",
     "ScalaBLError": "scalabl_pyro.errors",
     "to_inference_data": "scalabl_pyro.diagnostics.posterior",
-    "pareto_k_of_q": "scalabl_pyro.diagnostics.posterior",
+    "pareto_k_of_q": "scalabl_pyro.diagnostics.khat",
     "CompareConfig": "scalabl_pyro.experiments.comparison",
     "compare_guides": "scalabl_pyro.experiments.comparison",
 }

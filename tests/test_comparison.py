@@ -83,7 +83,7 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, monkeypatch):
     def refit(*a, **k):
         raise AssertionError("a finished family was fitted again")
 
-    monkeypatch.setattr(comparison, "_fit_family", refit)
+    monkeypatch.setattr(comparison.run, "_fit_family", refit)
     again = compare_guides(cfg, **kw)
     assert [r["acc"] for r in again.rows] == [r["acc"] for r in result.rows]
     # ... but never one made with other settings: a quick run's cells are refused
@@ -99,8 +99,8 @@ def test_a_damaged_cell_is_fitted_again(tmp_path, monkeypatch):
     cell = comparison.cell_dir(tmp_path / "cmp", "mean_field", 0)
     (cell / comparison.ARRAYS_FILE).write_bytes(b"PK\x03")  # truncated
     calls = []
-    real = comparison._fit_family
-    monkeypatch.setattr(comparison, "_fit_family", lambda *a: calls.append(a) or real(*a))
+    real = comparison.run._fit_family
+    monkeypatch.setattr(comparison.run, "_fit_family", lambda *a: calls.append(a) or real(*a))
     compare_guides(cfg, figures=False, **kw)
     assert len(calls) == 1
 

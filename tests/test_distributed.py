@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,37 @@ from pathlib import Path
 import pytest
 import torch
 
+from scalabl_pyro.cli import main
 from scalabl_pyro.inference.distributed import DistributedContext
 from scalabl_pyro.io import checkpoint as ckpt
+from scalabl_pyro.testing import tiny_model_and_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scalabl_pyro" / "cli" / "launch_ddp.py"
-ARGS = ["--tiny", "--steps", "3", "--lr", "1e-2", "--guide", "mean_field"]
+TRAIN = ["train", "--steps", "3", "--lr", "1e-2", "--guide", "mean_field", "--rank", "4"]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("train_ddp", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture()
+def tiny_run(tmp_path: Path) -> list[str]:
+    """``scalabl train`` options for a tiny random model saved to disk and a learnable toy task."""
+    model, tok = tiny_model_and_tokenizer()
+    base = tmp_path / "tiny_base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    rows = [  # the label is the item number mod 3
+        {
+            "question": f"Which colour is item {i}?",
+            "choices": ["red", "blue", "green"],
+            "label": i % 3,
+        }
+        for i in range(16)
+    ]
+    data = tmp_path / "toy.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return [*TRAIN, "--model", str(base), "--data", str(data), "--no-progress"]
+
+
+def _last_step(path: Path) -> dict:
+    return json.loads((path / ckpt.HISTORY_FILE).read_text())["steps"][-1]
 
 
 def _states(path: Path) -> dict[str, torch.Tensor]:
@@ -41,25 +58,30 @@ def test_shard_splits_the_global_batch():
     assert DistributedContext.detect() is None  # no process group in the test process
 
 
-def test_two_gloo_processes_equal_one_process_with_the_double_batch(tmp_path):
-    """DDP averages gradients; each rank's loss is the full-data ELBO estimate (KL once)."""
+def test_two_gloo_processes_equal_one_process_with_the_double_batch(tmp_path, tiny_run):
+    """DDP averages gradients; each rank's loss is the full-data ELBO estimate (KL once).
+
+    ``accelerate launch -m scalabl_pyro.cli train`` is the multi-process entry point.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+        "-m", "scalabl_pyro.cli",
     ]  # fmt: skip
     two = tmp_path / "two"
     run = subprocess.run(
-        [*launch, str(SCRIPT), *ARGS, "--batch-size", "2", "--output", str(two)],
+        [*launch, *tiny_run, "--batch-size", "2", "--output", str(two)],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    two_last = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.stdout.count(f"saved {two}") == 1  # rank 0 alone prints
 
     one = tmp_path / "one"
-    one_last = _script().main([*ARGS, "--batch-size", "4", "--output", str(one)])
+    assert main([*tiny_run, "--batch-size", "4", "--output", str(one)]) == 0
 
+    two_last, one_last = _last_step(two), _last_step(one)
     assert two_last["loss"] == pytest.approx(one_last["loss"], rel=1e-5)
     assert two_last["kl"] == pytest.approx(one_last["kl"], rel=1e-5)  # KL counted once
     a, b = _states(two), _states(one)
@@ -69,3 +91,11 @@ def test_two_gloo_processes_equal_one_process_with_the_double_batch(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
         moved += int(not torch.equal(a[k], torch.zeros_like(a[k])))
     assert moved > 0
+
+
+def test_under_a_launcher_device_is_the_ranks(tmp_path, tiny_run, monkeypatch, capsys):
+    """With WORLD_SIZE > 1 every process takes its rank's device, so --device is refused."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc = main([*tiny_run, "--device", "cpu", "--output", str(tmp_path / "out")])
+    assert rc == 2
+    assert "--device cpu: under accelerate launch" in capsys.readouterr().err

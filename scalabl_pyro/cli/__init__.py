@@ -3,7 +3,8 @@
 One module per command (:mod:`.fetch`, :mod:`.demo`, :mod:`.train`, :mod:`.evaluate`,
 :mod:`.data`, :mod:`.compare`, :mod:`.diagnose`, :mod:`.benchmark`), each with
 ``register(subparsers)`` and ``run(args)``; :mod:`.app` builds the one parser from them
-and runs a command; :mod:`.options` and :mod:`.checks` hold what the commands share.
+and runs a command; :mod:`.options` and :mod:`.checks` hold what the commands share, and
+:mod:`.launch` what a command needs under ``accelerate launch`` (several processes).
 
 Every problem with the input ends the command with one line
 ``error: <problem>; <fix>`` on stderr and exit status 2, without a traceback.

@@ -70,11 +70,8 @@ def _check_has_posterior(meta: dict) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> None:
-    """Score the checkpoint's posterior and write the figures and summaries."""
-    meta = read_checkpoint_meta(args.checkpoint, "--checkpoint")
-    _check_has_posterior(meta)
-    out = check_report_dir(args.output, "posterior_scales.png")
+def _data_sets(args: argparse.Namespace, meta: dict) -> tuple[Any, Any]:
+    """The training questions (given, else the checkpoint's own) and the held-out ones (or None)."""
     from scalabl_pyro.data import load_task
     from scalabl_pyro.io.checkpoint import TRAIN_DATA_KEY, resume_data_settings
 
@@ -98,20 +95,18 @@ def run(args: argparse.Namespace) -> None:
     heldout = None
     if args.heldout is not None:
         heldout = load_task(chosen["data"], args.heldout, limit=args.heldout_limit or 200)
+    return train, heldout
+
+
+def run(args: argparse.Namespace) -> None:
+    """Score the checkpoint's posterior and write the figures and summaries."""
+    meta = read_checkpoint_meta(args.checkpoint, "--checkpoint")
+    _check_has_posterior(meta)
+    out = check_report_dir(args.output, "posterior_scales.png")
+    train, heldout = _data_sets(args, meta)
     check_device(args.device)
     ScalaBL = scalabl_class()
-    import arviz as az
-
-    from scalabl_pyro.diagnostics.plots import loo_khat_panels, write_diagnostics
-    from scalabl_pyro.diagnostics.posterior import (
-        diagnose,
-        history_arrays,
-        inference_data_from_arrays,
-        layer_names,
-        prior_draws,
-    )
-    from scalabl_pyro.io.checkpoint import write_json
-    from scalabl_pyro.utils.atomic import write_text_atomic
+    from scalabl_pyro.diagnostics.khat import diagnose
 
     sbl = ScalaBL.from_pretrained(args.checkpoint, device=args.device)
     num = args.samples if args.samples is not None else 100
@@ -124,6 +119,23 @@ def run(args: argparse.Namespace) -> None:
         subsample_size=args.subsample or 128,
         progress=args.progress,
     )
+    files = _write_reports(sbl, diag, train, heldout, out, num)
+    _print_summary(diag, train, heldout, num)
+    print("wrote " + ", ".join(sorted(files.values())))
+
+
+def _write_reports(
+    sbl: Any, diag: Any, train: Any, heldout: Any, out: Any, num: int
+) -> dict[str, str]:
+    """The ArviZ figures, the training LOO k-hat panel, ``summary.csv`` and ``diagnostics.json``."""
+    import arviz as az
+
+    from scalabl_pyro.diagnostics.fits import layer_names, prior_draws
+    from scalabl_pyro.diagnostics.plots import loo_khat_panels, write_diagnostics
+    from scalabl_pyro.diagnostics.posterior import history_arrays, inference_data_from_arrays
+    from scalabl_pyro.io.checkpoint import write_json
+    from scalabl_pyro.utils.atomic import write_text_atomic
+
     prior = prior_draws(sbl.model, num, 7919)
     idata = inference_data_from_arrays(
         diag.draws[None],
@@ -148,6 +160,11 @@ def run(args: argparse.Namespace) -> None:
     }
     write_json(out / "diagnostics.json", report)
     files["diagnostics"] = str(out / "diagnostics.json")
+    return files
+
+
+def _print_summary(diag: Any, train: Any, heldout: Any, num: int) -> None:
+    """k-hat of q, the training PSIS-LOO and the held-out elpd, one line each."""
     k = diag.khat
     shown = "constant weights" if k.to_dict()["khat"] is None else f"{k.khat:.2f}"
     print(
@@ -165,4 +182,3 @@ def run(args: argparse.Namespace) -> None:
             f"held-out elpd ({len(heldout)} questions, BMA of {diag.heldout.num_draws} draws): "
             f"{diag.heldout.elpd:.2f} ± {diag.heldout.se:.2f}"
         )
-    print("wrote " + ", ".join(sorted(files.values())))

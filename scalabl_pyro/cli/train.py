@@ -1,4 +1,17 @@
-"""``scalabl train``: fine-tune a model with ScalaBL or a baseline, or resume a run."""
+"""``scalabl train``: fine-tune a model with ScalaBL or a baseline, or resume a run.
+
+The same command trains on several processes (DDP) when a launcher starts it::
+
+    accelerate launch --multi_gpu --num_processes 2 -m scalabl_pyro.cli train \\
+        --data arc_easy --steps 200 --batch-size 4 --output runs/ddp
+
+``--batch-size`` is then per process (the global batch is ``num_processes x`` that).
+Each process starts the launcher's process group and takes its own device
+(:mod:`scalabl_pyro.cli.launch`); the data shard, the DDP wrap, the plate size, the KL
+counted once and the rank-0 checkpoint happen inside ``ScalaBL.fit``
+(:mod:`scalabl_pyro.inference.distributed`). On a machine without a GPU the same
+command runs the processes on the CPU over gloo.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +27,7 @@ from scalabl_pyro.cli.checks import (
     read_checkpoint_meta,
     scalabl_class,
 )
+from scalabl_pyro.cli.launch import is_main_process, process_device
 from scalabl_pyro.cli.options import (
     DATA_DEFAULTS,
     GUIDES,
@@ -36,7 +50,13 @@ from scalabl_pyro.errors import ScalaBLError
 
 def register(sub: Any) -> None:
     """Add ``scalabl train`` to the subcommands."""
-    p = sub.add_parser("train", help="fine-tune a model with ScalaBL (or a baseline guide)")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model with ScalaBL (or a baseline guide)",
+        description="Fine-tune a model with ScalaBL or a baseline, or resume a run. Several "
+        "processes (DDP): accelerate launch --multi_gpu --num_processes K -m scalabl_pyro.cli "
+        "train ...; --batch-size is then per process.",
+    )
     verbose_flag(p, top=False)
     add_model_args(p)
     add_data_args(p, "train", resumable=True)
@@ -100,7 +120,9 @@ def register(sub: Any) -> None:
         "0.4; 0.05 for log_mean_field and blob",
     )
     num_option(p, "--steps", "total optimizer steps, with --resume the new total", 200)
-    num_option(p, "--batch-size", "examples per micro-batch", 4)
+    num_option(
+        p, "--batch-size", "examples per micro-batch (per process under accelerate launch)", 4
+    )
     num_option(p, "--lr", "learning rate of the LoRA factors", 1e-3)
     num_option(
         p,
@@ -138,6 +160,12 @@ def register(sub: Any) -> None:
     )
     num_option(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--quantization",
+        default=None,
+        choices=("4bit", "8bit"),
+        help="load the frozen base quantised (QLoRA style; needs scalabl-pyro[quantization])",
+    )
     p.add_argument(
         "--recipe",
         default=None,
@@ -202,6 +230,7 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         "ensemble_size",
         "dropout",
         "recipe",
+        "quantization",
     )
     fixed = [f.replace("--task-format", "--format") for f in fixed]
     if fixed:
@@ -493,7 +522,9 @@ def run(args: argparse.Namespace) -> None:
         )
         check_checkpoint_files(args.output)
 
+    args.device = process_device(args.device)
     check_device(args.device)
+    main_process = is_main_process()
     ScalaBL = scalabl_class()
     from dataclasses import fields
 
@@ -537,9 +568,12 @@ def run(args: argparse.Namespace) -> None:
             num_classes=max(train.num_classes, 2),
             device=args.device,
             dtype=args.dtype,
+            quantization=args.quantization,
             seed=s.seed,
         )
         sbl = ScalaBL.from_base(mcfg)
-    print(sbl.summary())
+    if main_process:
+        print(sbl.summary())
     sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
-    print(f"saved {args.output}")
+    if main_process:
+        print(f"saved {args.output}")

@@ -1,6 +1,7 @@
 """Is the posterior trustworthy? ArviZ ``InferenceData`` and the importance diagnostics of a
-fitted posterior (:mod:`.posterior`), PSIS / k-hat / LOO maths (:mod:`.importance`) and
-their figures (:mod:`.plots`).
+fitted posterior (:mod:`.posterior`: ArviZ; :mod:`.khat`: k-hat of q, PSIS-LOO, held-out
+elpd; :mod:`.fits`: draws and densities of a fit), PSIS / k-hat / LOO maths
+(:mod:`.importance`) and their figures (:mod:`.plots`).
 
 The everyday entry points are re-exported here, lazily (so that importing the plain-NumPy
 :mod:`.importance` does not pay for torch and Pyro)::
@@ -16,9 +17,9 @@ _EXPORTS = {
     "to_inference_data": "scalabl_pyro.diagnostics.posterior",
     "combine_chains": "scalabl_pyro.diagnostics.posterior",
     "loo": "scalabl_pyro.diagnostics.posterior",
-    "diagnose": "scalabl_pyro.diagnostics.posterior",
-    "pareto_k_of_q": "scalabl_pyro.diagnostics.posterior",
-    "PosteriorDiagnostics": "scalabl_pyro.diagnostics.posterior",
+    "diagnose": "scalabl_pyro.diagnostics.khat",
+    "pareto_k_of_q": "scalabl_pyro.diagnostics.khat",
+    "PosteriorDiagnostics": "scalabl_pyro.diagnostics.khat",
     "ElpdResult": "scalabl_pyro.diagnostics.importance",
     "ParetoK": "scalabl_pyro.diagnostics.importance",
 }

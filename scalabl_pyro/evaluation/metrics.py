@@ -27,24 +27,32 @@ tables multiply fractions by 100. Formulas are in ``docs/metrics.md``.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
 
+# selective prediction lives in evaluation/selective.py; re-exported here
+from scalabl_pyro.evaluation.selective import RiskCoverage as RiskCoverage
+from scalabl_pyro.evaluation.selective import accuracy_at_coverage as accuracy_at_coverage
+from scalabl_pyro.evaluation.selective import aurc as aurc
+from scalabl_pyro.evaluation.selective import risk_coverage_curve as risk_coverage_curve
+from scalabl_pyro.evaluation.validation import BINNINGS as BINNINGS
+from scalabl_pyro.evaluation.validation import (
+    Binning,
+    check_binning,
+    check_n_bins,
+    check_pair,
+    check_probs,
+    check_sample_probs,
+    check_scores,
+)
+
 #: Lower clamp on p(y) in :func:`negative_log_likelihood`; caps one example's
 #: loss at ``-log(NLL_EPS)`` (about 36.04 nats) when the true class has p = 0.
 NLL_EPS: float = float(np.finfo(np.float64).eps)
-
-#: How far a row of ``probs`` may sum away from 1 (float32 softmax rounding).
-_ROW_SUM_ATOL = 1e-4
-
-#: Ways to cut the confidence axis into bins (see :func:`reliability_bins`).
-Binning = Literal["equal_width", "equal_mass"]
-BINNINGS: tuple[str, ...] = ("equal_width", "equal_mass")
 
 
 @dataclass(frozen=True)
@@ -83,149 +91,6 @@ class ReliabilityBins:
         filled = self.counts > 0
         weights = self.counts[filled] / self.total
         return float(np.sum(weights * np.abs(self.gap[filled])))
-
-
-# --------------------------------------------------------------------------- #
-# input handling
-
-
-def _to_numpy(x: Any, *, floating: bool) -> np.ndarray:
-    """Convert a numpy array, torch tensor or list to numpy (float64 if ``floating``)."""
-    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported
-    if torch is not None and isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
-        if t.is_floating_point():
-            t = t.double()  # also covers bfloat16, which numpy cannot hold
-        x = t.numpy()
-    arr = np.asarray(x)
-    return arr.astype(np.float64) if floating else arr
-
-
-def read_float_array(x: Any, name: str, *, ndim: int, what: str, shape_hint: str) -> np.ndarray:
-    """``x`` as a float64 array of ``ndim`` dimensions, or one clear error naming ``name``."""
-    try:
-        arr = _to_numpy(x, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"{name} could not be read as a numeric array ({exc}); pass {what}"
-        ) from exc
-    if arr.ndim != ndim:
-        raise ScalaBLError(f"{name} has shape {arr.shape}; pass {shape_hint}")
-    return arr
-
-
-def _check_probs(probs: Any, *, name: str = "probs") -> np.ndarray:
-    """Return ``probs`` as a validated float64 ``(N, C)`` array."""
-    p = read_float_array(
-        probs,
-        name,
-        ndim=2,
-        what="an (N, C) numpy array or torch tensor of probabilities",
-        shape_hint="an (N, C) array with one row of class probabilities per example",
-    )
-    if p.shape[0] == 0 or p.shape[1] == 0:
-        raise ScalaBLError(
-            f"{name} is empty (shape {p.shape}); pass at least one example with at least one class"
-        )
-    if not np.all(np.isfinite(p)):
-        raise ScalaBLError(f"{name} contains NaN or inf; check the model outputs")
-    if p.min() < -_ROW_SUM_ATOL or p.max() > 1 + _ROW_SUM_ATOL:
-        raise ScalaBLError(
-            f"{name} has values outside [0, 1] (min {p.min():.4g}, max "
-            f"{p.max():.4g}); pass probabilities, e.g. softmax(logits)"
-        )
-    sums = p.sum(axis=1)
-    worst = int(np.argmax(np.abs(sums - 1.0)))
-    if abs(sums[worst] - 1.0) > _ROW_SUM_ATOL:
-        raise ScalaBLError(
-            f"{name} row {worst} sums to {sums[worst]:.6g}, not 1; pass "
-            "normalized probabilities, e.g. softmax(logits)"
-        )
-    return np.clip(p, 0.0, 1.0)
-
-
-def _check_labels(labels: Any, n: int, n_classes: int) -> np.ndarray:
-    """Return ``labels`` as a validated int64 ``(N,)`` array of class indices."""
-    try:
-        y = _to_numpy(labels, floating=False)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"labels could not be read as an array ({exc}); pass an (N,) integer array or tensor"
-        ) from exc
-    if y.ndim != 1:
-        raise ScalaBLError(f"labels has shape {y.shape}; pass a 1-D array of N class indices")
-    if y.shape[0] != n:
-        raise ScalaBLError(
-            f"labels has {y.shape[0]} entries but probs has {n} rows; pass one "
-            "label per row of probs"
-        )
-    integral_floats = (
-        y.dtype.kind == "f" and bool(np.all(np.isfinite(y))) and bool(np.all(y == np.round(y)))
-    )
-    if not (y.dtype.kind in "iu" or integral_floats):
-        raise ScalaBLError(f"labels has dtype {y.dtype}; pass integer class indices")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= n_classes:
-        raise ScalaBLError(
-            f"labels range over [{y.min()}, {y.max()}] but probs has "
-            f"{n_classes} classes; labels must be 0-based indices below {n_classes}"
-        )
-    return y
-
-
-def _check_pair(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``probs`` and ``labels`` together."""
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
-    return p, y
-
-
-def _check_n_bins(n_bins: int) -> int:
-    """Reject a bin count that is not a positive integer."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ScalaBLError(f"n_bins is {n_bins!r}; pass a positive integer such as 15")
-    return int(n_bins)
-
-
-def _check_binning(binning: str) -> str:
-    """Reject an unknown binning scheme."""
-    if binning not in BINNINGS:
-        raise ScalaBLError(f"binning is {binning!r}; use one of {', '.join(BINNINGS)}")
-    return binning
-
-
-def _check_scores(scores: Any, *, name: str) -> np.ndarray:
-    """Return ``scores`` as a validated, non-empty, finite float64 ``(N,)`` array."""
-    try:
-        x = _to_numpy(scores, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"{name} could not be read as a numeric array ({exc}); pass a 1-D array of scores"
-        ) from exc
-    if x.ndim != 1:
-        raise ScalaBLError(
-            f"{name} has shape {x.shape}; pass a 1-D array with one score per example"
-        )
-    if x.shape[0] == 0:
-        raise ScalaBLError(f"{name} is empty; pass at least one example")
-    if not np.all(np.isfinite(x)):
-        raise ScalaBLError(f"{name} contains NaN or inf; pass finite scores")
-    return x
-
-
-def _check_sample_probs(sample_probs: Any) -> np.ndarray:
-    """Return ``sample_probs`` as a validated float64 ``(S, N, C)`` array."""
-    sp = read_float_array(
-        sample_probs,
-        "sample_probs",
-        ndim=3,
-        what="an (S, N, C) array of per-sample probabilities",
-        shape_hint="an (S, N, C) array: S posterior samples of (N, C) probabilities",
-    )
-    if sp.shape[0] == 0:
-        raise ScalaBLError("sample_probs has no samples (S = 0); pass at least one sample")
-    s, n, c = sp.shape
-    return _check_probs(sp.reshape(s * n, c), name="sample_probs").reshape(s, n, c)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -317,7 +182,7 @@ def _brier(p: np.ndarray, y: np.ndarray) -> float:
 
 def accuracy(probs: Any, labels: Any) -> float:
     """Fraction of examples whose argmax class equals the label."""
-    p, y = _check_pair(probs, labels)
+    p, y = check_pair(probs, labels)
     return _accuracy(p, y)
 
 
@@ -336,8 +201,8 @@ def reliability_bins(
       confidences share a bin, which keeps the result independent of the
       order of the examples but can leave bins empty.
     """
-    p, y = _check_pair(probs, labels)
-    return _reliability_bins(p, y, _check_n_bins(n_bins), _check_binning(binning))
+    p, y = check_pair(probs, labels)
+    return _reliability_bins(p, y, check_n_bins(n_bins), check_binning(binning))
 
 
 def expected_calibration_error(
@@ -366,8 +231,8 @@ def classwise_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> fl
     never the label) is perfectly calibrated and dilutes the mean: compare
     sets padded to the same ``C``.
     """
-    p, y = _check_pair(probs, labels)
-    return _classwise_ece(p, y, _check_n_bins(n_bins))
+    p, y = check_pair(probs, labels)
+    return _classwise_ece(p, y, check_n_bins(n_bins))
 
 
 def negative_log_likelihood(probs: Any, labels: Any) -> float:
@@ -377,7 +242,7 @@ def negative_log_likelihood(probs: Any, labels: Any) -> float:
     so a zero probability on the true class costs about 36.04 nats instead of
     making the mean infinite.
     """
-    p, y = _check_pair(probs, labels)
+    p, y = check_pair(probs, labels)
     return _nll(p, y)
 
 
@@ -387,7 +252,7 @@ def brier_score(probs: Any, labels: Any) -> float:
     Ranges over [0, 2]: 0 for a confident correct prediction, 2 for a confident
     wrong one. Zero-padded classes contribute nothing.
     """
-    p, y = _check_pair(probs, labels)
+    p, y = check_pair(probs, labels)
     return _brier(p, y)
 
 
@@ -396,8 +261,8 @@ def classification_metrics(probs: Any, labels: Any, n_bins: int = 15) -> dict[st
 
     Validates the inputs once; ``n`` is the number of examples (an int).
     """
-    p, y = _check_pair(probs, labels)
-    bins = _reliability_bins(p, y, _check_n_bins(n_bins))
+    p, y = check_pair(probs, labels)
+    bins = _reliability_bins(p, y, check_n_bins(n_bins))
     return {
         "acc": _accuracy(p, y),
         "ece": bins.ece,
@@ -413,7 +278,7 @@ def predictive_entropy(probs: Any) -> np.ndarray:
     This is the total uncertainty; ``0 log 0`` is taken as 0 so zero-padded
     classes do not contribute.
     """
-    return _entropy(_check_probs(probs))
+    return _entropy(check_probs(probs))
 
 
 def mutual_information(sample_probs: Any) -> np.ndarray:
@@ -459,7 +324,7 @@ def uncertainty_decomposition(sample_probs: Any) -> UncertaintyDecomposition:
     probabilities (``np.exp(prediction.sample_log_probs)``; padded classes
     are 0 and add nothing). With ``S = 1`` the epistemic part is 0.
     """
-    sp = _check_sample_probs(sample_probs)
+    sp = check_sample_probs(sample_probs)
     total = _entropy(sp.mean(axis=0))
     aleatoric = _entropy(sp).mean(axis=0)
     return UncertaintyDecomposition(
@@ -501,7 +366,7 @@ class OODMetrics:
 
 
 def _check_in_out(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
-    return _check_scores(scores_in, name="scores_in"), _check_scores(scores_out, name="scores_out")
+    return check_scores(scores_in, name="scores_in"), check_scores(scores_out, name="scores_out")
 
 
 def _roc_steps(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -599,7 +464,7 @@ def ood_detection(scores_in: Any, scores_out: Any, tpr_level: float = 0.95) -> O
 
 def max_probability_score(probs: Any) -> np.ndarray:
     """OOD score ``1 - max_c p_c`` per example (shape ``(N,)``): higher = less confident."""
-    return 1.0 - _check_probs(probs).max(axis=1)
+    return 1.0 - check_probs(probs).max(axis=1)
 
 
 #: Names of the scores :func:`ood_scores` returns.
@@ -614,7 +479,7 @@ def ood_scores(sample_probs: Any) -> dict[str, np.ndarray]:
     ``"mutual_information"`` is the epistemic part (all zeros when ``S = 1``).
     Each is ``(N,)``, higher meaning more likely OOD.
     """
-    sp = _check_sample_probs(sample_probs)
+    sp = check_sample_probs(sample_probs)
     mean = sp.mean(axis=0)
     parts = uncertainty_decomposition(sp)
     return {
@@ -622,115 +487,3 @@ def ood_scores(sample_probs: Any) -> dict[str, np.ndarray]:
         "entropy": parts.total,
         "mutual_information": parts.epistemic,
     }
-
-
-# --------------------------------------------------------------------------- #
-# selective prediction (higher confidence = kept first)
-
-
-@dataclass(frozen=True)
-class RiskCoverage:
-    """The risk-coverage curve of a selective classifier, one point per distinct confidence.
-
-    Keeping the examples with confidence ``>= threshold[k]`` covers
-    ``coverage[k]`` of the data with error rate ``risk[k]``. Points run from the
-    highest threshold (lowest coverage) to coverage 1; arrays share one length.
-    """
-
-    coverage: np.ndarray
-    risk: np.ndarray
-    threshold: np.ndarray
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        """``1 - risk`` at each point (selective accuracy)."""
-        return 1.0 - self.risk
-
-
-def _selective_inputs(
-    probs: Any, labels: Any, confidence: Any | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(confidence, error)`` sorted by confidence, highest first (ties by input order)."""
-    p, y = _check_pair(probs, labels)
-    if confidence is None:
-        conf = p.max(axis=1)
-    else:
-        conf = _check_scores(confidence, name="confidence")
-        if conf.shape[0] != p.shape[0]:
-            raise ScalaBLError(
-                f"confidence has {conf.shape[0]} entries but probs has {p.shape[0]} rows; "
-                "pass one confidence per example"
-            )
-    error = (np.argmax(p, axis=1) != y).astype(np.float64)
-    order = np.argsort(-conf, kind="stable")
-    return conf[order], error[order]
-
-
-def _expected_errors(conf: np.ndarray, error: np.ndarray) -> np.ndarray:
-    """Expected cumulative error count among the ``k`` most confident, ``k = 1..N``.
-
-    Within a run of tied confidences the count is interpolated linearly: the
-    mean over every order of the tied examples, so the result does not depend
-    on how the input happened to be ordered.
-    """
-    n = conf.shape[0]
-    cum = np.cumsum(error)
-    last = np.flatnonzero(np.r_[np.diff(conf) != 0, True])  # last index of each tie run
-    first = np.r_[0, last[:-1] + 1]
-    before = np.r_[0.0, cum[last[:-1]]]  # errors before each run
-    run_len = last - first + 1
-    run_err = cum[last] - before
-    run_of = np.repeat(np.arange(last.shape[0]), run_len)
-    pos = np.arange(n) - first[run_of] + 1  # 1-based position inside its run
-    return before[run_of] + pos * run_err[run_of] / run_len[run_of]
-
-
-def risk_coverage_curve(probs: Any, labels: Any, *, confidence: Any | None = None) -> RiskCoverage:
-    """Error rate of the kept examples against the fraction kept, thresholding confidence.
-
-    Confidence is the top-label probability unless ``confidence`` (``(N,)``,
-    higher = keep first, e.g. ``-mutual_information``) is given; risk is the
-    0-1 error of the argmax prediction. Tied confidences are kept or dropped
-    together, so there is one point per distinct confidence and the curve
-    does not depend on the order of the examples.
-    """
-    conf, error = _selective_inputs(probs, labels, confidence)
-    n = conf.shape[0]
-    last = np.flatnonzero(np.r_[np.diff(conf) != 0, True])
-    kept = last + 1
-    return RiskCoverage(coverage=kept / n, risk=np.cumsum(error)[last] / kept, threshold=conf[last])
-
-
-def aurc(probs: Any, labels: Any, *, confidence: Any | None = None) -> float:
-    """Area under the risk-coverage curve, a fraction in [0, 1] (lower is better).
-
-    ``AURC = (1/N) sum_{k=1..N} E_k / k``, with ``E_k`` the errors among the
-    ``k`` most confident examples (Geifman et al., 2019). Inside a run of tied
-    confidences ``E_k`` is interpolated linearly, the average over every
-    order of the tied examples. Confidence as in :func:`risk_coverage_curve`.
-    """
-    conf, error = _selective_inputs(probs, labels, confidence)
-    k = np.arange(1, conf.shape[0] + 1)
-    return float(np.mean(_expected_errors(conf, error) / k))
-
-
-def accuracy_at_coverage(
-    probs: Any, labels: Any, coverage: float, *, confidence: Any | None = None
-) -> float:
-    """Accuracy on the ``ceil(coverage * N)`` most confident examples (at least one).
-
-    ``coverage`` is a fraction in (0, 1]; 1 gives plain accuracy. Ties at the
-    cut are averaged over every order of the tied examples, as in :func:`aurc`.
-    """
-    if (
-        isinstance(coverage, bool)
-        or not isinstance(coverage, (int, float, np.floating))
-        or not 0 < coverage <= 1
-    ):
-        raise ScalaBLError(f"coverage is {coverage!r}; pass a fraction in (0, 1] such as 0.8")
-    conf, error = _selective_inputs(probs, labels, confidence)
-    n = conf.shape[0]
-    k = max(
-        1, int(np.ceil(round(float(coverage) * n, 9)))
-    )  # round: 0.07 * 100 is 7.000000000000001
-    return float(1.0 - _expected_errors(conf, error)[k - 1] / k)

@@ -21,17 +21,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.metrics import (
+from scalabl_pyro.evaluation.metrics import _equal_width_edges, _reliability_bins, ood_auroc
+from scalabl_pyro.evaluation.selective import aurc, risk_coverage_curve
+from scalabl_pyro.evaluation.validation import (
     Binning,
-    _check_binning,
-    _check_n_bins,
-    _check_pair,
-    _check_scores,
-    _equal_width_edges,
-    _reliability_bins,
-    aurc,
-    ood_auroc,
-    risk_coverage_curve,
+    check_binning,
+    check_n_bins,
+    check_pair,
+    check_scores,
 )
 from scalabl_pyro.io.image_mark import image_metadata
 from scalabl_pyro.utils.atomic import atomic_open
@@ -68,7 +65,7 @@ def _pairs(
                 f"results[{name!r}] is not a {shape} pair; pass {{method_name: {shape}}}"
             )
         try:
-            p, y = _check_pair(pair[0], pair[1])
+            p, y = check_pair(pair[0], pair[1])
         except ScalaBLError as exc:
             raise ScalaBLError(f"results[{name!r}]: {exc}") from exc
         out.append((str(name), p, y, pair[2] if len(pair) == 3 else None))
@@ -126,8 +123,8 @@ def _reliability_stats(
     results: Mapping[str, tuple[Any, Any]], n_bins: int, binning: str
 ) -> list[tuple[str, Any, float, np.ndarray]]:
     _check_results(results, "results")
-    n_bins = _check_n_bins(n_bins)
-    binning = _check_binning(binning)
+    n_bins = check_n_bins(n_bins)
+    binning = check_binning(binning)
     stats = []
     for name, p, y, _ in _pairs(results):
         bins = _reliability_bins(p, y, n_bins, binning)
@@ -307,8 +304,8 @@ def ood_histogram(
                 "{method_name: (scores_in, scores_out)}"
             )
         try:
-            s_in = _check_scores(pair[0], name="scores_in")
-            s_out = _check_scores(pair[1], name="scores_out")
+            s_in = check_scores(pair[0], name="scores_in")
+            s_out = check_scores(pair[1], name="scores_out")
         except ScalaBLError as exc:
             raise ScalaBLError(f"scores[{name!r}]: {exc}") from exc
         items.append((str(name), s_in, s_out))

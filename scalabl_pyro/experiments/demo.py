@@ -30,6 +30,7 @@ import torch
 from scalabl_pyro.api import ScalaBL
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data import load_task
+from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.evaluation.plots import reliability_diagram
 from scalabl_pyro.inference.predict import Prediction, posterior_spread
 from scalabl_pyro.inference.temperature import TemperatureScaler
@@ -117,11 +118,8 @@ def _temperature_scaled(
     return scaled, scaler
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Train MLE LoRA and ScalaBL, evaluate both, write results; returns the results dict."""
-    t_start = time.perf_counter()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _demo_data(cfg: DemoConfig) -> tuple[MCDataset, MCDataset, MCDataset | None]:
+    """Training, report and (with ``select_limit``) temperature-selection questions."""
     train = load_task(cfg.task, "train", limit=cfg.train_limit, seed=cfg.seed)
     val = load_task(cfg.task, cfg.report_split, limit=cfg.eval_limit, seed=cfg.seed)
     select = (
@@ -135,6 +133,54 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"{cfg.report_split} {len(val)} examples"
         + (f", temperature fitted on {len(select)} validation examples" if select else "")
     )
+    return train, val, select
+
+
+def _write_results(
+    cfg: DemoConfig,
+    out: Path,
+    rows: list[dict],
+    preds: dict[str, Prediction],
+    histories: dict[str, dict],
+    tcfg: TrainConfig,
+    val: MCDataset,
+    t_start: float,
+) -> dict:
+    """Print the table; write ``reliability.png`` and ``results.json``; return the results."""
+    table = format_table(rows)
+    print("\n" + table)
+    reliability_diagram(
+        {r["method"]: (preds[r["method"]].probs, preds[r["method"]].labels) for r in rows},
+        out / "reliability.png",
+        title=f"{cfg.base_model} on {cfg.task} ({cfg.report_split}, n={len(val)})",
+    )
+    results = {
+        "config": asdict(cfg),
+        "train_config": tcfg.to_dict(),
+        "results": rows,
+        "histories": histories,
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    write_json(out / "results.json", results)
+    print(
+        f"\nwrote {out / 'results.json'} and {out / 'reliability.png'} "
+        f"in {results['total_seconds']:.0f} s"
+    )
+    return results
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Train MLE LoRA and ScalaBL, evaluate both, write results; returns the results dict."""
+    t_start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, select = _demo_data(cfg)
     rates = {k: v for k, v in {"lr": cfg.lr, "var_lr": cfg.var_lr}.items() if v is not None}
     tcfg = TrainConfig(
         steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress, **rates
@@ -183,29 +229,4 @@ def run_demo(cfg: DemoConfig) -> dict:
             )
             print(f"MLE LoRA + TS: T = {scaler.temperature:.2f}, {100 * rows[-1]['ece']:.2f} % ECE")
         del sbl, base
-    table = format_table(rows)
-    print("\n" + table)
-    reliability_diagram(
-        {r["method"]: (preds[r["method"]].probs, preds[r["method"]].labels) for r in rows},
-        out / "reliability.png",
-        title=f"{cfg.base_model} on {cfg.task} ({cfg.report_split}, n={len(val)})",
-    )
-    results = {
-        "config": asdict(cfg),
-        "train_config": tcfg.to_dict(),
-        "results": rows,
-        "histories": histories,
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "total_seconds": time.perf_counter() - t_start,
-    }
-    write_json(out / "results.json", results)
-    print(
-        f"\nwrote {out / 'results.json'} and {out / 'reliability.png'} "
-        f"in {results['total_seconds']:.0f} s"
-    )
-    return results
+    return _write_results(cfg, out, rows, preds, histories, tcfg, val, t_start)

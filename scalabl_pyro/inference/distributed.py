@@ -1,7 +1,8 @@
 """Several processes (DDP): how one ELBO step is split across ranks without changing it.
 
-Launched with ``accelerate launch --multi_gpu --num_processes K train.py`` (or
-``torchrun``), each process holds the whole model and a share of every batch.
+Launched with ``accelerate launch --multi_gpu --num_processes K -m scalabl_pyro.cli train
+...`` (or ``torchrun``), each process holds the whole model and a share of every batch;
+:func:`start_process_group` sets up the group from the launcher's environment.
 The training loop is the single-process one (``train.py``); this module only
 decides the three things that make the K-process step equal the 1-process
 step with a K times larger batch:
@@ -33,6 +34,7 @@ synchronised. Only rank 0 writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -97,6 +99,24 @@ class DistributedContext:
         dist.barrier()
 
 
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def start_process_group() -> torch.device:
+    """Initialise the launcher's process group (NCCL on GPUs, else gloo); this process's device.
+
+    Call it once per process, before the model is loaded, when
+    :func:`launched_world_size` is above 1. ``accelerate.PartialState`` reads the
+    launcher's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...) and picks
+    the device of this rank (``cuda:<local rank>``, or the CPU).
+    """
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
 @contextlib.contextmanager
 def no_sync(module: nn.Module, skip: bool) -> Iterator[None]:
     """DDP's ``no_sync`` when ``skip`` (a gradient-accumulation micro-step that is not the last)."""
@@ -107,4 +127,4 @@ def no_sync(module: nn.Module, skip: bool) -> Iterator[None]:
         yield
 
 
-__all__ = ["DistributedContext", "no_sync"]
+__all__ = ["DistributedContext", "launched_world_size", "no_sync", "start_process_group"]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.metrics import _check_labels, read_float_array
+from scalabl_pyro.evaluation.validation import check_labels, read_float_array
 
 #: Default search range for ``T``; it must contain 1.
 T_MIN: float = 0.01
@@ -176,7 +176,7 @@ def fit_temperature(
     argmax separates perfectly), and never has a higher NLL than ``T = 1``.
     """
     z = _check_log_probs(log_probs)
-    y = _check_labels(labels, z.shape[0], z.shape[1])
+    y = check_labels(labels, z.shape[0], z.shape[1])
     bad = ~np.isfinite(z[np.arange(z.shape[0]), y])
     if bad.any():
         raise ScalaBLError(
@@ -252,7 +252,7 @@ def fit_bma_temperature(
     z = _check_draws(sample_log_probs)
     if z.shape[0] == 1:
         return fit_temperature(z[0], labels, t_min=t_min, t_max=t_max)
-    y = _check_labels(labels, z.shape[1], z.shape[2])
+    y = check_labels(labels, z.shape[1], z.shape[2])
     if (~np.isfinite(z[:, np.arange(z.shape[1]), y])).all(axis=0).any():
         raise ScalaBLError(
             "a label points at a class with log-probability -inf in every draw (a padded "
@@ -303,7 +303,7 @@ class TemperatureScaler:
         """A new scaler with ``T`` fitted on ``(log_probs (N, C), labels (N,))``."""
         t = fit_temperature(log_probs, labels, t_min=self.t_min, t_max=self.t_max)
         z = _check_log_probs(log_probs)
-        y = _check_labels(labels, z.shape[0], z.shape[1])
+        y = check_labels(labels, z.shape[0], z.shape[1])
         return replace(
             self,
             temperature=t,
