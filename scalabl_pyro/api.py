@@ -36,7 +36,7 @@ from scalabl_pyro.inference.predict import (
     posterior_spread_by_site,
     predict,
 )
-from scalabl_pyro.inference.resume import ResumePlan, decide_resume, plan_resume
+from scalabl_pyro.inference.resume import ResumePlan, plan_resume
 from scalabl_pyro.inference.train import NonFiniteError, TrainConfig, Trainer, TrainHistory
 from scalabl_pyro.io import checkpoint as ckpt
 from scalabl_pyro.methods import DETERMINISTIC_METHODS, POINT_S_METHODS, gaussian_over_s
@@ -320,8 +320,7 @@ class ScalaBL:
             plan = resume if isinstance(resume, ResumePlan) else plan_resume(output_dir, config)
             if Path(plan.run.output_dir) != Path(output_dir):
                 raise ScalaBLError(f"resume is a plan for {plan.run.output_dir}, not {output_dir}")
-            if plan.config != config:
-                plan = decide_resume(plan.run, config)
+            plan = plan.for_config(config)
             plan.check_data(train)
         elif output_dir is not None:
             ckpt.check_output_dir(

@@ -185,6 +185,10 @@ class ResumePlan:
     def trainer_state(self) -> dict:
         return self.run.trainer_state
 
+    def for_config(self, config: TrainConfig) -> ResumePlan:
+        """This plan if it was decided for ``config``, else the decision for ``config``."""
+        return self if config == self.config else decide_resume(self.run, config)
+
     def check_data(self, train, *, flag: str | None = None, fix: str | None = None) -> None:
         """Refuse examples other than the checkpoint's training set (by fingerprint).
 
