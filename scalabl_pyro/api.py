@@ -317,7 +317,9 @@ class ScalaBL:
         if resume:  # the one resume decision (inference/resume.py); the CLI passes its own
             if output_dir is None:
                 raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
-            plan = resume if isinstance(resume, ResumePlan) else plan_resume(output_dir, config)
+            if not isinstance(resume, ResumePlan):
+                resume = plan_resume(output_dir, config, overwrite=overwrite)
+            plan = resume
             if Path(plan.run.output_dir) != Path(output_dir):
                 raise ScalaBLError(f"resume is a plan for {plan.run.output_dir}, not {output_dir}")
             plan = plan.for_config(config)
@@ -325,7 +327,7 @@ class ScalaBL:
         elif output_dir is not None:
             ckpt.check_output_dir(
                 output_dir,
-                resume=resume,
+                resume=False,
                 overwrite=overwrite,
                 flags=("output_dir", "resume=True", "overwrite=True"),
             )

@@ -150,6 +150,13 @@ def test_no_steps_left_is_refused_first(finished: Path):
         make_scalabl().fit(toy_dataset(8), _cfg(batch_size=2), output_dir=finished, resume=True)
 
 
+def test_resume_and_overwrite_together_are_refused(finished: Path):
+    with pytest.raises(ScalaBLError, match="replaces it; pass only one"):
+        make_scalabl().fit(
+            toy_dataset(8), _cfg(steps=4), output_dir=finished, resume=True, overwrite=True
+        )
+
+
 # ------------------------------------------------------------- what resumes exactly
 
 

@@ -143,15 +143,17 @@ class SavedRun:
         return self.meta.get(ckpt.TRAIN_DATA_KEY)
 
 
-def read_saved_run(output_dir: str | Path, spelling: Spelling = API) -> SavedRun:
+def read_saved_run(
+    output_dir: str | Path, spelling: Spelling = API, *, overwrite: bool = False
+) -> SavedRun:
     """Open the checkpoint to continue: the output directory's checks, metadata, trainer state.
 
     Refuses a directory that is not a resumable checkpoint
-    (:func:`~scalabl_pyro.io.checkpoint.check_output_dir`) or whose trainer state
-    cannot be read. Reads no tensor file.
+    (:func:`~scalabl_pyro.io.checkpoint.check_output_dir`; also asked to
+    ``overwrite`` it), or whose trainer state cannot be read. Reads no tensor file.
     """
     flags = (spelling.output, spelling.resume, "--overwrite" if spelling.cli else "overwrite=True")
-    ckpt.check_output_dir(output_dir, resume=True, overwrite=False, flags=flags)
+    ckpt.check_output_dir(output_dir, resume=True, overwrite=overwrite, flags=flags)
     path = Path(output_dir).expanduser()
     meta = ckpt.read_config(path)
     if not isinstance(meta.get("config"), dict):
@@ -274,7 +276,11 @@ def decide_resume(run: SavedRun, config: TrainConfig) -> ResumePlan:
 
 
 def plan_resume(
-    output_dir: str | Path, config: TrainConfig, spelling: Spelling = API
+    output_dir: str | Path,
+    config: TrainConfig,
+    spelling: Spelling = API,
+    *,
+    overwrite: bool = False,
 ) -> ResumePlan:
     """:func:`read_saved_run` then :func:`decide_resume`: the one resume decision."""
-    return decide_resume(read_saved_run(output_dir, spelling), config)
+    return decide_resume(read_saved_run(output_dir, spelling, overwrite=overwrite), config)
