@@ -323,6 +323,7 @@ class ScalaBL:
             if Path(plan.run.output_dir) != Path(output_dir):
                 raise ScalaBLError(f"resume is a plan for {plan.run.output_dir}, not {output_dir}")
             plan = plan.for_config(config)
+            plan.check_model(self.config.to_dict())
             plan.check_data(train)
         elif output_dir is not None:
             ckpt.check_output_dir(

@@ -145,6 +145,24 @@ def test_cli_refuses_a_changed_setting_with_the_same_rule(finished, flag, tmp_pa
                         "another --output")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        ({"prior_scale": 0.5}, "this model's prior_scale=0.5 differs from the checkpoint in "),
+        ({"guide": "full_rank"}, "this model's guide='full_rank' differs"),
+        ({"rank": 2}, "(built with rank=4); load it with ScalaBL.from_pretrained"),
+        ({"alpha": 8.0, "prior_scale": 2.0}, "alpha=8.0, prior_scale=2.0 differ"),
+    ],
+)
+def test_fit_refuses_a_model_built_otherwise(finished: Path, change: dict, line: str):
+    """The CLI builds the model from the checkpoint; ``fit`` is handed one, so it checks it."""
+    sbl = make_scalabl(**change)
+    with pytest.raises(ScalaBLError, match="^resume=True: ") as info:
+        sbl.fit(toy_dataset(8), _cfg(steps=4), output_dir=finished, resume=True)
+    assert line in str(info.value)
+    assert sbl.history.steps == []
+
+
 def test_no_steps_left_is_refused_first(finished: Path):
     with pytest.raises(ScalaBLError, match=r"already trained 2 steps, so steps=2 would train none"):
         make_scalabl().fit(toy_dataset(8), _cfg(batch_size=2), output_dir=finished, resume=True)

@@ -17,12 +17,13 @@ each of its fields is in exactly one of three groups (a test checks it):
 * :data:`NOT_TRAINING`: what is shown or saved along the way, never what is
   computed (``progress``, ``eval_every``, ``checkpoint_every``).
 
+The model's settings that shape the program (:data:`MODEL_MUST_MATCH`: method,
+guide, targets, rank, prior, ...) must be the saved ones too
+(:meth:`ResumePlan.check_model`).
+
 Derived defaults are compared resolved: ``var_lr=None`` with ``lr=1e-2`` is the
 saved ``var_lr=0.1``. The training set is compared by fingerprint
-(:func:`~scalabl_pyro.io.checkpoint.check_train_data`). The model's own
-settings (method, guide, targets, rank, ...) are the checkpoint's by
-construction: ``from_pretrained`` builds them, and loading parameters into
-another model is refused by :meth:`~scalabl_pyro.io.checkpoint.Checkpoint.check_compatible`.
+(:func:`~scalabl_pyro.io.checkpoint.check_train_data`).
 
 :func:`read_saved_run` opens the checkpoint (output directory, trainer state)
 and :func:`decide_resume` compares; :func:`plan_resume` does both. The CLI
@@ -79,6 +80,30 @@ NOT_TRAINING: dict[str, str] = {
     "checkpoint_every": "when checkpoints are written (a save changes no state)",
 }
 """Settings that are not part of the training arithmetic."""
+
+MODEL_MUST_MATCH: tuple[str, ...] = (
+    "method",
+    "guide",
+    "guide_rank",
+    "task_format",
+    "normalization",
+    "num_classes",
+    "answer_tokens",
+    "chat_template",
+    "max_length",
+    "target_modules",
+    "rank",
+    "alpha",
+    "dropout",
+    "prior_scale",
+    "lora_prior_scale",
+    "reference_prior_quirk",
+)
+"""The model settings (``ScalaBLConfig``) that shape the program being trained. The rest
+may differ: where the base model comes from and how it is loaded (``base_model`` for a
+moved copy, ``dtype``, ``device``, ``quantization``, ``trust_remote_code``), what only
+the initial values depend on (``seed``, ``init_scale``: the parameters are loaded), and
+what only acts after training (``laplace_*``; an ensemble is never resumed)."""
 
 _RESOLVED = {"var_lr": "resolved_var_lr", "adam_eps": "resolved_adam_eps"}
 _RESOLVED["kl_schedule"] = "resolved_kl_schedule"
@@ -190,6 +215,29 @@ class ResumePlan:
     def for_config(self, config: TrainConfig) -> ResumePlan:
         """This plan if it was decided for ``config``, else the decision for ``config``."""
         return self if config == self.config else decide_resume(self.run, config)
+
+    def check_model(self, model_config: Mapping[str, Any]) -> None:
+        """Refuse a model built with other :data:`MODEL_MUST_MATCH` settings than the saved one.
+
+        ``model_config`` is ``ScalaBLConfig.to_dict()`` of the model about to be
+        trained (the CLI builds it from the checkpoint, so only ``fit`` can differ).
+        """
+        saved = self.run.meta.get("config") or {}
+        differ = [
+            k
+            for k in MODEL_MUST_MATCH
+            if k in saved and k in model_config and saved[k] != model_config[k]
+        ]
+        if differ:
+            sp = self.run.spelling
+            now = ", ".join(f"{k}={model_config[k]!r}" for k in differ)
+            before = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            raise ScalaBLError(
+                f"{sp.resume}: this model's {now} {'differs' if len(differ) == 1 else 'differ'} "
+                f"from the checkpoint in {sp.where(self.run.output_dir)} (built with {before}); "
+                "load it with ScalaBL.from_pretrained, or train anew into another "
+                f"{sp.output}"
+            )
 
     def check_data(self, train, *, flag: str | None = None, fix: str | None = None) -> None:
         """Refuse examples other than the checkpoint's training set (by fingerprint).
