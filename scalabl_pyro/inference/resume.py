@@ -102,7 +102,8 @@ MODEL_MUST_MATCH: tuple[str, ...] = (
 """The model settings (``ScalaBLConfig``) that shape the program being trained. The rest
 may differ: where the base model comes from and how it is loaded (``base_model`` for a
 moved copy, ``dtype``, ``device``, ``quantization``, ``trust_remote_code``), what only
-the initial values depend on (``seed``, ``init_scale``: the parameters are loaded), and
+the initial values depend on (``seed``, ``init_scale``: the parameters are loaded;
+unless ``reference_prior_quirk``, whose prior is built from them), and
 what only acts after training (``laplace_*``; an ensemble is never resumed)."""
 
 _RESOLVED = {"var_lr": "resolved_var_lr", "adam_eps": "resolved_adam_eps"}
@@ -223,10 +224,11 @@ class ResumePlan:
         trained (the CLI builds it from the checkpoint, so only ``fit`` can differ).
         """
         saved = self.run.meta.get("config") or {}
+        keys = MODEL_MUST_MATCH
+        if saved.get("reference_prior_quirk"):  # its prior is built from the initial scales
+            keys += ("seed", "init_scale")
         differ = [
-            k
-            for k in MODEL_MUST_MATCH
-            if k in saved and k in model_config and saved[k] != model_config[k]
+            k for k in keys if k in saved and k in model_config and saved[k] != model_config[k]
         ]
         if differ:
             sp = self.run.spelling
