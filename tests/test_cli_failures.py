@@ -645,6 +645,8 @@ def test_checkpoint_from_another_base_model(work: Path, real_checkpoints: Path, 
         ["train", "--data", "data.jsonl", "--output", "mine", "--overwrite"],
         ["train", "--data", "data.jsonl", "--output", "/proc/scalabl/run"],
         ["train", "--data", "data.jsonl", "--output", "run", "--batch-size", "0"],
+        ["train", "--data", "data.jsonl", "--output", "nowhere", "--resume"],
+        ["train", "--data", "data.jsonl", "--output", "mine", "--resume"],
     ],
 )
 def test_output_and_flag_refusals_do_not_import_torch(work: Path, args: list[str]) -> None:

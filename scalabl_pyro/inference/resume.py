@@ -38,11 +38,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.inference.train import TrainConfig
 from scalabl_pyro.io import checkpoint as ckpt
+
+if TYPE_CHECKING:  # imported where used: the CLI refuses a bad --output before torch loads
+    from scalabl_pyro.inference.train import TrainConfig
 
 MUST_MATCH: dict[str, str] = {
     # field -> why exact resume needs the saved value
@@ -154,6 +156,8 @@ class SavedRun:
     @property
     def train_config(self) -> TrainConfig | None:
         """The saved settings (fields an older checkpoint lacks at their defaults), or None."""
+        from scalabl_pyro.inference.train import TrainConfig
+
         saved = self.meta.get("train_config")
         if not isinstance(saved, dict):
             return None
