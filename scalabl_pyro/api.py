@@ -36,6 +36,7 @@ from scalabl_pyro.inference.predict import (
     posterior_spread_by_site,
     predict,
 )
+from scalabl_pyro.inference.resume import ResumePlan, plan_resume
 from scalabl_pyro.inference.train import NonFiniteError, TrainConfig, Trainer, TrainHistory
 from scalabl_pyro.io import checkpoint as ckpt
 from scalabl_pyro.methods import DETERMINISTIC_METHODS, POINT_S_METHODS, gaussian_over_s
@@ -270,7 +271,7 @@ class ScalaBL:
         *,
         validation: MCDataset | None = None,
         output_dir: str | Path | None = None,
-        resume: bool = False,
+        resume: bool | ResumePlan = False,
         overwrite: bool = False,
         eval_samples: int = 4,
     ) -> TrainHistory:
@@ -284,12 +285,15 @@ class ScalaBL:
         (replace it, only if it holds nothing else), and writable.
 
         ``resume=True`` restores the parameters *and* the optimizer state saved
-        there (a freshly built model resumes exactly). ``config.steps`` is the
-        new total and must be above the steps already trained. The optimizer
-        state carries the learning rates, weight decay and eps, so a
-        ``config`` that differs from the saved one in those is refused rather
-        than silently overruled; the warm-up/decay is stretched over the new
-        total.
+        there (a freshly built model resumes exactly), as decided by
+        :func:`~scalabl_pyro.inference.resume.plan_resume` (the CLI's path too; it
+        may pass its :class:`~scalabl_pyro.inference.resume.ResumePlan` instead of
+        ``True``). ``config.steps`` is the new total and must be above the steps
+        already trained; every other setting that exact resume depends on (batch
+        size, accumulation, seed, objective, KL schedule and weight, particles,
+        the optimizer's fields, the training set) must be the saved one, and a
+        change is refused naming it. The steps still to come follow the
+        warm-up/decay of a run of the new total.
 
         A diverging run (non-finite loss or parameter, a distribution Pyro
         refuses) raises :class:`~scalabl_pyro.inference.train.NonFiniteError` naming
@@ -308,18 +312,23 @@ class ScalaBL:
         """
         self._check_alive()
         config = config or TrainConfig()
-        self._check_train_config(config, resume)
-        if resume:
+        self._check_train_config(config, bool(resume))
+        plan = None
+        if resume:  # the one resume decision (inference/resume.py); the CLI passes its own
             if output_dir is None:
                 raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
-            if not (Path(output_dir) / ckpt.CONFIG_FILE).is_file():
-                raise ScalaBLError(
-                    f"{output_dir} holds no checkpoint to resume; train without resume first"
-                )
-        if output_dir is not None:
+            if not isinstance(resume, ResumePlan):
+                resume = plan_resume(output_dir, config, overwrite=overwrite)
+            plan = resume
+            if Path(plan.run.output_dir) != Path(output_dir):
+                raise ScalaBLError(f"resume is a plan for {plan.run.output_dir}, not {output_dir}")
+            plan = plan.for_config(config)
+            plan.check_model(self.config.to_dict())
+            plan.check_data(train)
+        elif output_dir is not None:
             ckpt.check_output_dir(
                 output_dir,
-                resume=resume,
+                resume=False,
                 overwrite=overwrite,
                 flags=("output_dir", "resume=True", "overwrite=True"),
             )
@@ -334,7 +343,7 @@ class ScalaBL:
                 self.subspace.reset_lora(ens.member_seed(self.config.seed, k))
                 self._build_guide()
                 cfg_k = replace(config, seed=config.seed + k)
-                h = self._fit_once(train, cfg_k, output_dir=None, resume=False, family="mle", **kw)
+                h = self._fit_once(train, cfg_k, output_dir=None, resume=None, family="mle", **kw)
                 history.steps += h.steps
                 history.validation += h.validation
                 members.append(ens.member_state(self.subspace, self.guide))
@@ -347,7 +356,7 @@ class ScalaBL:
                 train,
                 config,
                 output_dir=output_dir,
-                resume=resume,
+                resume=plan,
                 family=family,
                 save_at_end=False,
                 **kw,
@@ -410,29 +419,12 @@ class ScalaBL:
         *,
         validation: MCDataset | None,
         output_dir: str | Path | None,
-        resume: bool,
+        resume: ResumePlan | None,
         eval_samples: int,
         family: str,
         save_at_end: bool = True,
     ) -> TrainHistory:
         """One training run of the current model and guide (``family`` picks the ELBO)."""
-        checkpoint, trainer_state = None, None
-        if resume:
-            checkpoint = ckpt.Checkpoint(output_dir)
-            checkpoint.check_files()
-            trainer_state = checkpoint.trainer_state()
-            if trainer_state is None:
-                raise ScalaBLError(
-                    f"{output_dir} has no {ckpt.TRAINER_FILE}; it cannot be resumed (train anew)"
-                )
-            _check_resume_config(output_dir, checkpoint.meta, trainer_state, config)
-            ckpt.check_train_data(
-                checkpoint.meta.get(ckpt.TRAIN_DATA_KEY),
-                train,
-                where=str(output_dir),
-                flag="train",
-                fix="pass the examples it was trained on, or train anew into another output_dir",
-            )
         self.train_config = config
         trainer = Trainer(
             self.model,
@@ -444,16 +436,16 @@ class ScalaBL:
             self.device,
         )
         self._trainer = trainer
-        if checkpoint is not None:
-            self.load_parameters(checkpoint)
+        if resume is not None:  # the parameters are read here, once
+            self.load_parameters(resume.checkpoint)
             if isinstance(self.guide, LaplaceGuide):
                 self.guide.set_covariance(None)  # continue the MAP training of s
             # one history object, appended by the trainer and saved by every checkpoint
-            self.history = TrainHistory.from_dict(checkpoint.history())
-            trainer.load_state_dict(trainer_state, self.history)
+            self.history = TrainHistory.from_dict(resume.checkpoint.history())
+            trainer.load_state_dict(resume.trainer_state, self.history)
         else:
             trainer.history = self.history = TrainHistory()
-        last_good = _LastGood(output_dir, trainer.step_count if resume else None)
+        last_good = _LastGood(output_dir, trainer.step_count if resume is not None else None)
 
         def evaluate(step: int) -> dict:
             assert validation is not None
@@ -748,43 +740,3 @@ class _LastGood:
         if self.existed:
             return f"the checkpoint that was in {self.output_dir} is intact (not replaced)"
         return f"nothing was saved to {self.output_dir}"
-
-
-_OPTIMIZER_SETTINGS = {  # what the optimizer state restores on resume: TrainConfig attribute
-    "lr": "lr",
-    "var_lr": "resolved_var_lr",
-    "weight_decay": "weight_decay",
-    "adam_eps": "resolved_adam_eps",
-}
-
-
-def _check_resume_config(
-    output_dir: str | Path, meta: dict, trainer_state: dict, config: TrainConfig
-) -> None:
-    """Refuse a resume that would train nothing or silently keep other learning rates."""
-    done = int(trainer_state.get("step", 0))
-    if config.steps <= done:
-        raise ScalaBLError(
-            f"resume=True: the checkpoint in {output_dir} has already trained {done} steps, so "
-            f"steps={config.steps} would train none; pass steps above {done} (the new total)"
-        )
-    saved = meta.get("train_config")
-    if not isinstance(saved, dict):
-        return
-    try:
-        before = TrainConfig(
-            **{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-        )
-    except (TypeError, ValueError):
-        return  # an unreadable saved config: the optimizer state is what counts
-    differ = [
-        f"{name} {getattr(config, attr):g} (saved {getattr(before, attr):g})"
-        for name, attr in _OPTIMIZER_SETTINGS.items()
-        if getattr(config, attr) != getattr(before, attr)
-    ]
-    if differ:
-        raise ScalaBLError(
-            f"resume=True restores the optimizer state of {output_dir}, which keeps its own "
-            f"learning rates, weight decay and eps, so {', '.join(differ)} would be ignored; "
-            "pass the saved values, or train anew into another output_dir"
-        )

@@ -121,6 +121,7 @@ def work(tmp_path: Path) -> Path:
 
 TRAIN = ["train", "--data", "data.jsonl", "--output", "run"]
 EVAL = ["evaluate", "--checkpoint", "ckpt", "--data", "data.jsonl"]
+RESUME_CKPT = ["train", "--data", "data.jsonl", "--output", "ckpt", "--resume", "--steps", "9"]
 
 
 # ------------------------------------------------------ never overwrite, outputs
@@ -399,8 +400,16 @@ COMBINATION_CASES = {
         ["--resume continues the model saved in --output, so --rank would be ignored"],
     ),
     "--resume with a learning rate": (
-        ["train", "--data", "data.jsonl", "--output", "ckpt", "--resume", "--lr", "0.001"],
-        ["restores the learning rates", "--lr would be ignored"],
+        [*RESUME_CKPT, "--lr", "0.001"],
+        [
+            "--resume: --lr 0.001 differs from the checkpoint in --output ckpt (trained with "
+            "--lr 0.0001)",
+            "drop --lr (--resume takes the saved values)",
+        ],
+    ),
+    "--resume with another batch size": (
+        [*RESUME_CKPT, "--batch-size", "4"],
+        ["--resume: --batch-size 4 differs from the checkpoint in --output ckpt", "--batch-size 2"],
     ),
     "zero-shot with --samples": (
         ["evaluate", "--model", "smollm2-135m", "--data", "data.jsonl", "--samples", "5"],
@@ -636,6 +645,8 @@ def test_checkpoint_from_another_base_model(work: Path, real_checkpoints: Path, 
         ["train", "--data", "data.jsonl", "--output", "mine", "--overwrite"],
         ["train", "--data", "data.jsonl", "--output", "/proc/scalabl/run"],
         ["train", "--data", "data.jsonl", "--output", "run", "--batch-size", "0"],
+        ["train", "--data", "data.jsonl", "--output", "nowhere", "--resume"],
+        ["train", "--data", "data.jsonl", "--output", "mine", "--resume"],
     ],
 )
 def test_output_and_flag_refusals_do_not_import_torch(work: Path, args: list[str]) -> None:

@@ -201,7 +201,7 @@ def test_resume_needs_a_trainer_state(tmp_path):
     sbl = make_scalabl()
     with pytest.raises(ScalaBLError, match="output_dir"):
         sbl.fit(toy_dataset(8), _cfg(steps=1), resume=True)
-    with pytest.raises(ScalaBLError, match="no checkpoint to resume"):
+    with pytest.raises(ScalaBLError, match="^resume=True: output_dir .* is not a scalabl-pyro"):
         sbl.fit(toy_dataset(8), _cfg(steps=1), output_dir=tmp_path, resume=True)
 
 

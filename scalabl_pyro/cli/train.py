@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from scalabl_pyro.cli.checks import (
-    check_checkpoint_files,
     check_device,
     check_letter_classes,
     load_data,
-    read_checkpoint_meta,
     scalabl_class,
 )
 from scalabl_pyro.cli.launch import is_main_process, process_device
@@ -214,7 +212,7 @@ def _targets(text: str) -> tuple[str, ...]:
 
 
 def _check_resume_flags(args: argparse.Namespace) -> None:
-    """``--resume`` keeps the saved model and learning rates: refuse flags it would ignore."""
+    """``--resume`` keeps the saved model: refuse model flags (training ones: ``resume.py``)."""
     fixed = given(
         args,
         "model",
@@ -237,12 +235,6 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         raise ScalaBLError(
             f"--resume continues the model saved in --output, so {flag_list(fixed)} would be "
             f"ignored; drop {them(fixed)}, or train a new model into another --output"
-        )
-    rates = given(args, "lr", "var_lr")
-    if rates:
-        raise ScalaBLError(
-            f"--resume restores the learning rates with the optimizer state, so {flag_list(rates)} "
-            f"would be ignored; drop {them(rates)} (--steps sets the new total)"
         )
 
 
@@ -468,67 +460,18 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> None:
-    """Check every option, then train (and save) or resume."""
-    if args.threads is not None:
-        from scalabl_pyro.inference.train import set_cpu_threads
+def _resume_spelling():
+    """How ``inference/resume.py`` names this command's options in its refusals."""
+    from scalabl_pyro.inference.resume import Spelling
 
-        set_cpu_threads(args.threads)
-    if args.resume:
-        _check_resume_flags(args)
-    else:
-        _check_train_settings(_train_settings(args, None), args)
-    from scalabl_pyro.io.checkpoint import check_output_dir
+    flags = {theirs: "--" + ours.replace("_", "-") for ours, theirs in _SAVED_TRAIN_KEYS.items()}
+    return Spelling(output="--output", resume="--resume", flags=flags)
 
-    check_output_dir(args.output, resume=args.resume, overwrite=args.overwrite)
-    meta = None
-    if args.resume:
-        from scalabl_pyro.io.checkpoint import load_trainer_state
 
-        meta = read_checkpoint_meta(args.output, "--output")
-        s = _train_settings(args, meta)
-        _check_train_settings(s, args)
-        try:
-            state = load_trainer_state(args.output) or {}
-            done = int(state["step"])
-        except ScalaBLError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any unreadable state is a damaged checkpoint
-            raise ScalaBLError(
-                f"--resume: the training state in --output {args.output} cannot be read "
-                f"({type(e).__name__}); the checkpoint is damaged, so train a new one"
-            ) from e
-        if s.steps <= done:
-            raise ScalaBLError(
-                f"--resume: the checkpoint in --output has already trained {done} steps, so "
-                f"--steps {s.steps} would train none; pass --steps above {done}"
-            )
-    else:
-        s = _train_settings(args, None)
-    given_data = args.data
-    _train_data_args(args, meta)
-    train = load_data(args)
-    check_letter_classes(train, s.task_format, s.num_classes)
-    if args.resume:
-        from scalabl_pyro.io.checkpoint import TRAIN_DATA_KEY, check_train_data
-
-        check_train_data(
-            (meta or {}).get(TRAIN_DATA_KEY),
-            train,
-            where=f"--output {args.output}",
-            flag=f"--data {given_data}" if given_data is not None else "--data",
-            fix="drop --data to continue on the saved set, or train a new model into another "
-            "--output",
-        )
-        check_checkpoint_files(args.output)
-
-    args.device = process_device(args.device)
-    check_device(args.device)
-    main_process = is_main_process()
-    ScalaBL = scalabl_class()
+def _train_config(s: TrainSettings, args: argparse.Namespace, meta: dict | None) -> Any:
+    """The TrainConfig of the run: with --resume every saved setting, then the options given."""
     from dataclasses import fields
 
-    from scalabl_pyro.config import ScalaBLConfig
     from scalabl_pyro.inference.train import TrainConfig
 
     # a resumed run keeps every saved setting, also those the CLI has no flag for
@@ -542,10 +485,58 @@ def run(args: argparse.Namespace) -> None:
     settings["progress"] = args.progress
     if s.recipe == "official" and not args.resume:
         settings.update(TrainConfig.OFFICIAL)  # partial last batch, float32 LoRA path
-    tcfg = TrainConfig(**settings)
+    return TrainConfig(**settings)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check every option, then train (and save) or resume.
+
+    With --resume the decision is the library's (``inference/resume.py``, as
+    ``fit(resume=True)``): the options not given take the saved values, then
+    :func:`decide_resume` refuses a change exact resume cannot honour, and
+    ``fit`` gets the plan, so the checkpoint is checked once and its
+    parameters read once.
+    """
+    if args.threads is not None:
+        from scalabl_pyro.inference.train import set_cpu_threads
+
+        set_cpu_threads(args.threads)
+    meta, plan = None, None
     if args.resume:
-        sbl = ScalaBL.from_pretrained(args.output, device=args.device, dtype=args.dtype)
+        from scalabl_pyro.inference.resume import decide_resume, read_saved_run
+
+        _check_resume_flags(args)
+        saved = read_saved_run(args.output, _resume_spelling())
+        meta = saved.meta
+        s = _train_settings(args, meta)
+        _check_train_settings(s, args)
+        plan = decide_resume(saved, _train_config(s, args, meta))
     else:
+        from scalabl_pyro.io.checkpoint import check_output_dir
+
+        s = _train_settings(args, None)
+        _check_train_settings(s, args)
+        check_output_dir(args.output, resume=False, overwrite=args.overwrite)
+    given_data = args.data
+    _train_data_args(args, meta)
+    train = load_data(args)
+    check_letter_classes(train, s.task_format, s.num_classes)
+    if plan is not None:
+        flag = f"--data {given_data}" if given_data is not None else "--data"
+        plan.check_data(train, flag=flag)
+
+    args.device = process_device(args.device)
+    check_device(args.device)
+    main_process = is_main_process()
+    ScalaBL = scalabl_class()
+    from scalabl_pyro.config import ScalaBLConfig
+
+    if plan is not None:  # the saved model, unloaded: fit(resume=plan) reads its parameters
+        saved_config = ScalaBLConfig.from_dict(plan.checkpoint.meta["config"])
+        sbl = ScalaBL.from_base(saved_config, device=args.device, dtype=args.dtype)
+        tcfg = plan.config
+    else:
+        tcfg = _train_config(s, args, None)
         method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
         if s.dropout is not None:
             method_args["dropout"] = s.dropout
@@ -574,6 +565,6 @@ def run(args: argparse.Namespace) -> None:
         sbl = ScalaBL.from_base(mcfg)
     if main_process:
         print(sbl.summary())
-    sbl.fit(train, tcfg, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
+    sbl.fit(train, tcfg, output_dir=args.output, resume=plan or False, overwrite=args.overwrite)
     if main_process:
         print(f"saved {args.output}")

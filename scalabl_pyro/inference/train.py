@@ -597,10 +597,22 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict, history: TrainHistory | None = None) -> None:
-        """Restore what :meth:`state_dict` saved, for exact resume."""
+        """Restore what :meth:`state_dict` saved, for exact resume.
+
+        The coming step's learning rate is then computed afresh from this
+        trainer's schedule (``config.steps`` may be a larger total than the
+        saved run's): restored as saved, a finished run's last rate (0 at the
+        end of the decay) would be used for its first extra step.
+        """
         self.step_count = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        sched = self.scheduler  # LambdaLR: its own formula, as step() computes it
+        pairs = zip(sched.lr_lambdas, sched.base_lrs, strict=True)
+        lrs = [base * f(sched.last_epoch) for f, base in pairs]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        sched._last_lr = lrs
         if self.kl_optimizer is not None and "kl_optimizer" in state:
             self.kl_optimizer.load_state_dict(state["kl_optimizer"])
         if history is not None:

@@ -303,6 +303,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._files_checked = False
         recover_interrupted_save(self.path)
         self.meta = read_config(self.path)
         if self.meta.get("library") != "scalabl-pyro" or "config" not in self.meta:
@@ -345,8 +346,12 @@ class Checkpoint:
         safetensors headers (a truncated file fails here: its header names
         more bytes than there are) of the LoRA factors, the guide and the
         peft adapter, and the adapter's and the history's JSON.
-        ``trainer_state.pt`` is read in full when a run is resumed.
+        ``trainer_state.pt`` is read in full when a run is resumed. Checked once
+        per :class:`Checkpoint`: a second call (loading after the resume
+        decision) reads nothing.
         """
+        if self._files_checked:
+            return
         for f in (LORA_FILE, GUIDE_FILE, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}"):
             tensor_shapes(self.path / f)
         adapter_config = self.path / ADAPTER_DIR / ADAPTER_CONFIG
@@ -354,6 +359,7 @@ class Checkpoint:
             raise _missing(adapter_config)
         _read_json(adapter_config)
         self.history()
+        self._files_checked = True
 
     def lora(self) -> dict[str, torch.Tensor]:
         """The unfolded LoRA factors."""
