@@ -220,9 +220,7 @@ LONG_FUNCTIONS: dict[str, int] = {
     # argument tables: one add_argument per option, nothing to split
     "scalabl_pyro/cli/train.py:register": 135,
     # being reworked for issue 19 (one resume path; methods as objects)
-    "scalabl_pyro/cli/train.py:run": 109,
     "scalabl_pyro/api.py:ScalaBL.fit": 97,
-    "scalabl_pyro/api.py:ScalaBL._fit_once": 81,
     "scalabl_pyro/program/adapters.py:SubspaceLoRA.__init__": 87,
 }
 
