@@ -1,0 +1,291 @@
+"""What a method is: :class:`Method`, the object the facade, trainer, CLI and benchmark ask.
+
+A method states, in its own module (``methods/<name>.py`` or ``methods/<name>/``):
+
+* its **settings**: the guide family it implies, which options it uses, the
+  objectives it trains with, its defaults (dropout, initial scale);
+* how it **builds** its latent family, Pyro model options and guide (and so its
+  optimizer groups: LoRA factors vs the guide's variational parameters, see
+  ``inference/train.py``);
+* how it **trains** (:meth:`Method.fit`: one SVI run by default; a Laplace fit
+  after it, or K ensemble members);
+* how it **predicts** (:meth:`Method.predict`: BMA over the guide's draws by default);
+* how it **saves and exports** (:meth:`Method.checkpoint_extras`, the
+  plain peft adapter of its point model).
+
+This base class is ScalaBL's own behaviour; the other methods override what
+differs. Nothing here imports torch at module level: the registry is read by
+``ScalaBLConfig`` and by ``scalabl --help``, which must stay light. The heavy
+parts are imported inside the methods that use them.
+
+The facade (:class:`~scalabl_pyro.api.ScalaBL`) passes itself as ``sbl`` to
+the hooks that act on a built model; they use its parts (``config``,
+``subspace``, ``model``, ``guide``, ``members``, ``device``) and its
+``predict``/``rebuild_guide``, never its name or its internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from scalabl_pyro.errors import ScalaBLError
+
+#: Guide families that are a point mass (``program.families``: delta and mle).
+POINT_MASS_GUIDES = ("delta", "mle")
+#: The guide families with a diagonal Gaussian per site.
+MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
+#: Initial posterior std of ``s`` for the library's Gaussian guides (``docs/calibration.md``).
+DEFAULT_INIT_SCALE = 0.4
+#: The official code's initial scale (``log_mean_field`` draws U[0.05/sqrt 2, 0.05]); BLoB's too.
+REFERENCE_INIT_SCALE = 0.05
+
+BenchmarkEntry = tuple[dict[str, Any], dict[str, Any], int]
+
+
+@dataclass(frozen=True)
+class FitSteps:
+    """What the facade lends :meth:`Method.fit`: one training run, and a fresh guide.
+
+    ``fit_once(train, config, *, family, output_dir, resume)`` trains the
+    current model and guide once (checkpoints, interrupts, resume) and returns
+    its history; ``rebuild_guide()`` builds the guide anew at the family's
+    initial values.
+    """
+
+    fit_once: Callable[..., Any]
+    rebuild_guide: Callable[[], None]
+
+
+@dataclass
+class FitOutcome:
+    """What :meth:`Method.fit` hands back: the history, members, and whether it can resume."""
+
+    history: Any
+    members: list | None = None  # an ensemble's member states (None: keep the facade's)
+    resumable: bool = True  # False: no optimizer state to save (an ensemble)
+
+
+class Method:
+    """ScalaBL's behaviour; a baseline subclasses it and overrides what differs."""
+
+    #: The registry key (``ScalaBLConfig.method``).
+    name: ClassVar[str] = "scalabl"
+    #: Position in :func:`~scalabl_pyro.methods.registry.method_names` (the documented order).
+    order: ClassVar[int] = 100
+    #: One line: what is random and how it predicts (``methods/__init__.py`` has the table).
+    summary: ClassVar[str] = "s per layer, guide family ScalaBLConfig.guide"
+    #: The guide family the method implies (None: ``ScalaBLConfig.guide`` chooses).
+    implied_guide: ClassVar[str | None] = None
+    #: Whether ``s`` is a point estimate trained by maximum likelihood / MAP.
+    point_s: ClassVar[bool] = False
+    #: Whether ``--prior-scale`` (the prior of ``s``) shapes the method.
+    uses_prior_scale: ClassVar[bool] = True
+    #: Whether ``ensemble_size`` shapes the method.
+    uses_ensemble_size: ClassVar[bool] = False
+    #: Whether ``lm_head`` may be adapted.
+    adapts_lm_head: ClassVar[bool] = True
+    #: The training objectives it accepts (``TrainConfig.objective``).
+    objectives: ClassVar[tuple[str, ...]] = ("elbo", "reference")
+    #: LoRA dropout when ``ScalaBLConfig.dropout`` is unset.
+    default_dropout: ClassVar[float] = 0.0
+    #: Benchmark entries this method contributes: name -> (model, train overrides, BMA samples).
+    benchmark: ClassVar[dict[str, BenchmarkEntry]] = {
+        "scalabl": ({"guide": "mean_field"}, {}, 10),
+        "full_rank": ({"guide": "full_rank"}, {}, 10),
+        "low_rank": ({"guide": "low_rank"}, {}, 10),
+        "block": ({"guide": "block"}, {}, 10),
+        "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
+    }
+
+    # ------------------------------------------------------------ settings
+    def resolve_guide(self, guide: str) -> str:
+        """The guide family a config with ``guide`` gets (a clash is a one-line error)."""
+        implied = self.implied_guide
+        if implied is None:
+            return guide
+        if guide not in ("mean_field", implied):
+            raise ScalaBLError(
+                f"guide={guide!r} applies to method 'scalabl' only; method "
+                f"{self.name!r} implies guide {implied!r} (drop guide or use method='scalabl')"
+            )
+        return implied
+
+    def check_config(self, config: Any) -> None:
+        """Refuse ``ScalaBLConfig`` settings the method cannot honour (after the guide is set)."""
+        if not self.adapts_lm_head and "lm_head" in config.target_modules:
+            raise ScalaBLError(
+                f"method {self.name!r} does not adapt lm_head; drop lm_head from target_modules"
+            )
+
+    def gaussian_over_s(self, guide: str) -> bool:
+        """Whether the posterior is a Gaussian over ``s`` (what ``predict(width=)`` scales)."""
+        return guide not in POINT_MASS_GUIDES
+
+    def predicts_one_pass(self, guide: str) -> bool:
+        """Whether prediction is one deterministic pass (S = 1 whatever the sample count)."""
+        return guide in POINT_MASS_GUIDES
+
+    def fixed_predictive(self, guide: str, meta: dict) -> str | None:
+        """Why sample count and mode change nothing for a saved run (None: they matter)."""
+        if self.predicts_one_pass(guide):
+            what = f"guide {guide}" if self.implied_guide is None else f"method {self.name}"
+            return f"the checkpoint's {what} is a point mass, so every posterior sample is the same"
+        return None
+
+    def point_latents(self, guide: str) -> bool:
+        """Whether the posterior over the latents is a point (nothing for diagnostics to read)."""
+        return self.point_s or guide in POINT_MASS_GUIDES
+
+    def default_init_scale(self, guide: str) -> float:
+        """The posterior's initial std when ``init_scale`` is unset."""
+        return REFERENCE_INIT_SCALE if guide == "log_mean_field" else DEFAULT_INIT_SCALE
+
+    def uses_init_scale(self, guide: str) -> bool:
+        """Whether training starts from a Gaussian whose std is the initial scale."""
+        return self.gaussian_over_s(guide)
+
+    def check_train_config(self, config: Any, resume: bool) -> None:
+        """Refuse ``TrainConfig`` settings the method cannot honour."""
+        if config.objective not in self.objectives:
+            raise ScalaBLError(
+                f"objective={config.objective!r} is the official ScalaBL recipe; method "
+                f"{self.name!r} trains with objective='elbo'"
+            )
+        if self.point_s and config.num_particles > 1:
+            raise ScalaBLError(
+                f"method {self.name!r} trains point estimates, so num_particles="
+                f"{config.num_particles} samples would all be the same; use num_particles=1"
+            )
+
+    # ------------------------------------------------------------ building
+    def build_family(self, config: Any, base_model: Any, class_token_ids: Any):
+        """The latent family: subspace LoRA with an ``s`` per adapted layer."""
+        from scalabl_pyro.program.adapters import SubspaceLoRA
+
+        return SubspaceLoRA(
+            base_model,
+            rank=config.rank,
+            alpha=config.alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.target_modules,
+            class_token_ids=class_token_ids,
+            seed=config.seed,
+            prior_scale=config.prior_scale,
+        )
+
+    def model_options(self, config: Any) -> dict[str, Any]:
+        """Keyword arguments of :class:`~scalabl_pyro.program.model.ScalaBLModel` (priors)."""
+        return {}
+
+    def build_guide(self, config: Any, model: Any, family: Any, init_scales: Any):
+        """The guide of ``config.guide`` at the family's initial values (not yet run)."""
+        from scalabl_pyro.program.guides import build_guide
+
+        return build_guide(
+            config.guide,
+            model,
+            family.init_values,
+            init_scale=config.initial_scale,
+            low_rank=config.guide_rank,
+            init_scales=init_scales,
+        )
+
+    def training_family(self, config: Any) -> str:
+        """The guide family whose ELBO estimator trains it (analytic KL for mean-field)."""
+        return config.guide
+
+    # ------------------------------------------------------------ training
+    def fit(self, sbl: Any, train: Any, config: Any, steps: FitSteps, **run: Any) -> FitOutcome:
+        """Train: one run of the model and guide (``run``: ``output_dir``, ``resume``)."""
+        family = self.training_family(sbl.config)
+        return FitOutcome(steps.fit_once(train, config, family=family, **run))
+
+    def before_resume(self, guide: Any) -> None:
+        """Put a guide just loaded from a checkpoint into its training state (nothing here)."""
+
+    # ---------------------------------------------------------- prediction
+    def predict(self, sbl: Any, run: Callable[..., Any], *, num_samples: int, mode: str):
+        """The predictive distribution: ``run()`` is BMA over the guide's draws (or its mean)."""
+        return run()
+
+    # ------------------------------------------------------ parameters, i/o
+    def num_extra_parameters(self, sbl: Any) -> int:
+        """Parameters the method adds over plain LoRA (the variational parameters here)."""
+        from scalabl_pyro.program.guides import count_free_parameters
+
+        return count_free_parameters(sbl.guide)
+
+    def checkpoint_contents(self, sbl: Any, adapter: tuple, trainer_state: dict | None) -> Any:
+        """Everything a checkpoint directory holds (layout: ``io/checkpoint.py``).
+
+        ``adapter`` is the posterior-mean peft adapter (state dict, config);
+        ``trainer_state`` the optimizer state of the run, if it can resume.
+        """
+        from scalabl_pyro import __version__
+        from scalabl_pyro.io import checkpoint as ckpt
+        from scalabl_pyro.program.formats import format_for
+
+        config = sbl.config
+        meta = {
+            "library": "scalabl-pyro",
+            "version": __version__,
+            "config": config.to_dict(),
+            "guide_family": config.guide,
+            "prior_scale": config.prior_scale,
+            "site_names": sbl.model.site_names,
+            "lora_shapes": sbl.subspace.lora_shapes(),
+            "target_modules": list(config.target_modules),
+            "num_data": sbl.num_data,
+            "num_variational_parameters": sbl.num_variational_parameters,
+            "method": self.name,
+            "num_extra_parameters": self.num_extra_parameters(sbl),
+            "num_members": len(sbl.members),
+        }
+        if config.task_format == "letter":
+            fmt = format_for(config, sbl.tokenizer)
+            meta["class_tokens"] = list(fmt.answer_tokens)
+            meta["class_token_ids"] = fmt.class_token_ids.tolist()
+        if sbl.train_config is not None:
+            meta["train_config"] = sbl.train_config.to_dict()
+        if sbl.train_data is not None:
+            meta[ckpt.TRAIN_DATA_KEY] = sbl.train_data
+        adapter_state, adapter_config = adapter
+        return ckpt.CheckpointContents(
+            meta=meta,
+            lora=sbl.subspace.lora_state(),
+            guide=sbl.guide.state_dict(),
+            adapter_state=adapter_state,
+            adapter_config=adapter_config,
+            history=sbl.history.to_dict(),
+            trainer_state=trainer_state,
+            **self.checkpoint_extras(sbl),
+        )
+
+    def load_parameters(self, sbl: Any, checkpoint: Any) -> list:
+        """Copy a checkpoint's LoRA factors and guide into ``sbl``; returns its members."""
+        from scalabl_pyro.io import checkpoint as ckpt
+
+        checkpoint.check_files()
+        checkpoint.check_compatible(sbl.model.site_names, sbl.subspace.lora_shapes())
+        sbl.subspace.load_lora_state(checkpoint.lora())
+        state = checkpoint.guide_state()
+        try:
+            sbl.guide.load_state_dict({k: v.to(sbl.device) for k, v in state.items()})
+        except RuntimeError as e:
+            raise ScalaBLError(
+                f"{checkpoint.path / ckpt.GUIDE_FILE} does not fit the {sbl.config.guide} guide "
+                f"of this model ({str(e).splitlines()[0]}); load it with the config it was saved "
+                "with"
+            ) from e
+        return self.load_extras(checkpoint)
+
+    def checkpoint_extras(self, sbl: Any) -> dict[str, Any]:
+        """Tensors beyond LoRA and guide that a checkpoint holds (``members`` of an ensemble)."""
+        return {}
+
+    def load_extras(self, checkpoint: Any) -> list:
+        """The members a checkpoint holds (an ensemble's; none for one adapter)."""
+        return []
+
