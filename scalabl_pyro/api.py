@@ -7,31 +7,27 @@
     print(sbl.evaluate(load_task("arc_easy", "validation"), num_samples=10))
     sbl.save_pretrained("runs/arc-easy")
 
-The class holds the parts and delegates. The method (``ScalaBLConfig.method``,
-an object from :func:`scalabl_pyro.methods.get_method`) builds the latent family,
-model options and guide, trains, predicts and fills the checkpoint; the run
-itself is :func:`~scalabl_pyro.inference.run.run_training`, prediction
-:func:`~scalabl_pyro.inference.predict.predict`, the files ``io/checkpoint.py``.
-``merge_and_unload()`` and ``export_adapter()`` give a plain Hugging Face model /
-peft adapter equal to the posterior-mean model.
+The class holds the parts and delegates: to its method (``ScalaBLConfig.method``, an
+object from :func:`scalabl_pyro.methods.get_method`: latents, guide, training,
+prediction, checkpoint contents, export), to ``inference/`` (the run, BMA) and to
+``io/checkpoint.py`` (the files).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from pyro.infer.autoguide import AutoDelta
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.inference import predict as prediction
-from scalabl_pyro.inference.run import check_fit_output, open_resume, run_training, save_from_main
+from scalabl_pyro.inference.run import check_fit_output, save_from_main
 from scalabl_pyro.inference.train import TrainConfig, Trainer, TrainHistory
 from scalabl_pyro.io import checkpoint as ckpt
 from scalabl_pyro.methods import FitSteps
@@ -113,17 +109,8 @@ class ScalaBL:
     @classmethod
     def from_base(cls, config: ScalaBLConfig | None = None, **overrides) -> ScalaBL:
         """Load the base model named in the config (hub id, local dir or embedded alias)."""
-        from scalabl_pyro.io.loading import load_base_model
-
         config = replace(config or ScalaBLConfig(), **overrides)
-        model, tok = load_base_model(
-            config.base_model,
-            dtype=config.dtype,
-            device=config.device,
-            trust_remote_code=config.trust_remote_code,
-            quantization=config.quantization,
-        )
-        return cls(config, model, tok)
+        return cls(config, *_load_base(config))
 
     @classmethod
     def from_pretrained(
@@ -135,22 +122,13 @@ class ScalaBL:
         dtype: str = "auto",
     ) -> ScalaBL:
         """Rebuild a saved model: base model + LoRA factors + guide (+ head)."""
-        from scalabl_pyro.io.loading import load_base_model
-
         checkpoint = ckpt.Checkpoint(path)
         checkpoint.check_files()  # before the (slow) base model load
         config = ScalaBLConfig.from_dict(checkpoint.meta["config"])
         if base_model is not None:
             config = replace(config, base_model=base_model)
         config = replace(config, device=device, dtype=dtype)
-        model, tok = load_base_model(
-            config.base_model,
-            dtype=dtype,
-            device=device,
-            trust_remote_code=config.trust_remote_code,
-            quantization=config.quantization,
-        )
-        return cls.from_checkpoint(checkpoint, config, model, tok)
+        return cls.from_checkpoint(checkpoint, config, *_load_base(config))
 
     @classmethod
     def from_parts(
@@ -220,16 +198,11 @@ class ScalaBL:
         check_fit_output(output_dir, resume=resume, overwrite=overwrite)
         self.train_data = train.identity()
 
-        def fit_once(train, config, *, family, output_dir=None, resume=False, save_at_end=False):
-            return self._fit_once(
-                train, config, family=family, output_dir=output_dir, resume=resume,
-                validation=validation, eval_samples=eval_samples, save_at_end=save_at_end,
-            )
-
-        outcome = self._method.fit(
-            self, train, config, FitSteps(fit_once, self.rebuild_guide),
-            output_dir=output_dir, resume=resume,
+        once = functools.partial(
+            self._method.train_once, self, validation=validation, eval_samples=eval_samples
         )
+        steps = FitSteps(once, self.rebuild_guide)
+        outcome = self._method.fit(self, train, config, steps, output_dir=output_dir, resume=resume)
         self.history = outcome.history
         if outcome.members is not None:
             self.members = outcome.members
@@ -243,41 +216,6 @@ class ScalaBL:
         """Set the Laplace covariance ``H^-1`` at the current MAP of ``s``; returns it (D x D)."""
         self._check_alive()
         return fit_covariance(self, data, batch_size=batch_size)
-
-    def _fit_once(
-        self, train, config, *, family, output_dir, resume, validation, eval_samples, save_at_end
-    ) -> TrainHistory:
-        """One training run of the current model and guide (``family`` picks the ELBO)."""
-        checkpoint, trainer_state = open_resume(output_dir, train, config) if resume else (None, {})
-        self.train_config = config
-        fmt = self.format_for(train)
-        trainer = Trainer(self.model, self.guide, family, fmt, train, config, self.device)
-        self._trainer = trainer
-        if checkpoint is not None:  # RESUME: as before the registry (issue 19 item 4 owns it)
-            self.load_parameters(checkpoint)
-            self._method.before_resume(self.guide)
-            # one history object, appended by the trainer and saved by every checkpoint
-            self.history = TrainHistory.from_dict(checkpoint.history())
-            trainer.load_state_dict(trainer_state, self.history)
-        else:
-            trainer.history = self.history = TrainHistory()
-
-        def evaluate(step: int) -> dict:
-            out: dict = self.evaluate(validation, num_samples=eval_samples, progress=False)
-            if not isinstance(self.guide, AutoDelta):  # the posterior's spread over training
-                out["posterior_by_site"] = prediction.posterior_spread_by_site(
-                    self.model, self.guide
-                )
-            return out
-
-        save = (lambda: self.save_pretrained(output_dir)) if output_dir is not None else None
-        try:
-            return run_training(
-                trainer, output_dir=output_dir, resumed=resume, save=save,
-                evaluate=evaluate if validation is not None else None, save_at_end=save_at_end,
-            )
-        finally:
-            self.history = trainer.history
 
     # ----------------------------------------------------------- prediction
     def posterior_mean(self) -> dict[str, torch.Tensor]:
@@ -324,25 +262,14 @@ class ScalaBL:
             )
 
         if width != 1.0:
-            return run(self._widened_draws(width, num_samples, mode, seed))
+            if not self._method.gaussian_over_s(self.config.guide):
+                raise ScalaBLError(
+                    f"width scales a Gaussian posterior over s, which method {self.method!r} "
+                    f"(guide {self.config.guide!r}) does not have; drop width"
+                )
+            draws = prediction.widened_draws(self.model, self.guide, width, num_samples, mode, seed)
+            return run(draws)
         return self._method.predict(self, run, num_samples=num_samples, mode=mode)
-
-    def _widened_draws(
-        self, width: float, num_samples: int, mode: str, seed: int | None
-    ) -> dict[str, torch.Tensor]:
-        """Posterior draws of ``s`` moved ``width`` times as far from the posterior mean."""
-        if not (math.isfinite(width) and width >= 0):
-            raise ScalaBLError(f"width must be a finite number >= 0, got {width}")
-        if not self._method.gaussian_over_s(self.config.guide):
-            raise ScalaBLError(
-                f"width scales a Gaussian posterior over s, which method {self.method!r} "
-                f"(guide {self.config.guide!r}) does not have; drop width"
-            )
-        if mode != "bma":
-            raise ScalaBLError("width scales the draws of a BMA; drop width or use mode='bma'")
-        mean = self.posterior_mean()
-        draws = prediction.draw_latents(self.model, self.guide, num_samples, seed=seed)
-        return {n: mean[n] + width * (v - mean[n]) for n, v in draws.items()}
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""
@@ -354,7 +281,7 @@ class ScalaBL:
         self._check_alive()
         state = self._trainer.state_dict() if self._trainer is not None else None
         return ckpt.save_checkpoint(
-            path, self._method.checkpoint_contents(self, self._adapter(), state)
+            path, self._method.checkpoint_contents(self, self._method.adapter(self), state)
         )
 
     def export_adapter(self, path: str | Path) -> Path:
@@ -364,16 +291,8 @@ class ScalaBL:
         so ``peft.AutoPeftModelForCausalLM.from_pretrained(path)`` loads it on its own.
         """
         self._check_alive()
-        state, config = self._adapter()
+        state, config = self._method.adapter(self)
         return ckpt.write_atomic_dir(path, lambda tmp: ckpt.save_adapter(tmp, state, config))
-
-    def _adapter(self):
-        """The posterior-mean peft adapter: state dict and a config that names the base."""
-        state, config = self.subspace.adapter_state(self.posterior_mean())
-        base = self.subspace.peft_model.get_base_model()
-        config.base_model_name_or_path, config.revision = ckpt.adapter_base(base)
-        config.task_type = "CAUSAL_LM"  # what AutoPeftModelForCausalLM requires
-        return state, config
 
     def merge_and_unload(self) -> PreTrainedModel:
         """A plain Hugging Face model with the posterior mean merged in; consumes this ScalaBL."""
@@ -402,13 +321,17 @@ class ScalaBL:
 
     def summary(self) -> str:
         """One paragraph describing the model (layers, latents, parameter counts)."""
-        sub = self.subspace
-        return (
-            f"{self.method} on {self.config.base_model}: {len(sub.site_names)} adapted layers "
-            f"(targets {', '.join(self.config.target_modules)}), rank {sub.rank}, "
-            f"{sub.num_latents} latent dims; guide {self.config.guide} with "
-            f"{self.num_variational_parameters} variational parameters; "
-            f"{sub.num_lora_parameters()} LoRA parameters; "
-            f"prior sigma_p={self.config.prior_scale}; "
-            f"{self.num_extra_parameters} parameters beyond plain LoRA"
-        )
+        return self._method.describe(self)
+
+
+def _load_base(config: ScalaBLConfig):
+    """The base model and tokenizer a config names (hub id, local dir or embedded alias)."""
+    from scalabl_pyro.io.loading import load_base_model
+
+    return load_base_model(
+        config.base_model,
+        dtype=config.dtype,
+        device=config.device,
+        trust_remote_code=config.trust_remote_code,
+        quantization=config.quantization,
+    )

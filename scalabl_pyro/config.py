@@ -85,7 +85,8 @@ class ScalaBLConfig:
     laplace_hessian: str = "ggn"
     laplace_max_examples: int | None = None
 
-    #: What :meth:`official` fixes (an override with another value is refused): ``methods/official.py``.
+    #: What :meth:`official` fixes (an override with another value is refused);
+    #: the recipe lives in ``methods/official.py``.
     OFFICIAL: ClassVar[dict[str, Any]] = OFFICIAL_RECIPE.model
 
     @classmethod

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from scalabl_pyro.methods import method_names, recipe_names
+
 EXIT_USAGE = 2
 
 #: formats.NORMALIZATIONS, spelled out so that building the parser imports no torch (a test
@@ -23,10 +25,11 @@ MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
 
 POINT_MASS_GUIDES = ("delta", "mle")
 
-METHODS = ("scalabl", "mle", "map", "mc_dropout", "ensemble", "blob", "laplace")
-"""``scalabl_pyro.methods.METHODS``, repeated to keep parsing light."""
+METHODS = method_names()
+"""The registered methods (:mod:`scalabl_pyro.methods`: the registry imports no torch)."""
 
-DETERMINISTIC_METHODS = ("mle", "map")
+RECIPES = recipe_names()
+"""The registered recipes (``--recipe``)."""
 
 MAX_LETTER_CHOICES = 8
 """Answer letters A-H of the letter format (``scalabl_pyro.program.formats.LETTERS``)."""

@@ -51,26 +51,15 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.methods import benchmark_entries
 from scalabl_pyro.utils.atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-#: Base method -> (ScalaBLConfig overrides, TrainConfig overrides, BMA samples).
+#: Base method -> (ScalaBLConfig overrides, TrainConfig overrides, BMA samples): each method
+#: (and the official recipe) states its entries (``Method.benchmark`` in ``scalabl_pyro.methods``).
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
-    "mle": ({"method": "mle"}, {}, 1),
-    "scalabl": ({"guide": "mean_field"}, {}, 10),
-    "full_rank": ({"guide": "full_rank"}, {}, 10),
-    "low_rank": ({"guide": "low_rank"}, {}, 10),
-    "block": ({"guide": "block"}, {}, 10),
-    "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
-    # the official code's whole recipe (ScalaBLConfig/TrainConfig.official; alpha follows rank)
-    "official": ({"recipe": "official"}, {"recipe": "official"}, 10),
-    # the paper's baselines (scalabl_pyro.methods, docs/baselines.md)
-    "map": ({"method": "map"}, {}, 1),
-    "mc_dropout": ({"method": "mc_dropout"}, {}, 10),
-    "ensemble": ({"method": "ensemble"}, {}, 5),
-    "blob": ({"method": "blob"}, {}, 10),
-    "laplace": ({"method": "laplace"}, {}, 10),
+    name: entry for name, (entry, _) in benchmark_entries().items()
 }
 
 #: The OOD protocol's training set, in-distribution report set and shifted sets.
@@ -149,9 +138,7 @@ def parse_method(spec: str) -> MethodSpec:
                 f"method spec {spec!r}: {key!r} is neither a ScalaBLConfig nor a TrainConfig "
                 "field (nor 'samples')"
             )
-    if name == "official":  # ScalaBLConfig/TrainConfig.official() refuse what contradicts it
-        from scalabl_pyro.config import ScalaBLConfig
-
+    if "recipe" in model:  # ScalaBLConfig/TrainConfig.official() refuse what contradicts it
         del model["recipe"], train["recipe"]
         official = ScalaBLConfig.official(**model)  # checks the overrides
         fixed = (*ScalaBLConfig.OFFICIAL, "alpha", "target_modules")

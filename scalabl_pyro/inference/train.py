@@ -322,7 +322,7 @@ class Trainer:
                 "partial_last_batch keeps a last batch that does not split over "
                 f"{self.world_size} processes; set partial_last_batch=False or run one process"
             )
-        #: The data plate's size N, passed to the model with every batch: the global N on every rank.
+        #: The data plate's size N, passed to the model with every batch (global N on every rank).
         self.num_data = len(train_data)
         self.step_count = 0
         self.history = TrainHistory()

@@ -119,6 +119,13 @@ class Method:
                 f"method {self.name!r} does not adapt lm_head; drop lm_head from target_modules"
             )
 
+    def label(self, guide: str, *, flags: bool = False) -> str:
+        """What chose the posterior, for messages: ``guide X`` (scalabl) or ``method M``."""
+        dash = "--" if flags else ""
+        if self.implied_guide is None:
+            return f"{dash}guide {guide}"
+        return f"{dash}method {self.name}"
+
     def gaussian_over_s(self, guide: str) -> bool:
         """Whether the posterior is a Gaussian over ``s`` (what ``predict(width=)`` scales)."""
         return guide not in POINT_MASS_GUIDES
@@ -128,11 +135,21 @@ class Method:
         return guide in POINT_MASS_GUIDES
 
     def fixed_predictive(self, guide: str, meta: dict) -> str | None:
-        """Why sample count and mode change nothing for a saved run (None: they matter)."""
+        """Why sample count and mode change nothing for a saved run (None: they matter).
+
+        The clause ends where "<flags> would be ignored" follows.
+        """
         if self.predicts_one_pass(guide):
-            what = f"guide {guide}" if self.implied_guide is None else f"method {self.name}"
-            return f"the checkpoint's {what} is a point mass, so every posterior sample is the same"
+            what = self.label(guide)
+            return (
+                f"the checkpoint's {what} is a point mass, so every posterior sample is "
+                "the same and"
+            )
         return None
+
+    def trains_a_point(self, guide: str) -> bool:
+        """Whether training fits a point (no particles, no initial scale to set)."""
+        return guide in POINT_MASS_GUIDES
 
     def point_latents(self, guide: str) -> bool:
         """Whether the posterior over the latents is a point (nothing for diagnostics to read)."""
@@ -201,6 +218,63 @@ class Method:
         """Train: one run of the model and guide (``run``: ``output_dir``, ``resume``)."""
         family = self.training_family(sbl.config)
         return FitOutcome(steps.fit_once(train, config, family=family, **run))
+
+    def train_once(
+        self,
+        sbl: Any,
+        train: Any,
+        config: Any,
+        *,
+        family: str,
+        output_dir: Any = None,
+        resume: bool = False,
+        validation: Any = None,
+        eval_samples: int = 4,
+        save_at_end: bool = False,
+    ) -> Any:
+        """One training run of ``sbl``'s model and guide (``family`` picks the ELBO estimator).
+
+        Builds the :class:`~scalabl_pyro.inference.train.Trainer` (``sbl``'s
+        ``_trainer``, saved with every checkpoint), restores a run to resume,
+        and drives it with :func:`~scalabl_pyro.inference.run.run_training`.
+        """
+        from pyro.infer.autoguide import AutoDelta
+
+        from scalabl_pyro.inference.predict import posterior_spread_by_site
+        from scalabl_pyro.inference.run import open_resume, run_training
+        from scalabl_pyro.inference.train import Trainer, TrainHistory
+
+        checkpoint, trainer_state = open_resume(output_dir, train, config) if resume else (None, {})
+        sbl.train_config = config
+        fmt = sbl.format_for(train)
+        trainer = Trainer(sbl.model, sbl.guide, family, fmt, train, config, sbl.device)
+        sbl._trainer = trainer
+        if checkpoint is not None:  # RESUME: moved verbatim from api.py (issue 19 item 4 owns it)
+            sbl.load_parameters(checkpoint)
+            self.before_resume(sbl.guide)
+            # one history object, appended by the trainer and saved by every checkpoint
+            sbl.history = TrainHistory.from_dict(checkpoint.history())
+            trainer.load_state_dict(trainer_state, sbl.history)
+        else:
+            trainer.history = sbl.history = TrainHistory()
+
+        def evaluate(step: int) -> dict:
+            out: dict = sbl.evaluate(validation, num_samples=eval_samples, progress=False)
+            if not isinstance(sbl.guide, AutoDelta):  # the posterior's spread over training
+                out["posterior_by_site"] = posterior_spread_by_site(sbl.model, sbl.guide)
+            return out
+
+        try:
+            return run_training(
+                trainer,
+                output_dir=output_dir,
+                resumed=resume,
+                save=lambda: sbl.save_pretrained(output_dir),
+                evaluate=evaluate if validation is not None else None,
+                save_at_end=save_at_end,
+            )
+        finally:
+            sbl.history = trainer.history
 
     def before_resume(self, guide: Any) -> None:
         """Put a guide just loaded from a checkpoint into its training state (nothing here)."""
@@ -280,6 +354,29 @@ class Method:
                 "with"
             ) from e
         return self.load_extras(checkpoint)
+
+    def adapter(self, sbl: Any) -> tuple:
+        """The posterior-mean peft adapter: state dict and a config that names the base."""
+        from scalabl_pyro.io import checkpoint as ckpt
+
+        state, config = sbl.subspace.adapter_state(sbl.posterior_mean())
+        base = sbl.subspace.peft_model.get_base_model()
+        config.base_model_name_or_path, config.revision = ckpt.adapter_base(base)
+        config.task_type = "CAUSAL_LM"  # what AutoPeftModelForCausalLM requires
+        return state, config
+
+    def describe(self, sbl: Any) -> str:
+        """One paragraph describing a built model (layers, latents, parameter counts)."""
+        sub, config = sbl.subspace, sbl.config
+        return (
+            f"{self.name} on {config.base_model}: {len(sub.site_names)} adapted layers "
+            f"(targets {', '.join(config.target_modules)}), rank {sub.rank}, "
+            f"{sub.num_latents} latent dims; guide {config.guide} with "
+            f"{sbl.num_variational_parameters} variational parameters; "
+            f"{sub.num_lora_parameters()} LoRA parameters; "
+            f"prior sigma_p={config.prior_scale}; "
+            f"{self.num_extra_parameters(sbl)} parameters beyond plain LoRA"
+        )
 
     def checkpoint_extras(self, sbl: Any) -> dict[str, Any]:
         """Tensors beyond LoRA and guide that a checkpoint holds (``members`` of an ensemble)."""

@@ -132,7 +132,7 @@ class EnsembleMethod(MLEMethod):
     def fixed_predictive(self, guide: str, meta: dict) -> str | None:
         return (
             f"the checkpoint is an ensemble, which averages its {meta.get('num_members', 'K')} "
-            "members"
+            "members, so"
         )
 
     def check_train_config(self, config: Any, resume: bool) -> None:

@@ -47,7 +47,7 @@ class MCDropoutMethod(MLEMethod):
         return False
 
     def predict(self, sbl: Any, run: Callable[..., Any], *, num_samples: int, mode: str):
-        """BMA over ``num_samples`` dropout masks at the point ``s`` (``mode='mean'``: no dropout)."""
+        """BMA over ``num_samples`` dropout masks at the point ``s`` (mode 'mean': no dropout)."""
         if mode != "bma":
             return run()
         if num_samples < 1:

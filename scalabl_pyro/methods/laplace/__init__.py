@@ -48,6 +48,9 @@ class LaplaceMethod(Method):
     def point_latents(self, guide: str) -> bool:
         return False
 
+    def trains_a_point(self, guide: str) -> bool:
+        return True  # the MAP of s; the Gaussian comes after
+
     def uses_init_scale(self, guide: str) -> bool:
         return False  # its Gaussian comes from the MAP, not from a start
 
