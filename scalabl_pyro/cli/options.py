@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from scalabl_pyro.methods import method_names, recipe_names
+from scalabl_pyro.methods.base import MEAN_FIELD_GUIDES, POINT_MASS_GUIDES
+
+__all__ = ["MEAN_FIELD_GUIDES", "POINT_MASS_GUIDES"]  # re-exported for the commands
 
 EXIT_USAGE = 2
 
@@ -20,10 +23,6 @@ NORMALIZATIONS = ("mean", "sum", "byte")
 
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 """Guide families (``program.families.GUIDE_FAMILIES``, repeated to keep parsing light)."""
-
-MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
-
-POINT_MASS_GUIDES = ("delta", "mle")
 
 METHODS = method_names()
 """The registered methods (:mod:`scalabl_pyro.methods`: the registry imports no torch)."""
