@@ -245,7 +245,7 @@ def test_parser_lists_agree_with_the_library():
     assert options.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES == base.MEAN_FIELD_GUIDES
     assert options.POINT_MASS_GUIDES == base.POINT_MASS_GUIDES
     assert set(base.POINT_MASS_GUIDES) <= set(GUIDE_FAMILIES)
-    assert (options.METHODS, options.RECIPES) == (method_names(), recipe_names())
+    assert (method_names(), recipe_names()) == (options.METHODS, options.RECIPES)
     assert len(LETTERS) == options.MAX_LETTER_CHOICES
 
 
