@@ -34,8 +34,6 @@ from scalabl_pyro.methods import FitSteps
 from scalabl_pyro.methods.laplace import fit_covariance
 from scalabl_pyro.program.formats import TaskFormat, format_for
 from scalabl_pyro.program.guides import count_free_parameters
-from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
-from scalabl_pyro.utils.rng import model_devices, seeded
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +60,9 @@ class ScalaBL:
         self.config, self.tokenizer = config, tokenizer
         self.device = next(base_model.parameters()).device
         self._method = config.method_object
-        class_ids = None
-        if config.task_format == "letter":
-            class_ids = format_for(config, tokenizer).class_token_ids.to(self.device)
-        self.subspace = self._method.build_family(config, base_model, class_ids)
-        self._init_scales = self.subspace.initial_scales(config.initial_scale, config.seed)
-        if config.reference_prior_quirk:
-            self.subspace.set_reference_prior_quirk(self._init_scales)
-        with pyro_settings(), seeded(config.seed, model_devices(base_model)):
-            # PyroModules are built under the settings
-            options = self._method.model_options(config)
-            self.model = ScalaBLModel(self.subspace, num_data=num_data, **options)
+        self.subspace, self.model, self._init_scales = self._method.build_program(
+            config, base_model, tokenizer, num_data=num_data
+        )
         self.rebuild_guide()
         self.history = TrainHistory()
         self.train_config: TrainConfig | None = None
@@ -96,14 +86,9 @@ class ScalaBL:
 
     def rebuild_guide(self) -> None:
         """(Re)build the method's guide at the family's initial values; the family follows it."""
-        with pyro_settings(), seeded(self.config.seed, model_devices(self.subspace.peft_model)):
-            self.guide = self._method.build_guide(
-                self.config, self.model, self.subspace, self._init_scales
-            )
-            with torch.no_grad():
-                self.guide()  # build the variational parameters now
-        self.guide.to(self.device)
-        self.subspace.follow(self.guide)
+        self.guide = self._method.fresh_guide(
+            self.config, self.model, self.subspace, self._init_scales, self.device
+        )
 
     # ----------------------------------------------------------- construction
     @classmethod

@@ -177,6 +177,45 @@ class Method:
             )
 
     # ------------------------------------------------------------ building
+    def build_program(self, config: Any, base_model: Any, tokenizer: Any, *, num_data: Any = None):
+        """The latent family, the Pyro model and the initial posterior scales, from a config.
+
+        ``num_data`` is the data plate's size the model is built with (a
+        checkpoint's training-set size; None until a trainer passes one).
+        """
+        from scalabl_pyro.program.formats import format_for
+        from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
+        from scalabl_pyro.utils.rng import model_devices, seeded
+
+        class_ids = None
+        if config.task_format == "letter":
+            device = next(base_model.parameters()).device
+            class_ids = format_for(config, tokenizer).class_token_ids.to(device)
+        family = self.build_family(config, base_model, class_ids)
+        init_scales = family.initial_scales(config.initial_scale, config.seed)
+        if config.reference_prior_quirk:
+            family.set_reference_prior_quirk(init_scales)
+        with pyro_settings(), seeded(config.seed, model_devices(base_model)):
+            # PyroModules are built under the settings
+            options = self.model_options(config)
+            model = ScalaBLModel(family, num_data=num_data, **options)
+        return family, model, init_scales
+
+    def fresh_guide(self, config: Any, model: Any, family: Any, init_scales: Any, device: Any):
+        """The guide at its initial values, its parameters built; the family follows it."""
+        import torch
+
+        from scalabl_pyro.program.model import pyro_settings
+        from scalabl_pyro.utils.rng import model_devices, seeded
+
+        with pyro_settings(), seeded(config.seed, model_devices(family.peft_model)):
+            guide = self.build_guide(config, model, family, init_scales)
+            with torch.no_grad():
+                guide()  # build the variational parameters now
+        guide.to(device)
+        family.follow(guide)
+        return guide
+
     def build_family(self, config: Any, base_model: Any, class_token_ids: Any):
         """The latent family: subspace LoRA with an ``s`` per adapted layer."""
         from scalabl_pyro.program.adapters import SubspaceLoRA
