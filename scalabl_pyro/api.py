@@ -246,15 +246,8 @@ class ScalaBL:
                 stochastic_modules=stochastic,
             )
 
-        if width != 1.0:
-            if not self._method.gaussian_over_s(self.config.guide):
-                raise ScalaBLError(
-                    f"width scales a Gaussian posterior over s, which method {self.method!r} "
-                    f"(guide {self.config.guide!r}) does not have; drop width"
-                )
-            draws = prediction.widened_draws(self.model, self.guide, width, num_samples, mode, seed)
-            return run(draws)
-        return self._method.predict(self, run, num_samples=num_samples, mode=mode)
+        kw = dict(num_samples=num_samples, mode=mode, width=width, seed=seed)
+        return self._method.predictive(self, run, **kw)
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""

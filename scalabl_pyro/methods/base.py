@@ -319,6 +319,35 @@ class Method:
         """Put a guide just loaded from a checkpoint into its training state (nothing here)."""
 
     # ---------------------------------------------------------- prediction
+    def predictive(
+        self,
+        sbl: Any,
+        run: Callable[..., Any],
+        *,
+        num_samples: int,
+        mode: str,
+        width: float = 1.0,
+        seed: int | None = 0,
+    ):
+        """``sbl.predict``'s result: :meth:`predict`, or BMA over widened draws of ``s``.
+
+        ``run(latents=None, stochastic=())`` is one call of
+        :func:`~scalabl_pyro.inference.predict.predict` on the data. ``width != 1``
+        moves every draw ``width`` times as far from the posterior mean: only
+        for a Gaussian over ``s`` (:meth:`gaussian_over_s`).
+        """
+        if width == 1.0:
+            return self.predict(sbl, run, num_samples=num_samples, mode=mode)
+        guide = sbl.config.guide
+        if not self.gaussian_over_s(guide):
+            raise ScalaBLError(
+                f"width scales a Gaussian posterior over s, which method {self.name!r} "
+                f"(guide {guide!r}) does not have; drop width"
+            )
+        from scalabl_pyro.inference.predict import widened_draws
+
+        return run(widened_draws(sbl.model, sbl.guide, width, num_samples, mode, seed))
+
     def predict(self, sbl: Any, run: Callable[..., Any], *, num_samples: int, mode: str):
         """The predictive distribution: ``run()`` is BMA over the guide's draws (or its mean)."""
         return run()
