@@ -1,17 +1,20 @@
-"""What a method is: :class:`Method`, the object the facade, trainer, CLI and benchmark ask.
+"""What a method is: :class:`Method`, the object the facade, config, CLI and benchmark ask.
 
 A method states, in its own module (``methods/<name>.py`` or ``methods/<name>/``):
 
 * its **settings**: the guide family it implies, which options it uses, the
   objectives it trains with, its defaults (dropout, initial scale);
-* how it **builds** its latent family, Pyro model options and guide (and so its
-  optimizer groups: LoRA factors vs the guide's variational parameters, see
-  ``inference/train.py``);
-* how it **trains** (:meth:`Method.fit`: one SVI run by default; a Laplace fit
-  after it, or K ensemble members);
+* how it **builds** its latent family, Pyro model options and guide
+  (:meth:`Method.build_program`, :meth:`Method.fresh_guide`), and so its
+  optimizer groups: the family's LoRA factors, and the guide's parameters as
+  the variational group (``inference/train.py``);
+* how it **trains** (:meth:`Method.fit`: one run of :meth:`Method.train_once`
+  by default, with the objective ``TrainConfig.objective`` names, see
+  ``program/objectives.py``; a Laplace fit after it, or K ensemble members);
 * how it **predicts** (:meth:`Method.predict`: BMA over the guide's draws by default);
-* how it **saves and exports** (:meth:`Method.checkpoint_extras`, the
-  plain peft adapter of its point model).
+* how it **saves and exports** (:meth:`Method.checkpoint_contents`,
+  :meth:`Method.load_parameters`, :meth:`Method.adapter`: the plain peft
+  adapter of its posterior-mean model).
 
 This base class is ScalaBL's own behaviour; the other methods override what
 differs. Nothing here imports torch at module level: the registry is read by
@@ -19,9 +22,11 @@ differs. Nothing here imports torch at module level: the registry is read by
 parts are imported inside the methods that use them.
 
 The facade (:class:`~scalabl_pyro.api.ScalaBL`) passes itself as ``sbl`` to
-the hooks that act on a built model; they use its parts (``config``,
-``subspace``, ``model``, ``guide``, ``members``, ``device``) and its
-``predict``/``rebuild_guide``, never its name or its internals.
+the hooks that act on a built model (a strategy and its context): they read
+its parts (``config``, ``tokenizer``, ``subspace``, ``model``, ``guide``,
+``members``, ``device``, ``history``) and call its public methods;
+:meth:`Method.train_once` alone sets the run's state on it (``train_config``,
+``history`` and the trainer whose optimizer state a checkpoint saves).
 """
 
 from __future__ import annotations
