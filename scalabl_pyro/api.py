@@ -16,7 +16,6 @@ prediction, checkpoint contents, export), to ``inference/`` (the run, BMA) and t
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from scalabl_pyro.methods import FitSteps
 from scalabl_pyro.methods.laplace import fit_covariance
 from scalabl_pyro.program.formats import TaskFormat, format_for
 from scalabl_pyro.program.guides import count_free_parameters
-
-log = logging.getLogger(__name__)
 
 
 class ScalaBL:
