@@ -10,7 +10,7 @@ The folders are the layers, each importing only the ones below it (bottom first;
 * ``program/``: the Pyro program (latents, LoRA adapters, model, guides, objectives);
 * ``evaluation/``: metrics and their figures;
 * ``inference/``: training, Bayesian model averaging, temperature scaling;
-* ``methods/``: the baselines beside ScalaBL;
+* ``methods/``: one object per method (ScalaBL and its baselines) and their registry;
 * ``diagnostics/``: ArviZ, PSIS k-hat and LOO, and their figures;
 * ``config``, ``api``: :class:`ScalaBL` ties them together;
 * ``experiments/``: benchmark grid, guide comparison, demo;

@@ -7,18 +7,16 @@ from typing import Any, ClassVar
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.io.quantization import check_quantization
-from scalabl_pyro.methods import METHODS, POINT_S_METHODS, gaussian_over_s
+from scalabl_pyro.methods import Method, get_method
+from scalabl_pyro.methods.base import DEFAULT_INIT_SCALE, REFERENCE_INIT_SCALE
+from scalabl_pyro.methods.official import RECIPE as OFFICIAL_RECIPE
 from scalabl_pyro.program.families import check_family
 
-#: The posterior family each non-ScalaBL method implies (what ``guide`` is set to).
-_METHOD_GUIDE = {"blob": "mean_field", "laplace": "full_rank"} | {m: "mle" for m in POINT_S_METHODS}
 LAPLACE_HESSIANS = ("ggn", "exact")
-#: Initial posterior std of ``s`` for the library's Gaussian guides. Chosen on validation in
-#: the overfitting regime of ``docs/calibration.md``: Adam moves log sigma by about
-#: ``var_lr`` per step, so a short run cannot widen a posterior that starts at 0.05.
-DEFAULT_INIT_SCALE = 0.4
-#: The official code's initial scale (``log_mean_field`` draws U[0.05/sqrt 2, 0.05]); BLoB's too.
-REFERENCE_INIT_SCALE = 0.05
+# DEFAULT_INIT_SCALE (0.4) was chosen on validation in the overfitting regime of
+# ``docs/calibration.md``: Adam moves log sigma by about ``var_lr`` per step, so a short
+# run cannot widen a posterior that starts at 0.05 (REFERENCE_INIT_SCALE, the official code's).
+__all__ = ["DEFAULT_INIT_SCALE", "LAPLACE_HESSIANS", "REFERENCE_INIT_SCALE", "ScalaBLConfig"]
 
 
 @dataclass
@@ -87,16 +85,9 @@ class ScalaBLConfig:
     laplace_hessian: str = "ggn"
     laplace_max_examples: int | None = None
 
-    #: What :meth:`official` fixes (an override with another value is refused).
-    OFFICIAL: ClassVar[dict[str, Any]] = {
-        "method": "scalabl",
-        "guide": "log_mean_field",
-        "reference_prior_quirk": True,
-        "prior_scale": 1.0,
-        "init_scale": REFERENCE_INIT_SCALE,
-        "dropout": 0.0,
-        "task_format": "letter",
-    }
+    #: What :meth:`official` fixes (an override with another value is refused);
+    #: the recipe lives in ``methods/official.py``.
+    OFFICIAL: ClassVar[dict[str, Any]] = OFFICIAL_RECIPE.model
 
     @classmethod
     def official(cls, **overrides: Any) -> ScalaBLConfig:
@@ -115,7 +106,7 @@ class ScalaBLConfig:
         rank = overrides.get("rank", 8)
         if overrides.get("alpha", 2 * rank) != 2 * rank:
             clash.append("alpha")
-        targets = tuple(overrides.get("target_modules", ("q_proj", "v_proj", "lm_head")))
+        targets = tuple(overrides.get("target_modules", OFFICIAL_RECIPE.target_modules))
         if "lm_head" not in targets:
             clash.append("target_modules")
         if clash:
@@ -154,21 +145,18 @@ class ScalaBLConfig:
                 "letter format; drop lm_head from target_modules or use task_format='letter'"
             )
 
+    @property
+    def method_object(self) -> Method:
+        """The registered method (:func:`scalabl_pyro.methods.get_method`) that ``method`` names."""
+        return get_method(self.method)
+
     def _resolve_method(self) -> None:
         """Validate the method's own settings and set the guide family it implies."""
-        if self.method not in METHODS:
-            raise ScalaBLError(
-                f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
-            )
+        method = get_method(self.method)  # the one-line error naming the methods
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ScalaBLError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.lora_prior_scale > 0:
             raise ScalaBLError(f"lora_prior_scale must be > 0, got {self.lora_prior_scale}")
-        if self.method == "ensemble" and self.ensemble_size < 2:
-            raise ScalaBLError(
-                f"an ensemble needs ensemble_size >= 2, got {self.ensemble_size}; "
-                "use method='mle' for a single adapter"
-            )
         if self.laplace_hessian not in LAPLACE_HESSIANS:
             raise ScalaBLError(
                 f"unknown laplace_hessian {self.laplace_hessian!r}; use 'ggn' or 'exact'"
@@ -177,30 +165,19 @@ class ScalaBLConfig:
             raise ScalaBLError(
                 f"laplace_max_examples must be >= 1 or None, got {self.laplace_max_examples}"
             )
-        if self.method == "scalabl":
-            return
-        implied = _METHOD_GUIDE[self.method]
-        if self.guide not in ("mean_field", implied):
-            raise ScalaBLError(
-                f"guide={self.guide!r} applies to method 'scalabl' only; method "
-                f"{self.method!r} implies guide {implied!r} (drop guide or use method='scalabl')"
-            )
-        self.guide = implied
-        if self.method == "blob" and "lm_head" in self.target_modules:
-            raise ScalaBLError(
-                "method 'blob' does not adapt lm_head; drop lm_head from target_modules"
-            )
+        self.guide = method.resolve_guide(self.guide)
+        method.check_config(self)
 
     @property
     def lora_dropout(self) -> float:
-        """The LoRA dropout p: ``dropout``, or 0.1 for mc_dropout and 0 otherwise when unset.
+        """The LoRA dropout p: ``dropout``, else the method's default (0.1 for mc_dropout, 0).
 
         Kept unresolved in the field, so ``replace(config, method="mc_dropout")``
         gets the method's default.
         """
         if self.dropout is not None:
             return float(self.dropout)
-        return 0.1 if self.method == "mc_dropout" else 0.0
+        return get_method(self.method).default_dropout
 
     @property
     def initial_scale(self) -> float:
@@ -212,17 +189,13 @@ class ScalaBLConfig:
         """
         if self.init_scale is not None:
             return float(self.init_scale)
-        if self.method == "blob" or self.guide == "log_mean_field":
-            return REFERENCE_INIT_SCALE
-        return DEFAULT_INIT_SCALE
+        return get_method(self.method).default_init_scale(self.guide)
 
     @property
     def uses_init_scale(self) -> bool:
         """Whether training starts from a Gaussian whose std is :attr:`initial_scale`."""
         # a Gaussian over s trained from a start (Laplace's comes from the MAP), or BLoB's over A
-        return self.method == "blob" or (
-            self.method != "laplace" and gaussian_over_s(self.method, self.guide)
-        )
+        return get_method(self.method).uses_init_scale(self.guide)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form; ``init_scale`` resolved, so a saved run keeps its own."""

@@ -227,14 +227,15 @@ def test_draws_are_scoped_and_outside_a_scope_the_point_is_used():
             assert sub.current(sub.site_names[0]) is second[sub.site_names[0]]
         assert sub.current(sub.site_names[0]) is first[sub.site_names[0]]
     assert not sub.in_scope
-    # outside any scope: the point (initial values until a guide provides its mean)
+    # outside any scope: the point (initial values until the family follows a guide)
     with torch.no_grad():
         plain = sub.peft_model(**_inputs(tok)).logits
         with sub.use(sub.init_values):
             scoped = sub.peft_model(**_inputs(tok)).logits
         torch.testing.assert_close(plain, scoped, rtol=0, atol=0)
         point = _random_latents(sub, seed=11)
-        sub.set_point_provider(lambda: point)
+        guide = _MedianAt(point)  # a guide stand-in whose posterior median is ``point``
+        sub.follow(guide)
         with sub.use(point):
             want = sub.peft_model(**_inputs(tok)).logits
         torch.testing.assert_close(sub.peft_model(**_inputs(tok)).logits, want, rtol=0, atol=0)
@@ -242,3 +243,13 @@ def test_draws_are_scoped_and_outside_a_scope_the_point_is_used():
     with pytest.raises(RuntimeError), sub.use(_random_latents(sub, rows=5)), torch.no_grad():
         sub.peft_model(**_inputs(tok))  # 5 rows of draws for a batch of 2: shape error
     assert not sub.in_scope
+
+
+class _MedianAt:
+    """A stand-in for a guide: ``median()`` returns a fixed point."""
+
+    def __init__(self, point) -> None:
+        self._point = point
+
+    def median(self):
+        return self._point

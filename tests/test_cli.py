@@ -236,12 +236,16 @@ def test_data_shows_a_named_data_set(monkeypatch, capsys):
 
 
 def test_parser_lists_agree_with_the_library():
+    from scalabl_pyro.methods import base, method_names, recipe_names
     from scalabl_pyro.program.families import GUIDE_FAMILIES, MEAN_FIELD_FAMILIES
     from scalabl_pyro.program.formats import LETTERS, NORMALIZATIONS
 
     assert options.NORMALIZATIONS == NORMALIZATIONS
     assert options.GUIDES == GUIDE_FAMILIES
-    assert options.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES
+    assert options.MEAN_FIELD_GUIDES == MEAN_FIELD_FAMILIES == base.MEAN_FIELD_GUIDES
+    assert options.POINT_MASS_GUIDES == base.POINT_MASS_GUIDES
+    assert set(base.POINT_MASS_GUIDES) <= set(GUIDE_FAMILIES)
+    assert (method_names(), recipe_names()) == (options.METHODS, options.RECIPES)
     assert len(LETTERS) == options.MAX_LETTER_CHOICES
 
 

@@ -12,14 +12,13 @@ from scalabl_pyro.cli.checks import (
     scalabl_class,
 )
 from scalabl_pyro.cli.options import (
-    DETERMINISTIC_METHODS,
     NO_PROGRESS,
-    POINT_MASS_GUIDES,
     num_option,
     parse_device,
     verbose_flag,
 )
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.methods import get_method
 
 
 def register(sub: Any) -> None:
@@ -57,12 +56,9 @@ def register(sub: Any) -> None:
 def _check_has_posterior(meta: dict) -> None:
     """diagnose plots the posterior over s: a point estimate of s has none to show."""
     guide = meta["config"].get("guide")
-    method = meta["config"].get("method", "scalabl")
-    point = method in (*DETERMINISTIC_METHODS, "mc_dropout", "ensemble") or (
-        method == "scalabl" and guide in POINT_MASS_GUIDES
-    )
-    if point:
-        what = f"guide {guide}" if method == "scalabl" else f"method {method}"
+    method = get_method(meta["config"].get("method", "scalabl"))
+    if method.point_latents(guide):
+        what = method.label(guide)
         raise ScalaBLError(
             f"the checkpoint's {what} is a point estimate of s, with no posterior spread, so "
             "scalabl diagnose would plot standard deviations of 0; diagnose a checkpoint with a "

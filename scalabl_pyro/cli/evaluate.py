@@ -16,10 +16,8 @@ from scalabl_pyro.cli.checks import (
     scalabl_class,
 )
 from scalabl_pyro.cli.options import (
-    DETERMINISTIC_METHODS,
     NO_PROGRESS,
     NORMALIZATIONS,
-    POINT_MASS_GUIDES,
     add_data_args,
     flag_list,
     given,
@@ -29,7 +27,7 @@ from scalabl_pyro.cli.options import (
     verbose_flag,
 )
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.methods import gaussian_over_s
+from scalabl_pyro.methods import get_method
 
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -120,26 +118,19 @@ def _check_evaluate_flags(args: argparse.Namespace) -> None:
 def _check_point_mass(args: argparse.Namespace, meta: dict) -> None:
     """A point-mass checkpoint has nothing to sample: --samples and --mode change nothing."""
     guide = meta["config"].get("guide")
-    method = meta["config"].get("method", "scalabl")
-    if args.width is not None and not gaussian_over_s(method, guide):
+    name = meta["config"].get("method", "scalabl")
+    method = get_method(name)
+    if args.width is not None and not method.gaussian_over_s(guide):
         raise ScalaBLError(
-            f"--width scales a Gaussian posterior over s, which the checkpoint's method {method} "
+            f"--width scales a Gaussian posterior over s, which the checkpoint's method {name} "
             f"(guide {guide}) does not have; drop --width"
         )
     ignored = given(args, "samples", "mode")
     if not ignored:
         return
-    if method in DETERMINISTIC_METHODS or (method == "scalabl" and guide in POINT_MASS_GUIDES):
-        what = f"guide {guide}" if method == "scalabl" else f"method {method}"
-        raise ScalaBLError(
-            f"the checkpoint's {what} is a point mass, so every posterior sample is "
-            f"the same and {flag_list(ignored)} would be ignored; drop {them(ignored)}"
-        )
-    if method == "ensemble":
-        raise ScalaBLError(
-            f"the checkpoint is an ensemble, which averages its {meta.get('num_members', 'K')} "
-            f"members, so {flag_list(ignored)} would be ignored; drop {them(ignored)}"
-        )
+    why = method.fixed_predictive(guide, meta)
+    if why is not None:
+        raise ScalaBLError(f"{why} {flag_list(ignored)} would be ignored; drop {them(ignored)}")
 
 
 def _is_metrics_file(path: Path) -> bool:

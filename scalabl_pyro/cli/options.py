@@ -10,6 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from scalabl_pyro.methods import method_names, recipe_names
+from scalabl_pyro.methods.base import MEAN_FIELD_GUIDES, POINT_MASS_GUIDES
+
+__all__ = ["MEAN_FIELD_GUIDES", "POINT_MASS_GUIDES"]  # re-exported for the commands
+
 EXIT_USAGE = 2
 
 #: formats.NORMALIZATIONS, spelled out so that building the parser imports no torch (a test
@@ -19,14 +24,11 @@ NORMALIZATIONS = ("mean", "sum", "byte")
 GUIDES = ("mean_field", "log_mean_field", "full_rank", "low_rank", "block", "delta", "mle")
 """Guide families (``program.families.GUIDE_FAMILIES``, repeated to keep parsing light)."""
 
-MEAN_FIELD_GUIDES = ("mean_field", "log_mean_field")
+METHODS = method_names()
+"""The registered methods (:mod:`scalabl_pyro.methods`: the registry imports no torch)."""
 
-POINT_MASS_GUIDES = ("delta", "mle")
-
-METHODS = ("scalabl", "mle", "map", "mc_dropout", "ensemble", "blob", "laplace")
-"""``scalabl_pyro.methods.METHODS``, repeated to keep parsing light."""
-
-DETERMINISTIC_METHODS = ("mle", "map")
+RECIPES = recipe_names()
+"""The registered recipes (``--recipe``)."""
 
 MAX_LETTER_CHOICES = 8
 """Answer letters A-H of the letter format (``scalabl_pyro.program.formats.LETTERS``)."""

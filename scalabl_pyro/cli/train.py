@@ -33,7 +33,7 @@ from scalabl_pyro.cli.options import (
     METHODS,
     NO_PROGRESS,
     NORMALIZATIONS,
-    POINT_MASS_GUIDES,
+    RECIPES,
     STEP_SEED_FACTOR,
     add_data_args,
     add_model_args,
@@ -44,6 +44,7 @@ from scalabl_pyro.cli.options import (
     verbose_flag,
 )
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.methods import get_method, get_recipe
 
 
 def register(sub: Any) -> None:
@@ -167,7 +168,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--recipe",
         default=None,
-        choices=("official",),
+        choices=RECIPES,
         help="official: the official ScalaBL code's recipe in one switch (docs/method.md): "
         "--guide log_mean_field, --objective reference, its N(u, (1 + u)^2) prior, "
         "alpha = 2 x rank, lm_head with q_proj,v_proj (so --format letter), each epoch's "
@@ -310,15 +311,14 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         s.targets = _targets(args.targets)
     if meta is None and args.guide is None and s.objective == "reference":
         s.guide = "log_mean_field"  # the official code's parameters (log mu, log sigma)
-    if meta is None and s.recipe == "official":  # what ScalaBLConfig/TrainConfig.official set
-        from scalabl_pyro.config import ScalaBLConfig
-
-        s.guide = ScalaBLConfig.OFFICIAL["guide"]
-        s.task_format = ScalaBLConfig.OFFICIAL["task_format"]
-        s.objective = "reference"
+    if meta is None and s.recipe is not None:  # what ScalaBLConfig/TrainConfig.official set
+        recipe = get_recipe(s.recipe)
+        s.guide = recipe.model["guide"]
+        s.task_format = recipe.model["task_format"]
+        s.objective = recipe.objective
         s.alpha = 2.0 * s.rank
         if args.targets is None:
-            s.targets = ("q_proj", "v_proj", "lm_head")
+            s.targets = recipe.target_modules
     return s
 
 
@@ -342,7 +342,7 @@ _RECIPE_SETS = (
 
 def _check_recipe(s: TrainSettings, args: argparse.Namespace) -> None:
     """--recipe official sets these options itself: a typed one would contradict or be ignored."""
-    if s.recipe != "official" or args.resume:
+    if s.recipe is None or args.resume:
         return
     typed = [f.replace("--task-format", "--format") for f in given(args, *_RECIPE_SETS)]
     if typed:
@@ -362,33 +362,37 @@ def _check_method_settings(s: TrainSettings, args: argparse.Namespace) -> None:
     if args.resume:
         return
     ignored = []
-    if s.method != "scalabl" and args.guide is not None:
+    method = get_method(s.method)
+    if method.implied_guide is not None and args.guide is not None:
         ignored.append("--guide")
-    if s.method not in ("scalabl", "laplace") and args.prior_scale is not None:
+    if not method.uses_prior_scale and args.prior_scale is not None:
         ignored.append("--prior-scale")
-    if s.method != "ensemble" and args.ensemble_size is not None:
+    if not method.uses_ensemble_size and args.ensemble_size is not None:
         ignored.append("--ensemble-size")
     if ignored:
         raise ScalaBLError(
             f"--method {s.method} does not use {flag_list(ignored)}; drop {them(ignored)} "
             "(--guide and --prior-scale shape --method scalabl, --ensemble-size --method ensemble)"
         )
-    if s.method != "scalabl" and s.objective == "reference":
+    if s.objective not in method.objectives:
         raise ScalaBLError(
-            f"--objective reference is the official ScalaBL recipe; --method {s.method} trains "
-            "with --objective elbo, so drop --objective"
+            f"--objective {s.objective} is the official ScalaBL recipe; --method {s.method} "
+            "trains with --objective elbo, so drop --objective"
         )
-    if s.method == "blob" and "lm_head" in s.targets:
-        raise ScalaBLError("--method blob does not adapt lm_head; drop lm_head from --targets")
+    if not method.adapts_lm_head and "lm_head" in s.targets:
+        raise ScalaBLError(
+            f"--method {s.method} does not adapt lm_head; drop lm_head from --targets"
+        )
 
 
 def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
     """Combinations that are contradictory, ignored or no-ops."""
     _check_recipe(s, args)
     _check_method_settings(s, args)
-    if s.method in ("mle", "map", "mc_dropout", "ensemble"):
-        s.guide = "mle"  # what ScalaBLConfig sets for these methods
-    point_mass = s.guide in POINT_MASS_GUIDES or s.method == "laplace"
+    method = get_method(s.method)
+    if method.point_s:
+        s.guide = method.resolve_guide("mean_field")  # what ScalaBLConfig sets: mle
+    point_mass = method.trains_a_point(s.guide)
     if s.guide == "mle":
         extra = given(args, "prior_scale", "kl_warmup_steps", "kl_weight")
         if args.kl_schedule is not None:
@@ -399,14 +403,13 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
                 f"would be ignored; drop {them(extra)}, or pick a Bayesian --guide such as "
                 "mean_field"
             )
+    what = method.label(s.guide, flags=True)
     if point_mass and args.init_scale is not None and not args.resume:
-        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
         raise ScalaBLError(
             f"{what} starts from a point, not a Gaussian, so --init-scale would be ignored; "
             "drop --init-scale or pick a Gaussian --guide such as mean_field"
         )
     if point_mass and s.particles > 1:
-        what = f"--guide {s.guide}" if s.method == "scalabl" else f"--method {s.method}"
         raise ScalaBLError(
             f"{what} is a point mass, so its --particles {s.particles} samples "
             "would all be the same; drop --particles"
@@ -483,7 +486,7 @@ def _train_config(s: TrainSettings, args: argparse.Namespace, meta: dict | None)
         settings.get("gradient_checkpointing")
     )
     settings["progress"] = args.progress
-    if s.recipe == "official" and not args.resume:
+    if s.recipe is not None and not args.resume:
         settings.update(TrainConfig.OFFICIAL)  # partial last batch, float32 LoRA path
     return TrainConfig(**settings)
 
@@ -542,8 +545,8 @@ def run(args: argparse.Namespace) -> None:
             method_args["dropout"] = s.dropout
         if s.init_scale is not None:
             method_args["init_scale"] = s.init_scale
-        if s.recipe == "official":  # the rest of ScalaBLConfig.official(): prior, init, dropout
-            official = ScalaBLConfig.OFFICIAL
+        if s.recipe is not None:  # the rest of ScalaBLConfig.official(): prior, init, dropout
+            official = get_recipe(s.recipe).model
             method_args.update({k: official[k] for k in ("reference_prior_quirk", "init_scale")})
             method_args["dropout"] = official["dropout"]
         mcfg = ScalaBLConfig(
@@ -551,7 +554,7 @@ def run(args: argparse.Namespace) -> None:
             base_model=s.model,
             task_format=s.task_format,
             normalization=s.normalization,
-            guide=s.guide if s.method == "scalabl" else "mean_field",
+            guide=s.guide if get_method(s.method).implied_guide is None else "mean_field",
             target_modules=s.targets,
             rank=s.rank,
             alpha=s.alpha,

@@ -138,6 +138,28 @@ def posterior_spread_by_site(
 
 
 @torch.no_grad()
+def widened_draws(
+    model: ScalaBLModel,
+    guide: AutoGuide,
+    width: float,
+    num_samples: int,
+    mode: str,
+    seed: int | None,
+) -> dict[str, torch.Tensor]:
+    """Posterior draws of ``s`` moved ``width`` times as far from the posterior mean.
+
+    ``mu + width (s - mu)``: the posterior's std times ``width`` (1 is the
+    fitted posterior, 0 the mean). For a Gaussian posterior over ``s``, in BMA mode.
+    """
+    if not (math.isfinite(width) and width >= 0):
+        raise ScalaBLError(f"width must be a finite number >= 0, got {width}")
+    if mode != "bma":
+        raise ScalaBLError("width scales the draws of a BMA; drop width or use mode='bma'")
+    mean = posterior_point(guide, model.site_names)
+    draws = draw_latents(model, guide, num_samples, seed=seed)
+    return {n: mean[n] + width * (v - mean[n]) for n, v in draws.items()}
+
+
 def posterior_point(
     guide: AutoGuide, sites: Sequence[str] | None = None
 ) -> dict[str, torch.Tensor]:

@@ -37,7 +37,6 @@ and the step counter.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import re
@@ -48,25 +47,20 @@ from typing import Any, ClassVar
 import torch
 from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.inference.distributed import DistributedContext, no_sync
-from scalabl_pyro.program.families import MEAN_FIELD_FAMILIES
 from scalabl_pyro.program.formats import TaskFormat
 from scalabl_pyro.program.model import ScalaBLModel, pyro_settings
 from scalabl_pyro.program.objectives import (
+    OBJECTIVES,
+    ELBOObjective,
     KLSchedule,
     LikelihoodMonitor,
-    MeanNLL,
-    analytic_kl,
-    elbo_loss,
-    make_elbo,
+    StepTerms,
+    get_objective,
     reference_kl_lr_factor,
-    reference_lr_factor,
-    reference_warmup_steps,
-    reverse_kl,
 )
 from scalabl_pyro.utils.rng import model_devices, seeded
 
@@ -163,52 +157,48 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "num_particles"):
             if getattr(self, name) < 1:
                 raise ScalaBLError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.objective not in ("elbo", "reference"):
-            raise ScalaBLError(f"unknown objective {self.objective!r}; use 'elbo' or 'reference'")
+        if self.objective not in OBJECTIVES:
+            get_objective(self.objective)  # the one-line error naming the objectives
         if not self.lr > 0:
             raise ScalaBLError(f"lr must be > 0, got {self.lr}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ScalaBLError(
                 f"max_grad_norm must be > 0 (per-example units) or None, got {self.max_grad_norm}"
             )
-        if self.objective == "reference" and self.kl_schedule not in (None, "cyclic"):
-            raise ScalaBLError(
-                f"objective='reference' uses BLoB's cyclic KL weight only (got kl_schedule="
-                f"{self.kl_schedule!r}); drop kl_schedule or use objective='elbo'"
-            )
-        if self.objective == "reference" and self.num_particles > 1:
-            raise ScalaBLError(
-                f"objective='reference' draws one posterior sample per step, so num_particles="
-                f"{self.num_particles} would be ignored; use num_particles=1 or objective='elbo'"
-            )
+        self.objective_rules.check_settings(
+            kl_schedule=self.kl_schedule, num_particles=self.num_particles
+        )
+
+    @property
+    def objective_rules(self) -> ELBOObjective:
+        """The objective object (``program.objectives.get_objective``) that ``objective`` names."""
+        return get_objective(self.objective)
 
     @property
     def warmup_steps(self) -> int:
         """Warm-up steps: ``int(ratio x steps)`` (reference, the official code), else rounded."""
-        if self.objective == "reference":
-            return reference_warmup_steps(self.steps, self.warmup_ratio)
-        return int(round(self.warmup_ratio * self.steps))
+        return self.objective_rules.warmup_steps(self.steps, self.warmup_ratio)
 
     @property
     def resolved_var_lr(self) -> float:
         """Learning rate of the variational parameters (objective default if unset)."""
         if self.var_lr is not None:
             return self.var_lr
-        return self.lr if self.objective == "reference" else 10 * self.lr
+        return self.objective_rules.default_var_lr(self.lr)
 
     @property
     def resolved_adam_eps(self) -> float:
         """AdamW's eps (1e-6 for the reference objective, 1e-8 otherwise, unless set)."""
         if self.adam_eps is not None:
             return self.adam_eps
-        return 1e-6 if self.objective == "reference" else 1e-8
+        return self.objective_rules.default_adam_eps
 
     @property
     def resolved_kl_schedule(self) -> str:
         """The KL schedule (cyclic for the reference objective, constant otherwise, unless set)."""
         if self.kl_schedule is not None:
             return self.kl_schedule
-        return "cyclic" if self.objective == "reference" else "constant"
+        return self.objective_rules.default_kl_schedule
 
     def to_dict(self) -> dict:
         """JSON-serialisable settings."""
@@ -240,11 +230,6 @@ def set_cpu_threads(threads: int | None) -> int:
             raise ScalaBLError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(int(threads))
     return torch.get_num_threads()
-
-
-def _official_factor(k: int, *, warmup: int, total: int) -> float:
-    """LambdaLR factor after ``k`` scheduler steps: the official factor of step ``k + 1``."""
-    return reference_lr_factor(k + 1, warmup, total)
 
 
 _INVALID = re.compile(
@@ -328,11 +313,8 @@ class Trainer:
         """``distributed`` defaults to the initialised process group, if any (DDP)."""
         if len(train_data) == 0:
             raise ScalaBLError("the training split is empty; pass a split with examples")
-        if config.objective == "reference" and family not in MEAN_FIELD_FAMILIES:
-            raise ScalaBLError(
-                "objective='reference' reproduces the official mean-field recipe; "
-                "use guide='log_mean_field' (or 'mean_field'), or objective='elbo'"
-            )
+        self.objective = config.objective_rules
+        self.objective.check_family(family)
         self.model, self.guide, self.family = model, guide, family
         self.fmt, self.data, self.config, self.device = fmt, train_data, config, device
         self.distributed = distributed if distributed is not None else DistributedContext.detect()
@@ -342,7 +324,8 @@ class Trainer:
                 "partial_last_batch keeps a last batch that does not split over "
                 f"{self.world_size} processes; set partial_last_batch=False or run one process"
             )
-        model.num_data = len(train_data)  # the global N, on every rank
+        #: The data plate's size N, passed to the model with every batch (global N on every rank).
+        self.num_data = len(train_data)
         self.step_count = 0
         self.history = TrainHistory()
         self.bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
@@ -352,20 +335,29 @@ class Trainer:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             lm.enable_input_require_grads()
         with pyro_settings(), seeded(config.seed, self._devices):
-            self.loss_fn = make_elbo(family, config.num_particles)(model, guide)
+            self.loss_fn = self.objective.loss_module(model, guide, family, config.num_particles)
             with torch.no_grad():
                 guide()  # create the lazily built variational parameters
         self.guide.to(device)
-        self.nll_fn: torch.nn.Module = MeanNLL(model, guide)
         if self.distributed is not None:  # parameters exist: now wrap (Pyro's DDP recipe)
             self.loss_fn = self.distributed.wrap(self.loss_fn, device)
-            self.nll_fn = self.distributed.wrap(self.nll_fn, device)
-        lora = model.subspace.lora_parameters()
+        self._build_optimizers()
+        self.kl_schedule = KLSchedule(
+            config.resolved_kl_schedule,
+            config.kl_weight,
+            config.kl_warmup_steps,
+            num_data=len(train_data),
+            batch_size=config.batch_size * config.grad_accum * self.world_size,
+        )
+
+    def _build_optimizers(self) -> None:
+        """AdamW over two groups (LoRA factors, variational parameters), the objective's rest."""
+        config = self.config
+        lora = self.model.subspace.lora_parameters()
         lora_ids = {id(p) for p in lora}
         self.lora_params = lora
-        self.variational_params = [p for p in guide.parameters() if id(p) not in lora_ids]
-        total = config.steps
-        warmup = self.warmup_steps = config.warmup_steps
+        self.variational_params = [p for p in self.guide.parameters() if id(p) not in lora_ids]
+        self.warmup_steps = config.warmup_steps
         groups = [{"params": lora, "lr": config.lr, "weight_decay": config.weight_decay}]
         if self.variational_params:
             groups.append(
@@ -376,21 +368,10 @@ class Trainer:
                 }
             )
         self.optimizer = torch.optim.AdamW(groups, eps=config.resolved_adam_eps)
-        self.kl_optimizer: torch.optim.Optimizer | None = None
-        if config.objective == "reference":
-            self.kl_optimizer = torch.optim.SGD(self.variational_params, lr=config.reference_kl_lr)
-        if config.objective == "reference":  # scheduler step k sets the factor of step k + 1
-            factor = functools.partial(_official_factor, warmup=warmup, total=total)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        else:
-            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total)
-        self.kl_schedule = KLSchedule(
-            config.resolved_kl_schedule,
-            config.kl_weight,
-            config.kl_warmup_steps,
-            num_data=len(train_data),
-            batch_size=config.batch_size * config.grad_accum * self.world_size,
+        self.kl_optimizer = self.objective.kl_optimizer(
+            self.variational_params, config.reference_kl_lr
         )
+        self.scheduler = self.objective.scheduler(self.optimizer, self.warmup_steps, config.steps)
 
     # ------------------------------------------------------------------- data
     def _batch_indices(self, micro: int) -> list[int]:
@@ -459,21 +440,19 @@ class Trainer:
 
     def _step(self, t: int) -> StepRecord:
         cfg = self.config
-        n = len(self.data)
+        n = self.num_data
         self.model.train()
-        reference = cfg.objective == "reference"
-        w = self.kl_schedule(t, elbo_scaled=not reference)
+        w = self.kl_schedule(t, elbo_scaled=self.objective.elbo_scaled)
         lr_now = self.scheduler.get_last_lr()[0]
         loss_sum = 0.0
         monitor = LikelihoodMonitor()
         self.optimizer.zero_grad(set_to_none=True)
         for k in range(cfg.grad_accum):
             batch = self._batch(self.step_count * cfg.grad_accum + k)
-            wrapped = self.nll_fn if reference else self.loss_fn
             last = k == cfg.grad_accum - 1
-            with monitor, self.model.subspace.retained(), no_sync(wrapped, skip=not last):
+            with monitor, self.model.subspace.retained(), no_sync(self.loss_fn, skip=not last):
                 with self._autocast():
-                    loss = self.nll_fn(batch) if reference else elbo_loss(self.loss_fn, batch, w)
+                    loss = self.objective.batch_loss(self.loss_fn, batch, w, n)
                 (loss / cfg.grad_accum).backward()
             loss_sum += float(loss.detach())
         nll = -monitor.mean_log_likelihood
@@ -481,29 +460,21 @@ class Trainer:
             loss_sum, nll = self.distributed.mean(loss_sum, nll)
         self._check_finite(loss_sum / cfg.grad_accum, "loss")
         # the closed-form KL of the parameters this step's loss was computed with
-        exact = analytic_kl(self.model, self.guide) if not reference else None
-        # gradients of the NLL step: per-example units (reference: already a mean)
-        scale = 1.0 if reference else float(n)
-        grad_norm, clipped = self._clip(scale)
+        exact = self.objective.kl_before_update(self.model, self.guide)
+        grad_norm, clipped = self._clip(self.objective.grad_scale(n))  # per-example units
         self.optimizer.step()
-        if reference:
-            assert self.kl_optimizer is not None
-            for group in self.kl_optimizer.param_groups:
-                group["lr"] = cfg.reference_kl_lr * self.kl_lr_factor()
-            self.kl_optimizer.zero_grad(set_to_none=True)
-            kl = w * reverse_kl(self.model, self.guide)
-            kl.backward()
-            self.kl_optimizer.step()
-            kl_value = float(kl.detach())
-            loss_value = nll + kl_value
-        else:
-            loss_value = loss_sum / cfg.grad_accum
-            if exact is not None:
-                kl_value = w * float(exact.detach())
-            elif self.model.prior_scale is None:
-                kl_value = 0.0  # no prior and a point mass: there is no KL term
-            else:  # Monte-Carlo estimate: what the loss holds beyond the likelihood
-                kl_value = loss_value - nll * n
+        terms = StepTerms(
+            self.model,
+            self.guide,
+            kl_weight=w,
+            mean_loss=loss_sum / cfg.grad_accum,
+            nll=nll,
+            num_data=n,
+            exact_kl=exact,
+            kl_optimizer=self.kl_optimizer,
+            kl_lr=cfg.reference_kl_lr * self.kl_lr_factor(),
+        )
+        loss_value, kl_value = self.objective.finish_step(terms)
         self._check_parameters_finite(t, loss_value)
         self.scheduler.step()
         return StepRecord(t, loss_value, nll, kl_value, w, lr_now, grad_norm, clipped)

@@ -427,3 +427,33 @@ def make_format(
             tokenizer, num_classes, normalization=normalization, max_length=max_length
         )
     raise ScalaBLError(f"unknown task format {kind!r}; use 'letter' or 'choice'")
+
+
+def format_for(config, tokenizer: PreTrainedTokenizerBase, data=None) -> TaskFormat:
+    """The task format a model config asks for (``ScalaBLConfig``: task_format, num_classes, ...).
+
+    The letter format has the config's ``num_classes`` answer tokens (a data
+    set with more choices is refused); choice scoring adapts to ``data``'s
+    number of choices.
+    """
+    if config.task_format == "letter":
+        if data is not None and data.num_classes > config.num_classes:
+            raise ScalaBLError(
+                f"{data.name} has up to {data.num_classes} choices but the model was built "
+                f"for {config.num_classes}; set num_classes={data.num_classes}"
+            )
+        return make_format(
+            "letter",
+            tokenizer,
+            config.num_classes,
+            max_length=config.max_length,
+            answer_tokens=config.answer_tokens,
+            chat_template=config.chat_template,
+        )
+    return make_format(
+        "choice",
+        tokenizer,
+        max(data.num_classes, 2),
+        max_length=config.max_length,
+        normalization=config.normalization,
+    )

@@ -9,8 +9,8 @@ kind of LoRA without forking the layer). It owns
 * its **initialisation** (the guides' initial location);
 * **how draws reach the layers**: only inside :meth:`LatentFamily.use`, a
   scope that leaves every module exactly as it was when it exits. Outside any
-  scope the layers use the family's *point* (the posterior mean once a guide
-  is attached, the initial values before);
+  scope the layers use the family's *point*: the posterior median of the
+  guide handed to :meth:`LatentFamily.follow` (the initial values before);
 * its **export**: a plain peft adapter (and a merged model) equal to the
   point model.
 
@@ -22,18 +22,20 @@ family of the same kind.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 
 import pyro.distributions as dist
 import torch
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.program.settings import pyro_settings
 
 Draws = Mapping[str, torch.Tensor]
 
 
 class LatentFamily:
-    """Base class: scoped draws, a point provider and the site bookkeeping.
+    """Base class: scoped draws, the point outside any scope and the site bookkeeping.
 
     Subclasses fill :attr:`init_values` (site name -> initial location) and
     implement :meth:`prior`, :meth:`adapter_state` and :meth:`merge_and_unload`.
@@ -44,7 +46,7 @@ class LatentFamily:
     def __init__(self) -> None:
         self._scopes: list[_Scope] = []
         self._retained: list[list] = []  # [scope depth at entry, kept scope or None]
-        self._point_fn: Callable[[], Draws] | None = None
+        self._point_guide: weakref.ref | None = None
 
     # --------------------------------------------------------------- sites
     @property
@@ -72,15 +74,24 @@ class LatentFamily:
         raise NotImplementedError
 
     # ------------------------------------------------------------- scoping
-    def set_point_provider(self, fn: Callable[[], Draws] | None) -> None:
-        """What the layers use outside any scope (e.g. the guide's posterior mean)."""
-        self._point_fn = fn
+    def follow(self, guide) -> None:
+        """Use ``guide``'s posterior median as the point outside any scope (None: initial values).
+
+        ``guide`` is anything with a ``median()`` that returns one tensor per
+        site (every Pyro autoguide). It is passed in by whoever builds the
+        guide, and held by a weak reference: the family keeps no guide alive
+        and closes no reference cycle.
+        """
+        self._point_guide = None if guide is None else weakref.ref(guide)
 
     def point(self) -> dict[str, torch.Tensor]:
         """The point values used outside any scope."""
-        if self._point_fn is None:
+        guide = self._point_guide() if self._point_guide is not None else None
+        if guide is None:
             return dict(self.init_values)
-        return dict(self._point_fn())
+        with pyro_settings():
+            median = guide.median()
+        return {name: median[name].detach() for name in self.site_names}
 
     @contextlib.contextmanager
     def use(self, draws: Draws, groups: torch.Tensor | None = None) -> Iterator[None]:

@@ -42,20 +42,17 @@ from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.program.adapters import SubspaceLoRA
 from scalabl_pyro.program.formats import TaskBatch
 from scalabl_pyro.program.scoring import class_scores
+from scalabl_pyro.program.settings import PYRO_SETTINGS, pyro_settings
 
-#: Pyro settings the program runs under (guide parameters are module-local
-#: ``nn.Parameter``s, so a plain torch optimizer trains them). Entered as a
-#: context by every library call, never set for the whole process.
-PYRO_SETTINGS = {"module_local_params": True}
-
-
-def pyro_settings():
-    """The context under which the model and guides are built, trained and run."""
-    return pyro.settings.context(**PYRO_SETTINGS)
+__all__ = ["PYRO_SETTINGS", "ScalaBLModel", "pyro_settings"]
 
 
 class ScalaBLModel(PyroModule):
     """LLM with subspace LoRA as a Pyro model: latents ``s`` per layer, Categorical likelihood.
+
+    ``num_data`` is the data plate's size N when a call does not pass one (a
+    model rebuilt from a checkpoint gets its training set's size); nothing sets
+    it afterwards: the trainer passes N with every call.
 
     ``lora_prior_scale`` adds the MAP baseline's Gaussian prior on the LoRA
     factors, ``pyro.factor("lora_prior", sum log N(theta; 0, sigma^2))`` with
@@ -121,12 +118,18 @@ class ScalaBLModel(PyroModule):
         return s.reshape(*out_lead, batch.batch_size, batch.num_classes)
 
     def forward(
-        self, batch: TaskBatch | None = None, labels: torch.Tensor | None = None
+        self,
+        batch: TaskBatch | None = None,
+        labels: torch.Tensor | None = None,
+        num_data: int | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Sample the latents; with a batch, score it and draw (or observe) its labels.
 
         ``labels=None`` leaves ``obs`` unobserved: that is the posterior
-        predictive under ``Predictive``. Training passes ``batch.labels``.
+        predictive under ``Predictive``. Training passes ``batch.labels`` and
+        ``num_data``, the data plate's size N (the trainer passes the training
+        set's); without it the size given when the model was built is used,
+        else the batch's own (no scaling).
         """
         latents = self.sample_latents()
         if batch is None:
@@ -134,7 +137,8 @@ class ScalaBLModel(PyroModule):
         if self.lora_prior_scale is not None and labels is not None:
             pyro.factor("lora_prior", self.subspace.lora_log_prior(latents, self.lora_prior_scale))
         scores = self.scores(batch, latents)
-        n = self.num_data if self.num_data is not None else batch.batch_size
+        n = num_data if num_data is not None else self.num_data
+        n = n if n is not None else batch.batch_size
         if n < batch.batch_size:
             raise ScalaBLError(
                 f"num_data={n} is smaller than the batch ({batch.batch_size}); set num_data to "

@@ -24,6 +24,13 @@ takes the factor ``t / WU`` (:func:`reference_lr_factor`), the KL step
 See ``train.py`` for the optimizers and ``guides.AutoLogMeanField`` for the
 parameters.
 
+**Objective objects.** :class:`ELBOObjective` and :class:`ReferenceObjective`
+(:func:`get_objective`) each state, for the trainer, what differs between
+the two: the defaults of ``TrainConfig`` (``var_lr``, ``adam_eps``, KL schedule,
+warm-up length), the module whose output is the batch's loss (the one DDP
+wraps), the learning-rate schedule, a second optimizer, and how a step's
+reported loss and KL are computed. The trainer never names an objective.
+
 **Observing the terms.** The trainer reads the likelihood term off the
 program with :class:`LikelihoodMonitor` (a messenger on the ``obs`` site),
 and the KL in closed form where it exists.
@@ -31,6 +38,7 @@ and the KL in closed form where it exists.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -39,6 +47,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.poutine.messenger import Messenger
+from transformers import get_linear_schedule_with_warmup
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.program.families import MEAN_FIELD_FAMILIES
@@ -49,7 +58,6 @@ from scalabl_pyro.program.model import ScalaBLModel
 _MEAN_FIELD_GUIDES = (AutoNormal, AutoLogMeanField)
 
 KL_SCHEDULES = ("constant", "linear", "cyclic")
-OBJECTIVES = ("elbo", "reference")
 
 
 class LikelihoodMonitor(Messenger):
@@ -258,13 +266,205 @@ def _sum_site_kl(model: ScalaBLModel, guide: AutoGuide, *, reverse: bool) -> tor
     return torch.stack(terms).sum()
 
 
-def elbo_loss(loss_fn, batch: TaskBatch, kl_weight: float) -> torch.Tensor:
-    """Negative ELBO of one batch with the KL scaled by ``kl_weight``."""
+def elbo_loss(
+    loss_fn, batch: TaskBatch, kl_weight: float, *, num_data: int | None = None
+) -> torch.Tensor:
+    """Negative ELBO of one batch with the KL scaled by ``kl_weight``.
+
+    ``num_data`` is the size N of the data plate (the training set); None keeps
+    the model's own (:class:`~scalabl_pyro.program.model.ScalaBLModel`).
+    """
+    kwargs = {} if num_data is None else {"num_data": num_data}
     with KLScale(kl_weight):
-        return loss_fn(batch, batch.labels)
+        return loss_fn(batch, batch.labels, **kwargs)
+
+
+class ELBOObjective:
+    """The default objective: one AdamW step per batch on the negative ELBO (data-set scale).
+
+    The loss is ``-ELBO = -(N/B) sum log p(y | s) + w KL(q || p)`` (:func:`elbo_loss`),
+    its gradient is clipped in per-example units (``/ N``), the schedule is
+    ``get_linear_schedule_with_warmup`` over ``round(ratio T)`` warm-up steps,
+    and the step's KL is reported in closed form where it exists.
+    """
+
+    name = "elbo"
+    default_kl_schedule = "constant"
+    default_adam_eps = 1e-8
+    #: Whether the cyclic KL weight is scaled to the ELBO's convention (``M pi_i``).
+    elbo_scaled = True
+
+    def default_var_lr(self, lr: float) -> float:
+        """The variational parameters' learning rate when ``var_lr`` is unset: ``10 x lr``."""
+        return 10 * lr
+
+    def warmup_steps(self, total: int, ratio: float) -> int:
+        """Warm-up steps of the schedule: ``round(ratio x total)``."""
+        return int(round(ratio * total))
+
+    def check_settings(self, *, kl_schedule: str | None, num_particles: int) -> None:
+        """Refuse ``TrainConfig`` settings this objective cannot honour (none for the ELBO)."""
+
+    def check_family(self, family: str) -> None:
+        """Refuse a guide family this objective cannot train (none for the ELBO)."""
+
+    def loss_module(
+        self, model: ScalaBLModel, guide: AutoGuide, family: str, num_particles: int
+    ) -> torch.nn.Module:
+        """The module whose output is a batch's loss (what DDP wraps): Pyro's ELBO module."""
+        return make_elbo(family, num_particles)(model, guide)
+
+    def batch_loss(
+        self, module: torch.nn.Module, batch: TaskBatch, kl_weight: float, num_data: int
+    ) -> torch.Tensor:
+        """The loss of one micro-batch (its gradient is accumulated)."""
+        return elbo_loss(module, batch, kl_weight, num_data=num_data)
+
+    def grad_scale(self, num_data: int) -> float:
+        """What divides the gradient to give per-example units (the ELBO is at data-set scale)."""
+        return float(num_data)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, warmup: int, total: int):
+        """The learning-rate schedule of the AdamW step."""
+        return get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+    def kl_optimizer(self, variational_params: list, lr: float) -> torch.optim.Optimizer | None:
+        """A second optimizer for a separate KL step (None: the KL is in the loss)."""
+        return None
+
+    def kl_before_update(self, model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
+        """The closed-form KL of the parameters the step's loss was computed with (or None)."""
+        return analytic_kl(model, guide)
+
+    def finish_step(self, step: StepTerms) -> tuple[float, float]:
+        """After the AdamW update: the step's reported (loss, KL as optimised)."""
+        loss = step.mean_loss
+        if step.exact_kl is not None:
+            return loss, step.kl_weight * float(step.exact_kl.detach())
+        if step.model.prior_scale is None:
+            return loss, 0.0  # no prior and a point mass: there is no KL term
+        # Monte-Carlo estimate: what the loss holds beyond the likelihood
+        return loss, loss - step.nll * step.num_data
+
+
+class ReferenceObjective(ELBOObjective):
+    """The official code's recipe: AdamW on the batch's mean NLL, then SGD on ``pi_i KL(p || q)``.
+
+    One learning rate for LoRA and variational parameters, AdamW eps 1e-6,
+    ``int(ratio T)`` warm-up steps with the AdamW factor one step ahead
+    (:func:`reference_lr_factor`), BLoB's raw cyclic weight, one posterior
+    sample per step, a mean-field guide (closed-form reverse KL).
+    """
+
+    name = "reference"
+    default_kl_schedule = "cyclic"
+    default_adam_eps = 1e-6
+    elbo_scaled = False
+
+    def default_var_lr(self, lr: float) -> float:
+        """One AdamW learning rate for LoRA and variational parameters alike."""
+        return lr
+
+    def warmup_steps(self, total: int, ratio: float) -> int:
+        """The official code's ``int(ratio x total)`` (truncated, not rounded)."""
+        return reference_warmup_steps(total, ratio)
+
+    def check_settings(self, *, kl_schedule: str | None, num_particles: int) -> None:
+        if kl_schedule not in (None, "cyclic"):
+            raise ScalaBLError(
+                f"objective='reference' uses BLoB's cyclic KL weight only (got kl_schedule="
+                f"{kl_schedule!r}); drop kl_schedule or use objective='elbo'"
+            )
+        if num_particles > 1:
+            raise ScalaBLError(
+                f"objective='reference' draws one posterior sample per step, so num_particles="
+                f"{num_particles} would be ignored; use num_particles=1 or objective='elbo'"
+            )
+
+    def check_family(self, family: str) -> None:
+        if family not in MEAN_FIELD_FAMILIES:
+            raise ScalaBLError(
+                "objective='reference' reproduces the official mean-field recipe; "
+                "use guide='log_mean_field' (or 'mean_field'), or objective='elbo'"
+            )
+
+    def loss_module(
+        self, model: ScalaBLModel, guide: AutoGuide, family: str, num_particles: int
+    ) -> torch.nn.Module:
+        return MeanNLL(model, guide)
+
+    def batch_loss(
+        self, module: torch.nn.Module, batch: TaskBatch, kl_weight: float, num_data: int
+    ) -> torch.Tensor:
+        return module(batch)  # the mean NLL: the KL has its own step
+
+    def grad_scale(self, num_data: int) -> float:
+        return 1.0  # already a mean
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, warmup: int, total: int):
+        # scheduler step k sets the factor of step k + 1 (the official AdamW runs one ahead)
+        factor = functools.partial(_official_factor, warmup=warmup, total=total)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def kl_optimizer(self, variational_params: list, lr: float) -> torch.optim.Optimizer | None:
+        return torch.optim.SGD(variational_params, lr=lr)
+
+    def kl_before_update(self, model: ScalaBLModel, guide: AutoGuide) -> torch.Tensor | None:
+        return None
+
+    def finish_step(self, step: StepTerms) -> tuple[float, float]:
+        """The SGD step on ``w KL(p || q)`` at ``reference_kl_lr x (t - 1) / WU ...``."""
+        opt = step.kl_optimizer
+        assert opt is not None
+        for group in opt.param_groups:
+            group["lr"] = step.kl_lr
+        opt.zero_grad(set_to_none=True)
+        kl = step.kl_weight * reverse_kl(step.model, step.guide)
+        kl.backward()
+        opt.step()
+        kl_value = float(kl.detach())
+        return step.nll + kl_value, kl_value
+
+
+@dataclass
+class StepTerms:
+    """What one step computed, handed to :meth:`ELBOObjective.finish_step`."""
+
+    model: ScalaBLModel
+    guide: AutoGuide
+    kl_weight: float
+    mean_loss: float  # the loss averaged over the accumulated micro-batches
+    nll: float  # mean negative log-likelihood per example
+    num_data: int
+    exact_kl: torch.Tensor | None
+    kl_optimizer: torch.optim.Optimizer | None
+    kl_lr: float  # the KL step's learning rate now (reference objective)
+
+
+def _official_factor(k: int, *, warmup: int, total: int) -> float:
+    """LambdaLR factor after ``k`` scheduler steps: the official factor of step ``k + 1``."""
+    return reference_lr_factor(k + 1, warmup, total)
+
+
+_OBJECTIVES: dict[str, ELBOObjective] = {o.name: o for o in (ELBOObjective(), ReferenceObjective())}
+#: The objectives' names (``TrainConfig.objective``).
+OBJECTIVES = tuple(_OBJECTIVES)
+
+
+def get_objective(name: str) -> ELBOObjective:
+    """The objective object of a name (a one-line error naming the known ones)."""
+    if name not in _OBJECTIVES:
+        raise ScalaBLError(
+            f"unknown objective {name!r}; use {' or '.join(repr(n) for n in OBJECTIVES)}"
+        )
+    return _OBJECTIVES[name]
 
 
 __all__ = [
+    "ELBOObjective",
+    "ReferenceObjective",
+    "StepTerms",
+    "get_objective",
     "KLScale",
     "KLSchedule",
     "KL_SCHEDULES",

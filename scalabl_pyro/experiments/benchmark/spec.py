@@ -14,23 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.methods import benchmark_entries
 
-#: Base method -> (ScalaBLConfig overrides, TrainConfig overrides, BMA samples).
+#: Base method -> (ScalaBLConfig overrides, TrainConfig overrides, BMA samples): each method
+#: (and the official recipe) states its entries (``Method.benchmark`` in ``scalabl_pyro.methods``).
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
-    "mle": ({"method": "mle"}, {}, 1),
-    "scalabl": ({"guide": "mean_field"}, {}, 10),
-    "full_rank": ({"guide": "full_rank"}, {}, 10),
-    "low_rank": ({"guide": "low_rank"}, {}, 10),
-    "block": ({"guide": "block"}, {}, 10),
-    "reference": ({"guide": "log_mean_field"}, {"objective": "reference"}, 10),
-    # the official code's whole recipe (ScalaBLConfig/TrainConfig.official; alpha follows rank)
-    "official": ({"recipe": "official"}, {"recipe": "official"}, 10),
-    # the paper's baselines (scalabl_pyro.methods, docs/baselines.md)
-    "map": ({"method": "map"}, {}, 1),
-    "mc_dropout": ({"method": "mc_dropout"}, {}, 10),
-    "ensemble": ({"method": "ensemble"}, {}, 5),
-    "blob": ({"method": "blob"}, {}, 10),
-    "laplace": ({"method": "laplace"}, {}, 10),
+    name: entry for name, (entry, _) in benchmark_entries().items()
 }
 
 
@@ -111,7 +100,7 @@ def parse_method(spec: str) -> MethodSpec:
                 f"method spec {spec!r}: {key!r} is neither a ScalaBLConfig nor a TrainConfig "
                 "field (nor 'samples')"
             )
-    if name == "official":  # ScalaBLConfig/TrainConfig.official() refuse what contradicts it
+    if "recipe" in model:  # ScalaBLConfig/TrainConfig.official() refuse what contradicts it
         from scalabl_pyro.config import ScalaBLConfig
 
         del model["recipe"], train["recipe"]
