@@ -69,6 +69,9 @@ class ScalaBL:
         self.members: list[dict[str, torch.Tensor]] = []  # ensembles: one state per member
         #: The training set's identity (``MCDataset.identity``): saved, checked on resume.
         self.train_data: dict | None = None
+        #: The BMA's temperature from :meth:`calibrate` (None: not calibrated), and on what.
+        self.temperature: float | None = None
+        self.temperature_from: str | None = None
 
     @property
     def method(self) -> str:
@@ -139,6 +142,8 @@ class ScalaBL:
         if "train_config" in checkpoint.meta:
             obj.train_config = TrainConfig(**checkpoint.meta["train_config"])
         obj.train_data = checkpoint.meta.get(ckpt.TRAIN_DATA_KEY)
+        obj.temperature = checkpoint.meta.get("temperature")
+        obj.temperature_from = checkpoint.meta.get("temperature_from")
         return obj
 
     def load_parameters(self, checkpoint: ckpt.Checkpoint) -> None:
@@ -161,6 +166,7 @@ class ScalaBL:
         resume: bool | ResumePlan = False,
         overwrite: bool = False,
         eval_samples: int = 4,
+        calibrate_on: MCDataset | None = None,
     ) -> TrainHistory:
         """Train the method on ``train``: SVI for ScalaBL and BLoB, point estimates otherwise.
 
@@ -184,12 +190,18 @@ class ScalaBL:
         diverging run raises :class:`~scalabl_pyro.inference.train.NonFiniteError`
         naming the last good checkpoint. The method decides the rest (Laplace
         fits its covariance after the MAP; an ensemble trains K members).
+
+        ``calibrate_on`` (a validation split, never the test split) is the
+        recommended recipe: after training, :meth:`calibrate` fits the BMA's
+        temperature on it, and :meth:`predict` and the checkpoint use it. Without
+        it the predictive is the plain BMA (a new fit drops an earlier temperature).
         """
         self._check_alive()
         config = config or TrainConfig()
         self._method.check_train_config(config, bool(resume))
         plan = self._resume_plan(train, config, output_dir, resume, overwrite)
         self.train_data = train.identity()
+        self.temperature = self.temperature_from = None  # it belonged to the model before
 
         once = functools.partial(
             self._method.train_once, self, validation=validation, eval_samples=eval_samples
@@ -201,6 +213,8 @@ class ScalaBL:
             self.members = outcome.members
         if not outcome.resumable:
             self._trainer = None  # no optimizer state: not resumable
+        if calibrate_on is not None:
+            self.calibrate(calibrate_on, num_samples=max(eval_samples, 10))
         if output_dir is not None:
             save_from_main(self._trainer, lambda: self.save_pretrained(output_dir))
         return self.history
@@ -264,13 +278,16 @@ class ScalaBL:
         posterior mean (``mu + width (s - mu)``; a Gaussian over ``s`` only: scalabl,
         laplace), a post-hoc knob chosen on validation (``docs/calibration.md``).
         ``temperature`` divides each draw's class scores by ``T`` before the
-        draws are averaged (:meth:`Prediction.tempered`); fit it on a validation split
-        with :func:`~scalabl_pyro.inference.temperature.fit_bma_temperature`.
+        draws are averaged (:meth:`Prediction.tempered`); ``None`` takes the one
+        :meth:`calibrate` fitted (none if it never ran), ``1.0`` is the plain BMA.
         """
         self._check_alive()
-        if temperature is not None:
+        if temperature is None:
+            temperature = self.temperature
+        if temperature is not None and temperature != 1.0:
             kw = dict(num_samples=num_samples, mode=mode, batch_size=batch_size)
             kw.update(max_rows=max_rows, seed=seed, progress=progress, width=width)
+            kw.update(temperature=1.0)  # the raw draws, then tempered once
             return self.predict(data, **kw).tempered(temperature)
 
         def run(latents=None, stochastic=()) -> prediction.Prediction:
@@ -292,6 +309,26 @@ class ScalaBL:
 
         kw = dict(num_samples=num_samples, mode=mode, width=width, seed=seed)
         return self._method.predictive(self, run, **kw)
+
+    def calibrate(
+        self, validation: MCDataset, *, num_samples: int = 10, seed: int | None = 0
+    ) -> float:
+        """Fit the BMA's temperature on ``validation`` and keep it; returns ``T``.
+
+        Each draw's class scores are divided by ``T`` and the tempered
+        probabilities averaged, and ``T`` minimises the NLL of that average
+        (:func:`~scalabl_pyro.inference.temperature.fit_bma_temperature`), so
+        the draws stay distinct and the posterior's disagreement (MI) survives.
+        Use a validation split, never the one you report.
+        """
+        from scalabl_pyro.inference.temperature import fit_bma_temperature
+
+        raw = self.predict(
+            validation, num_samples=num_samples, seed=seed, progress=False, temperature=1.0
+        )
+        self.temperature = fit_bma_temperature(raw.sample_log_probs, raw.labels)
+        self.temperature_from = f"{validation.name}/{validation.split} ({len(validation)})"
+        return self.temperature
 
     def evaluate(self, data: MCDataset, **predict_kwargs) -> dict[str, float]:
         """Accuracy, ECE, NLL and Brier on ``data`` (keyword args go to :meth:`predict`)."""

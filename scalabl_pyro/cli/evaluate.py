@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
         help="fit a temperature on this split of --data (never the reported --split) and "
         "report the tempered predictive; a BMA is tempered per draw, so MI survives",
     )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="report the plain BMA even when the checkpoint carries a temperature "
+        "(scalabl train --calibrate-on)",
+    )
     num_option(p, "--samples", "posterior samples for BMA, --checkpoint only", 10)
     num_option(
         p,
@@ -89,6 +95,11 @@ def _check_evaluate_flags(args: argparse.Namespace) -> None:
         raise ScalaBLError(
             "--normalization applies to zero-shot choice scoring (--model without --format "
             "letter); a checkpoint keeps the scoring it was trained with, so drop --normalization"
+        )
+    if args.no_calibration and args.temperature_from is not None:
+        raise ScalaBLError(
+            "--temperature-from fits a new temperature and --no-calibration reports none; "
+            "pass one of them"
         )
     if args.model is not None:
         ignored = given(args, "samples", "mode", "width")
@@ -247,12 +258,15 @@ def run(args: argparse.Namespace) -> None:
         width=args.width if args.width is not None else 1.0,
         progress=args.progress,
     )
-    pred = sbl.predict(data, **predict_kw)
+    stored = None if (args.no_calibration or fit_split is not None) else sbl.temperature
+    pred = sbl.predict(data, **predict_kw, temperature=1.0 if stored is None else stored)
     extra: dict[str, Any] = {}
+    if stored is not None:  # the checkpoint's own (scalabl train --calibrate-on)
+        extra = {"temperature": stored, "temperature_from": sbl.temperature_from}
     if fit_split is not None:
         from scalabl_pyro.inference.temperature import fit_bma_temperature
 
-        sel = sbl.predict(fit_split, **predict_kw)
+        sel = sbl.predict(fit_split, **predict_kw, temperature=1.0)
         temp = fit_bma_temperature(sel.sample_log_probs, sel.labels)
         pred = pred.tempered(temp)
         extra = {"temperature": temp, "temperature_from": f"{fit_split.name}/{fit_split.split}"}

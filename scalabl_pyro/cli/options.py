@@ -121,6 +121,7 @@ RANGES: dict[str, Range] = {
     "--width": Range(float, 0),
     "--eval-limit": Range(int, 1),
     "--train-limit": Range(int, 1),
+    "--calibrate-limit": Range(int, 1),
     "--select-limit": Range(int, 1),
     "--eval-every": Range(int, 0),
     "--curve-limit": Range(int, 1),

@@ -160,6 +160,15 @@ def register(sub: Any) -> None:
     num_option(p, "--checkpoint-every", "also save every N steps, 0 only at the end", 0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument(
+        "--calibrate-on",
+        default=None,
+        metavar="SPLIT|FILE",
+        help="the recommended recipe: after training, fit the BMA's temperature on this "
+        "validation split of --data (a file when --data is a local file); evaluate and "
+        "predict then use it (docs/calibration.md)",
+    )
+    num_option(p, "--calibrate-limit", "random subset of --calibrate-on's examples", None)
+    p.add_argument(
         "--quantization",
         default=None,
         choices=("4bit", "8bit"),
@@ -463,6 +472,36 @@ def _check_train_settings(s: TrainSettings, args: argparse.Namespace) -> None:
         )
 
 
+def _calibration_set(args: argparse.Namespace) -> Any:
+    """The validation examples ``--calibrate-on`` names (a split of --data, or a file), or None."""
+    if args.calibrate_on is None:
+        if args.calibrate_limit is not None:
+            raise ScalaBLError(
+                "--calibrate-limit subsets --calibrate-on's examples, so it would be ignored "
+                "without it; drop it or pass --calibrate-on validation"
+            )
+        return None
+    from scalabl_pyro.data import load_local, load_task
+    from scalabl_pyro.data.local import is_local_path
+    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
+
+    value, limit = args.calibrate_on, args.calibrate_limit
+    if is_local_path(value):
+        data = load_local(value, split="validation")
+        return data.subset(limit, seed=0) if limit is not None and limit < len(data) else data
+    if canonical_name(str(args.data)) not in KNOWN_TASKS:
+        raise ScalaBLError(
+            f"--calibrate-on {value} names a split, but --data {args.data} is one local file; "
+            "pass the path of a validation file instead"
+        )
+    if value == args.split:
+        raise ScalaBLError(
+            f"--calibrate-on {value} is the training split; fit the temperature on held-out "
+            "questions (e.g. --calibrate-on validation)"
+        )
+    return load_task(args.data, value, source=args.source, limit=limit, seed=0)
+
+
 def _resume_spelling():
     """How ``inference/resume.py`` names this command's options in its refusals."""
     from scalabl_pyro.inference.resume import Spelling
@@ -527,6 +566,7 @@ def run(args: argparse.Namespace) -> None:
     if plan is not None:
         flag = f"--data {given_data}" if given_data is not None else "--data"
         plan.check_data(train, flag=flag)
+    calibration = _calibration_set(args)
 
     args.device = process_device(args.device)
     check_device(args.device)
@@ -568,6 +608,15 @@ def run(args: argparse.Namespace) -> None:
         sbl = ScalaBL.from_base(mcfg)
     if main_process:
         print(sbl.summary())
-    sbl.fit(train, tcfg, output_dir=args.output, resume=plan or False, overwrite=args.overwrite)
+    sbl.fit(
+        train,
+        tcfg,
+        output_dir=args.output,
+        resume=plan or False,
+        overwrite=args.overwrite,
+        calibrate_on=calibration,
+    )
     if main_process:
+        if sbl.temperature is not None:
+            print(f"temperature {sbl.temperature:.3f}, fitted on {sbl.temperature_from}")
         print(f"saved {args.output}")

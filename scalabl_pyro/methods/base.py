@@ -399,6 +399,9 @@ class Method:
             meta["train_config"] = sbl.train_config.to_dict()
         if sbl.train_data is not None:
             meta[ckpt.TRAIN_DATA_KEY] = sbl.train_data
+        if sbl.temperature is not None:  # ScalaBL.calibrate: the recommended recipe
+            meta["temperature"] = sbl.temperature
+            meta["temperature_from"] = sbl.temperature_from
         adapter_state, adapter_config = adapter
         return ckpt.CheckpointContents(
             meta=meta,
