@@ -91,7 +91,17 @@ def test_overfit_demo_reports_test_split_and_temperature_scaled_mle(tmp_path):
     assert (DemoConfig().train_limit, DemoConfig().steps) == (64, 160)
     res = run_demo(cfg)
     rows = {r["method"]: r for r in res["results"]}
-    assert list(rows) == ["zero-shot", "MLE LoRA", "MLE LoRA + TS", "ScalaBL (mean-field)"]
+    assert list(rows) == [
+        "zero-shot",
+        "MLE LoRA",
+        "MLE LoRA + TS",
+        "ScalaBL (mean-field)",
+        "ScalaBL + TS (recipe)",
+    ]
+    assert (
+        rows["ScalaBL + TS (recipe)"]["acc"] >= 0
+        and rows["ScalaBL + TS (recipe)"]["temperature"] > 0
+    )
     mle, ts = rows["MLE LoRA"], rows["MLE LoRA + TS"]
     assert ts["acc"] == mle["acc"]  # one temperature never changes the argmax
     assert ts["temperature"] != TemperatureScaler().temperature or ts["nll"] == mle["nll"]

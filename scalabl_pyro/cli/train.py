@@ -530,6 +530,38 @@ def _train_config(s: TrainSettings, args: argparse.Namespace, meta: dict | None)
     return TrainConfig(**settings)
 
 
+def _model_config(s: TrainSettings, args: argparse.Namespace, train: Any) -> Any:
+    """The ScalaBLConfig of a new run, from the options (and the official recipe's fixed parts)."""
+    from scalabl_pyro.config import ScalaBLConfig
+
+    method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
+    if s.dropout is not None:
+        method_args["dropout"] = s.dropout
+    if s.init_scale is not None:
+        method_args["init_scale"] = s.init_scale
+    if s.recipe is not None:  # the rest of ScalaBLConfig.official(): prior, init, dropout
+        official = get_recipe(s.recipe).model
+        method_args.update({k: official[k] for k in ("reference_prior_quirk", "init_scale")})
+        method_args["dropout"] = official["dropout"]
+    mcfg = ScalaBLConfig(
+        **method_args,
+        base_model=s.model,
+        task_format=s.task_format,
+        normalization=s.normalization,
+        guide=s.guide if get_method(s.method).implied_guide is None else "mean_field",
+        target_modules=s.targets,
+        rank=s.rank,
+        alpha=s.alpha,
+        prior_scale=None if s.guide == "mle" else s.prior_scale,
+        num_classes=max(train.num_classes, 2),
+        device=args.device,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        seed=s.seed,
+    )
+    return mcfg
+
+
 def run(args: argparse.Namespace) -> None:
     """Check every option, then train (and save) or resume.
 
@@ -580,32 +612,7 @@ def run(args: argparse.Namespace) -> None:
         tcfg = plan.config
     else:
         tcfg = _train_config(s, args, None)
-        method_args: dict[str, Any] = {"method": s.method, "ensemble_size": s.ensemble_size}
-        if s.dropout is not None:
-            method_args["dropout"] = s.dropout
-        if s.init_scale is not None:
-            method_args["init_scale"] = s.init_scale
-        if s.recipe is not None:  # the rest of ScalaBLConfig.official(): prior, init, dropout
-            official = get_recipe(s.recipe).model
-            method_args.update({k: official[k] for k in ("reference_prior_quirk", "init_scale")})
-            method_args["dropout"] = official["dropout"]
-        mcfg = ScalaBLConfig(
-            **method_args,
-            base_model=s.model,
-            task_format=s.task_format,
-            normalization=s.normalization,
-            guide=s.guide if get_method(s.method).implied_guide is None else "mean_field",
-            target_modules=s.targets,
-            rank=s.rank,
-            alpha=s.alpha,
-            prior_scale=None if s.guide == "mle" else s.prior_scale,
-            num_classes=max(train.num_classes, 2),
-            device=args.device,
-            dtype=args.dtype,
-            quantization=args.quantization,
-            seed=s.seed,
-        )
-        sbl = ScalaBL.from_base(mcfg)
+        sbl = ScalaBL.from_base(_model_config(s, args, train))
     if main_process:
         print(sbl.summary())
     sbl.fit(
