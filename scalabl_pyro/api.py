@@ -26,7 +26,7 @@ from scalabl_pyro.config import ScalaBLConfig
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.inference import predict as prediction
-from scalabl_pyro.inference.resume import ResumePlan, plan_resume
+from scalabl_pyro.inference.resume import ResumePlan, plan_fit
 from scalabl_pyro.inference.run import save_from_main
 from scalabl_pyro.inference.train import TrainConfig, Trainer, TrainHistory
 from scalabl_pyro.io import checkpoint as ckpt
@@ -199,7 +199,9 @@ class ScalaBL:
         self._check_alive()
         config = config or TrainConfig()
         self._method.check_train_config(config, bool(resume))
-        plan = self._resume_plan(train, config, output_dir, resume, overwrite)
+        plan = plan_fit(
+            self.config.to_dict(), train, config, output_dir, resume, overwrite=overwrite
+        )
         self.train_data = train.identity()
         self.temperature = self.temperature_from = None  # it belonged to the model before
 
@@ -218,33 +220,6 @@ class ScalaBL:
         if output_dir is not None:
             save_from_main(self._trainer, lambda: self.save_pretrained(output_dir))
         return self.history
-
-    def _resume_plan(
-        self,
-        train: MCDataset,
-        config: TrainConfig,
-        output_dir: str | Path | None,
-        resume: bool | ResumePlan,
-        overwrite: bool,
-    ) -> ResumePlan | None:
-        """The one resume decision (``inference/resume.py``), or the output-dir check."""
-        if not resume:
-            if output_dir is not None:
-                flags = ("output_dir", "resume=True", "overwrite=True")
-                ckpt.check_output_dir(output_dir, resume=False, overwrite=overwrite, flags=flags)
-            elif overwrite:
-                raise ScalaBLError("overwrite=True needs output_dir (the checkpoint to replace)")
-            return None
-        if output_dir is None:
-            raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
-        if not isinstance(resume, ResumePlan):
-            resume = plan_resume(output_dir, config, overwrite=overwrite)
-        if Path(resume.run.output_dir) != Path(output_dir):
-            raise ScalaBLError(f"resume is a plan for {resume.run.output_dir}, not {output_dir}")
-        plan = resume.for_config(config)
-        plan.check_model(self.config.to_dict())
-        plan.check_data(train)
-        return plan
 
     def fit_laplace(self, data: MCDataset, *, batch_size: int = 8) -> torch.Tensor:
         """Set the Laplace covariance ``H^-1`` at the current MAP of ``s``; returns it (D x D)."""

@@ -338,3 +338,38 @@ def plan_resume(
 ) -> ResumePlan:
     """:func:`read_saved_run` then :func:`decide_resume`: the one resume decision."""
     return decide_resume(read_saved_run(output_dir, spelling, overwrite=overwrite), config)
+
+
+def plan_fit(
+    model_config: Mapping[str, Any],
+    train: Any,
+    config: TrainConfig,
+    output_dir: str | Path | None,
+    resume: bool | ResumePlan,
+    *,
+    overwrite: bool = False,
+) -> ResumePlan | None:
+    """What ``ScalaBL.fit`` does about ``output_dir``: the resume plan, or the new-run check.
+
+    ``resume`` is False (a new run: ``output_dir`` must be new or empty, or
+    ``overwrite``), True (decide with :func:`plan_resume`) or the
+    :class:`ResumePlan` the CLI decided already. The plan is checked against the
+    model's settings (``model_config``) and the training examples.
+    """
+    if not resume:
+        if output_dir is not None:
+            flags = ("output_dir", "resume=True", "overwrite=True")
+            ckpt.check_output_dir(output_dir, resume=False, overwrite=overwrite, flags=flags)
+        elif overwrite:
+            raise ScalaBLError("overwrite=True needs output_dir (the checkpoint to replace)")
+        return None
+    if output_dir is None:
+        raise ScalaBLError("resume=True needs output_dir (the checkpoint to resume)")
+    if not isinstance(resume, ResumePlan):
+        resume = plan_resume(output_dir, config, overwrite=overwrite)
+    if Path(resume.run.output_dir) != Path(output_dir):
+        raise ScalaBLError(f"resume is a plan for {resume.run.output_dir}, not {output_dir}")
+    plan = resume.for_config(config)
+    plan.check_model(model_config)
+    plan.check_data(train)
+    return plan
