@@ -400,10 +400,10 @@ COMBINATION_CASES = {
         ["--resume continues the model saved in --output, so --rank would be ignored"],
     ),
     "--resume with a learning rate": (
-        [*RESUME_CKPT, "--lr", "0.001"],
+        [*RESUME_CKPT, "--lr", "0.01"],
         [
-            "--resume: --lr 0.001 differs from the checkpoint in --output ckpt (trained with "
-            "--lr 0.0001)",
+            "--resume: --lr 0.01 differs from the checkpoint in --output ckpt (trained with "
+            "--lr 0.001)",
             "drop --lr (--resume takes the saved values)",
         ],
     ),

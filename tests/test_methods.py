@@ -72,6 +72,7 @@ def test_official_is_scalabl_with_the_reference_objective():
     assert ScalaBLConfig.OFFICIAL is recipe.model
     assert ScalaBLConfig.official().method == "scalabl"
     assert TrainConfig.official().objective == recipe.objective
+    assert TrainConfig.official().lr == TrainConfig.OFFICIAL_LR == recipe.lr  # one value
     assert "official" not in method_names()
     entries = benchmark_entries()
     assert entries["official"][1] is recipe

@@ -28,7 +28,7 @@ def _trainer(steps: int = 8, **config) -> tuple[Trainer, object]:
     sbl = make_scalabl(guide="log_mean_field", **config)
     randomize_lora(sbl.subspace)
     data = toy_dataset(8)
-    tcfg = TrainConfig(steps=steps, objective="reference", batch_size=2, progress=False)
+    tcfg = TrainConfig(steps=steps, objective="reference", batch_size=2, lr=1e-4, progress=False)
     trainer = Trainer(
         sbl.model, sbl.guide, "log_mean_field", sbl.format_for(data), data, tcfg, sbl.device
     )
@@ -37,7 +37,9 @@ def _trainer(steps: int = 8, **config) -> tuple[Trainer, object]:
 
 def test_reference_defaults_follow_the_official_code():
     cfg = TrainConfig(objective="reference")
-    assert cfg.lr == 1e-4 and cfg.resolved_var_lr == cfg.lr  # one AdamW learning rate
+    assert cfg.lr == TrainConfig().lr and cfg.resolved_var_lr == cfg.lr  # one AdamW rate
+    assert TrainConfig.official().lr == 1e-4  # the official code's rate is the recipe's default
+    assert TrainConfig.official(lr=1e-3).lr == 1e-3
     assert cfg.resolved_adam_eps == 1e-6 and cfg.max_grad_norm is None
     assert cfg.resolved_kl_schedule == "cyclic" and cfg.reference_kl_lr == 0.2
     elbo = TrainConfig()

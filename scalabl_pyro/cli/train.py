@@ -328,6 +328,8 @@ def _train_settings(args: argparse.Namespace, meta: dict | None) -> TrainSetting
         s.alpha = 2.0 * s.rank
         if args.targets is None:
             s.targets = recipe.target_modules
+        if args.lr is None:  # the official code's rate (TrainConfig.official's default)
+            s.lr = recipe.lr
     return s
 
 

@@ -131,6 +131,10 @@ class TrainConfig:
         "bf16": False,
     }
 
+    #: The official code's learning rate: the recipe's default (``lr=...`` may change it;
+    #: ``methods/official.py`` states it too, for the command line, which imports no torch).
+    OFFICIAL_LR: ClassVar[float] = 1e-4
+
     @classmethod
     def official(cls, **overrides: Any) -> TrainConfig:
         """The official ScalaBL code's training recipe (``docs/method.md``).
@@ -151,7 +155,7 @@ class TrainConfig:
                 f"TrainConfig.official() sets {sets} itself; drop {', '.join(clash)} "
                 "or build TrainConfig(...) directly"
             )
-        return cls(**{**cls.OFFICIAL, **overrides})
+        return cls(**{"lr": cls.OFFICIAL_LR, **cls.OFFICIAL, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "num_particles"):

@@ -37,6 +37,9 @@ class OfficialRecipe:
     }
     #: The objective it trains with (``program.objectives.ReferenceObjective``).
     objective: ClassVar[str] = "reference"
+    #: The official code's learning rate: the recipe's default, which ``lr=`` / ``--lr`` may
+    #: change (the library's own default, 1e-3, is the one the overfitting regime measured).
+    lr: ClassVar[float] = 1e-4
     #: Its adapted modules (``lm_head`` must stay).
     target_modules: ClassVar[tuple[str, ...]] = ("q_proj", "v_proj", "lm_head")
     benchmark: ClassVar[dict[str, Any]] = {
