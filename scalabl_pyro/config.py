@@ -31,7 +31,7 @@ class ScalaBLConfig:
     0.4 over 3 seeds on ARC-Easy). The
     official code's exact setup is ``guide="log_mean_field"`` (positive mean,
     log parameters, initial scales ~ U[0.05/sqrt 2, 0.05]) with
-    ``TrainConfig(objective="reference")``; ``reference_prior_quirk=True``
+    ``TrainConfig(objective="reference", lr=1e-4)``; ``reference_prior_quirk=True``
     adds its accidental prior ``N(u, (1 + u)^2)`` (see ``docs/method.md``).
     :meth:`official` (with ``TrainConfig.official``) sets the whole recipe.
     ``quantization="4bit"`` or ``"8bit"`` loads the frozen base through
