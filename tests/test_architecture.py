@@ -222,30 +222,23 @@ LONG_FUNCTIONS: dict[str, int] = {
 }
 
 
-def _rel(path: Path) -> str:
-    return path.relative_to(PACKAGE.parent).as_posix()
+def _size_report():
+    """``tools/size_report.py`` (not a package): the one place that measures sizes."""
+    import importlib.util
+
+    path = PACKAGE.parent / "tools" / "size_report.py"
+    spec = importlib.util.spec_from_file_location("size_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _function_sizes(node: ast.AST, prefix: str = "") -> dict[str, int]:
-    """``{qualified name: lines}`` of the functions under ``node`` (``def`` line to last line)."""
-    sizes: dict[str, int] = {}
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            name = f"{prefix}{child.name}"
-            if not isinstance(child, ast.ClassDef):
-                sizes[name] = child.end_lineno - child.lineno + 1
-            sizes.update(_function_sizes(child, name + "."))
-        else:
-            sizes.update(_function_sizes(child, prefix))
-    return sizes
+SIZES = _size_report()
+_function_sizes = SIZES._functions
 
 
-MODULE_SIZES = {_rel(p): len(p.read_text(encoding="utf-8").splitlines()) for p in MODULES.values()}
-FUNCTION_SIZES = {
-    f"{_rel(p)}:{name}": n
-    for p in MODULES.values()
-    for name, n in _function_sizes(ast.parse(p.read_text(encoding="utf-8"))).items()
-}
+MODULE_SIZES = SIZES.module_sizes(PACKAGE)
+FUNCTION_SIZES = SIZES.function_sizes(PACKAGE)
 
 
 def test_the_size_measures_count_what_they_should():

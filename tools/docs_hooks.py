@@ -38,16 +38,16 @@ import functools
 import importlib.util
 import json
 import logging
-import os
 import pkgutil
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+
+from scalabl_pyro.utils.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "scalabl_pyro"
@@ -352,14 +352,7 @@ def write_cli_reference(path: Path = CLI_PAGE) -> bool:
     text = render_cli_reference()
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)  # a unique temporary file beside it, then a rename
     return True
 
 
