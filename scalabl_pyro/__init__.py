@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ScalaBL": "scalabl_pyro.api",
     "ScalaBLConfig": "scalabl_pyro.config",
-    "TrainConfig": "scalabl_pyro.inference.train",
+    "TrainConfig": "scalabl_pyro.inference.train_config",
     "TrainHistory": "scalabl_pyro.inference.train",
     "Prediction": "scalabl_pyro.inference.predict",
     "GUIDE_FAMILIES": "scalabl_pyro.program.families",
