@@ -33,6 +33,7 @@ from scalabl_pyro.inference.resume import (
 )
 from scalabl_pyro.inference.train import TrainConfig, Trainer
 from scalabl_pyro.io import checkpoint as ckpt
+from scalabl_pyro.io import checkpoint_read
 
 SAVED = dict(steps=2, batch_size=4, lr=1e-2, progress=False)
 """The settings of the checkpoint the refusal tests resume (TrainConfig defaults otherwise)."""
@@ -271,8 +272,11 @@ def _count_resume_steps(monkeypatch) -> Counts:
     c = Counts(monkeypatch)
     c.wrap(resume_module, "decide_resume")
     c.wrap(ckpt, "check_output_dir")
+    # patched where they are called: ``resume.py`` through ``io.checkpoint``, the
+    # Checkpoint class in ``io.checkpoint_read``
     c.wrap(ckpt, "load_trainer_state")
-    c.wrap(ckpt, "tensor_shapes")  # the file checks read each header once
+    c.wrap(checkpoint_read, "load_trainer_state")
+    c.wrap(checkpoint_read, "tensor_shapes")  # the file checks read each header once
     c.wrap(ckpt.Checkpoint, "lora")  # the parameters
     c.wrap(ckpt.Checkpoint, "guide_state")
     c.wrap(ScalaBL, "load_parameters")
