@@ -212,7 +212,7 @@ LONG_MODULES: dict[str, int] = {}
 #: Functions allowed over FUNCTION_LINES (``path:Qualified.name``), with their size.
 LONG_FUNCTIONS: dict[str, int] = {
     # argument tables: one add_argument per option, nothing to split
-    "scalabl_pyro/cli/train.py:register": 135,
+    "scalabl_pyro/cli/train.py:register": 144,
     # peft injection, SVD initialisation and the answer-token head, in the order peft needs
     "scalabl_pyro/program/adapters.py:SubspaceLoRA.__init__": 87,
 }
