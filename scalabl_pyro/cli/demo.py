@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
     """Add ``scalabl demo`` to the subcommands."""
     p = sub.add_parser(
         "demo",
-        help="zero-shot, MLE LoRA (+ TS) and ScalaBL on SmolLM2-135M + ARC-Easy (~20 min CPU)",
+        help="zero-shot, MLE LoRA (+ TS) and ScalaBL on SmolLM2-135M + ARC-Easy (~12 min CPU)",
     )
     verbose_flag(p, top=False)
     p.add_argument("--output", default="demo_output", help="directory for results.json and PNG")
@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         choices=("short", "overfit"),
         default="overfit",
         help="overfit (default): 64 training questions for 10 epochs, test split, MLE + "
-        "temperature scaling (~20 min); short: 150 steps on all of train, validation split",
+        "temperature scaling (~12 min); short: 150 steps on all of train, validation split",
     )
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 

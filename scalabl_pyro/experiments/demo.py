@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo (defaults: the overfitting regime, ~20 minutes on a 2-core CPU)."""
+    """Settings of the demo (default: the overfitting regime, ~12 minutes on a quiet 2-core CPU)."""
 
     base_model: str = "smollm2-135m"
     dtype: str = "bfloat16"  # frozen base weights; LoRA and guide stay float32
