@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scalabl_pyro.api import ScalaBL
@@ -34,7 +33,6 @@ from scalabl_pyro.data import load_task
 from scalabl_pyro.data.examples import MCDataset
 from scalabl_pyro.evaluation.plots import reliability_diagram
 from scalabl_pyro.inference.predict import Prediction, posterior_spread
-from scalabl_pyro.inference.temperature import TemperatureScaler
 from scalabl_pyro.inference.train import TrainConfig
 from scalabl_pyro.io.checkpoint import write_json
 from scalabl_pyro.io.loading import load_base_model
@@ -105,18 +103,6 @@ def format_table(rows: list[dict]) -> str:
             f"{r['brier']:>8.3f}{r['num_samples']:>4d}"
         )
     return "\n".join(lines)
-
-
-def _temperature_scaled(
-    sbl: ScalaBL, select, pred: Prediction, progress: bool
-) -> tuple[Prediction, TemperatureScaler]:
-    """``pred`` after temperature scaling fitted on ``sbl``'s predictions for ``select``."""
-    fit_on = sbl.predict(select, num_samples=1, progress=progress)
-    scaler = TemperatureScaler().fit(np.log(fit_on.probs), fit_on.labels)
-    with np.errstate(divide="ignore"):  # padded classes have probability 0
-        probs = scaler.transform(np.log(pred.probs))
-        scaled = Prediction(probs, np.log(probs)[None], pred.labels, pred.class_mask)
-    return scaled, scaler
 
 
 def _demo_data(cfg: DemoConfig) -> tuple[MCDataset, MCDataset, MCDataset | None]:
@@ -210,12 +196,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     rows: list[dict] = []
     preds: dict[str, Prediction] = {}
     histories: dict[str, dict] = {}
-    methods = [
-        ("zero-shot", "mle", 0),
-        ("MLE LoRA", "mle", cfg.steps),
-        ("ScalaBL (mean-field)", "mean_field", cfg.steps),
+    methods = [  # name, guide, steps, the row of its temperature-scaled BMA (None: none)
+        ("zero-shot", "mle", 0, None),
+        ("MLE LoRA", "mle", cfg.steps, "MLE LoRA + TS"),
+        ("ScalaBL (mean-field)", "mean_field", cfg.steps, "ScalaBL + TS (recipe)"),
     ]
-    for name, family, steps in methods:
+    for name, family, steps, scaled_name in methods:
         t0 = time.perf_counter()
         sbl = _build(cfg, family)
         if steps:
@@ -224,19 +210,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         samples = cfg.num_samples if family == "mean_field" else 1
         pred = sbl.predict(val, num_samples=samples, progress=cfg.progress)
         _add(rows, preds, name, pred, _row(name, pred, time.perf_counter() - t0, sbl))
-        if select is not None and name == "MLE LoRA":
-            scaled, scaler = _temperature_scaled(sbl, select, pred, cfg.progress)
-            row = _row("MLE LoRA + TS", scaled, 0.0, sbl)
-            _add(rows, preds, "MLE LoRA + TS", scaled, {**row, "temperature": scaler.temperature})
-        if select is not None and family == "mean_field":  # the recommended recipe
-            temp = sbl.calibrate(select, num_samples=cfg.num_samples)
-            tempered, label = pred.tempered(temp), "ScalaBL + TS (recipe)"
-            _add(
-                rows,
-                preds,
-                label,
-                tempered,
-                {**_row(label, tempered, 0.0, sbl), "temperature": temp},
-            )
+        if select is not None and scaled_name is not None:  # one T, fitted on validation
+            temp = sbl.calibrate(select, num_samples=samples)
+            scaled = pred.tempered(temp)
+            row = {**_row(scaled_name, scaled, 0.0, sbl), "temperature": temp}
+            _add(rows, preds, scaled_name, scaled, row)
         del sbl
     return _write_results(cfg, out, rows, preds, histories, tcfg, val, t_start)
