@@ -12,7 +12,19 @@
 #      training particles) that no session has run yet
 #   P  the probes: posterior width (trains one model), the mechanism and BMA-sample tables
 #      (cells only) and the zero-shot model on the cells' own questions
-#   T  rebuild both tables from the finished cells, training nothing
+#   W  the other data sets of the paper (issue 20): WinoGrande-S and BoolQ, 3 seeds of MLE
+#      LoRA (both scorings) +- TS, ScalaBL +- TS (the recipe) and Laplace on s; full-rank
+#      ScalaBL and BLoB at seed 0. OpenBookQA's summed-score MLE at seeds 1 and 2 too, so
+#      every baseline of the bar has 3 seeds
+#   L  the larger regime: 256 training questions, 8 epochs (512 steps of 4); MLE LoRA +- TS
+#      and ScalaBL +- TS, ARC-Easy at 3 seeds and WinoGrande-S at seed 0
+#   O  the paper's OOD protocol: train on OpenBookQA (256 questions, 8 epochs), report on
+#      ARC-C, ARC-E and MMLU college chemistry / physics; MLE + TS, ScalaBL, the recipe at 3
+#      seeds, BLoB at seed 0
+#   G  the prior scale of s (0.3, 0.5, 2 beside the default 1) for ScalaBL on the four
+#      in-distribution data sets, seed 0, chosen on validation (posterior_location.py)
+#   T  rebuild every table from the finished cells, training nothing, then the bar
+#      (calibration_bar.py) and where the posterior sits (posterior_location.py)
 #   F  the figures of docs/calibration.md, from the cells
 set -euo pipefail
 OUT=${OUT:-benchmarks/results/calibration}
@@ -27,8 +39,15 @@ BASELINES="mc_dropout[normalization=mean],map[normalization=mean],blob[normaliza
 WIDTH="scalabl[normalization=mean,kl_weight=16,$OLD],full_rank[normalization=mean,$OLD]"
 BYTE="mle[normalization=byte],mle[normalization=byte]+ts,scalabl[normalization=byte,init_scale=0.4],scalabl[normalization=byte,init_scale=0.4]+ts"
 OPTIM="scalabl[normalization=mean,init_scale=0.05,var_lr=0.05],scalabl[normalization=mean,init_scale=0.4,num_particles=4]"
-ARC_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$WIDTH,$BYTE,$OPTIM"
-OBQA_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$BYTE"
+LAPLACE="laplace[normalization=mean]"
+SEED0="full_rank[normalization=mean,init_scale=0.4],blob[normalization=mean]"
+PRIOR="scalabl[normalization=mean,init_scale=0.4,prior_scale=0.3],scalabl[normalization=mean,init_scale=0.4,prior_scale=0.5],scalabl[normalization=mean,init_scale=0.4,prior_scale=2]"
+ARC_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$WIDTH,$BYTE,$OPTIM,$PRIOR"
+OBQA_ALL="$SUM,$REF,$MEAN,$NEW,$BASELINES,$BYTE,$PRIOR"
+NEW_SETS_ALL="$SUM,$MEAN,$NEW,$LAPLACE,$SEED0,$PRIOR"
+LARGE=(--train-limit 256 --steps 512)
+LARGE_ALL="$SUM,$MEAN,$NEW"
+OOD_ALL="mle[normalization=mean],mle[normalization=mean]+ts,$NEW,blob[normalization=mean]"
 phase=${1:-A}
 bench() { scalabl benchmark "${COMMON[@]}" "$@"; }
 case "$phase" in
@@ -64,9 +83,46 @@ case "$phase" in
        python benchmarks/zero_shot_reference.py --root "$OUT/$task" --task "$task" \
          --out "$OUT/zero_shot_$task.json"
      done ;;
+  W) for seeds in 0 1 2; do  # seed by seed, so a sitting's cells are whole seeds
+       for task in winogrande_s boolq; do
+         bench --tasks "$task" --seeds "$seeds" --output "$OUT/$task" \
+           --methods "$SUM,$MEAN,$NEW,$LAPLACE"
+       done
+     done
+     for task in winogrande_s boolq; do
+       bench --tasks "$task" --seeds 0 --output "$OUT/$task" --methods "$SEED0"
+     done
+     bench --tasks openbookqa --seeds 1,2 --output "$OUT/openbookqa" \
+       --methods "mle[normalization=sum],mle[normalization=sum]+ts" ;;
+  L) bench "${LARGE[@]}" --tasks arc_easy --seeds 0,1,2 --output "$OUT/arc_easy_256" \
+       --methods "$LARGE_ALL"
+     bench "${LARGE[@]}" --tasks winogrande_s --seeds 0 --output "$OUT/winogrande_s_256" \
+       --methods "$LARGE_ALL" ;;
+  O) bench "${LARGE[@]}" --protocol ood --seeds 0 --output "$OUT/ood" --methods "$OOD_ALL"
+     bench "${LARGE[@]}" --protocol ood --seeds 1,2 --output "$OUT/ood" \
+       --methods "mle[normalization=mean],mle[normalization=mean]+ts,$NEW" ;;
+  G) for task in arc_easy openbookqa winogrande_s boolq; do
+       bench --tasks "$task" --seeds 0 --output "$OUT/$task" --methods "$PRIOR"
+     done ;;
   T) bench --tasks arc_easy --seeds 0,1,2 --output "$OUT/arc_easy" --methods "$ARC_ALL" --table-only
      bench --tasks openbookqa --seeds 0,1,2 --output "$OUT/openbookqa" --methods "$OBQA_ALL" \
-       --table-only ;;
+       --table-only
+     for task in winogrande_s boolq; do
+       [ -f "$OUT/$task/benchmark.json" ] || continue
+       bench --tasks "$task" --seeds 0,1,2 --output "$OUT/$task" --methods "$NEW_SETS_ALL" \
+         --table-only
+     done
+     for task in arc_easy winogrande_s; do
+       [ -f "$OUT/${task}_256/benchmark.json" ] || continue
+       bench "${LARGE[@]}" --tasks "$task" --seeds 0,1,2 --output "$OUT/${task}_256" \
+         --methods "$LARGE_ALL" --table-only
+     done
+     if [ -f "$OUT/ood/benchmark.json" ]; then
+       bench "${LARGE[@]}" --protocol ood --seeds 0,1,2 --output "$OUT/ood" --methods "$OOD_ALL" \
+         --table-only
+     fi
+     python benchmarks/calibration_bar.py
+     python benchmarks/posterior_location.py ;;
   F) python benchmarks/calibration_figures.py --root "$OUT/arc_easy" --task arc_easy --tag _mean \
        --out docs/img/calibration \
        --methods "mle[normalization=sum],mle[normalization=sum]+ts,scalabl[normalization=mean,$OLD],scalabl[normalization=mean,init_scale=0.4],blob[normalization=mean],mc_dropout[normalization=mean]" \
@@ -81,5 +137,5 @@ case "$phase" in
        --label "scalabl[normalization=mean,init_scale=0.4]=ScalaBL (default)" \
        --label "full_rank[normalization=mean,init_scale=0.4]=ScalaBL full-rank" \
        --label "blob[normalization=mean]=BLoB" --label "mc_dropout[normalization=mean]=MC dropout" ;;
-  *) echo "usage: $0 A|B|C|D|E|P|T|F" >&2; exit 2 ;;
+  *) echo "usage: $0 A|B|C|D|E|P|W|L|O|G|T|F" >&2; exit 2 ;;
 esac

@@ -1,0 +1,124 @@
+"""The calibration study's bar and posterior-location tables: known answers, and the
+committed files are what the committed cells give."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bar = _script("calibration_bar")
+location = _script("posterior_location")
+
+
+def _row(method: str, seeds: int, acc: float, ece: float, nll: float) -> dict:
+    return {"method": method, "task": "t", "eval": "t", "seeds": seeds}, {
+        "acc": acc,
+        "ece": ece,
+        "nll": nll,
+    }
+
+
+def _table(*rows: tuple[str, int, float, float, float]) -> dict:
+    summary = []
+    for r in rows:
+        head, vals = _row(*r)
+        summary.append({**head, **vals})
+    settings = {"train_limit": 64, "steps": 160, "batch_size": 4}
+    return {"settings": settings, "summary": summary}
+
+
+RECIPE, SUM, MEAN = bar.RECIPE, "mle[normalization=sum]", "mle[normalization=mean]"
+
+
+def test_recipe_within_every_margin_meets_the_bar():
+    t = _table(
+        (RECIPE, 3, 0.585, 0.10, 1.21),  # NLL +0.009, ECE +1.9 pt, ACC -0.9 pt: all inside
+        (SUM, 3, 0.594, 0.30, 2.0),
+        (SUM + "+ts", 3, 0.594, 0.081, 1.201),
+        (MEAN, 3, 0.5, 0.2, 1.5),
+        (MEAN + "+ts", 3, 0.5, 0.09, 1.25),
+    )
+    got = bar.judge(t, 3)
+    assert got["verdict"] == "meets the bar"
+    assert got["nll_ok"] and got["ece_ok"] and got["acc_ok"]
+    assert got["epochs"] == 10 and got["train_questions"] == 64
+
+
+def test_each_criterion_takes_the_stronger_mle_and_names_the_gap():
+    t = _table(
+        (RECIPE, 3, 0.55, 0.12, 1.30),
+        (SUM, 3, 0.58, 0.3, 2.0),
+        (SUM + "+ts", 3, 0.58, 0.09, 1.35),  # the lower ECE
+        (MEAN, 3, 0.50, 0.2, 1.5),
+        (MEAN + "+ts", 3, 0.50, 0.11, 1.25),  # the lower NLL
+    )
+    got = bar.judge(t, 3)
+    assert got["mle_ts_nll_from"] == MEAN + "+ts" and got["mle_ts_ece_from"] == SUM + "+ts"
+    assert got["mle_acc_from"] == SUM
+    assert got["verdict"] == "misses NLL (+0.050), ECE (+3.0 pt), ACC (-3.0 pt)"
+
+
+def test_a_one_seed_baseline_does_not_stand_against_three_seeds():
+    t = _table(
+        (RECIPE, 3, 0.36, 0.08, 1.35),
+        (SUM, 1, 0.24, 0.6, 6.7),
+        (SUM + "+ts", 1, 0.24, 0.02, 1.40),  # lowest ECE, but from one seed
+        (MEAN, 3, 0.38, 0.3, 1.9),
+        (MEAN + "+ts", 3, 0.38, 0.087, 1.33),
+    )
+    got = bar.judge(t, 3)
+    assert got["mle_ts_ece_from"] == MEAN + "+ts" and got["ece_ok"]
+
+
+def test_missing_seeds_or_cells_are_pending_not_judged():
+    partial = _table(
+        (RECIPE, 1, 0.6, 0.05, 1.0), (MEAN, 1, 0.5, 0.2, 1.5), (MEAN + "+ts", 1, 0.5, 0.1, 1.2)
+    )
+    assert bar.judge(partial, 3)["verdict"] == "pending: 1 of 3 seeds"
+    assert bar.judge(partial, 1)["verdict"] == "meets the bar"
+    assert bar.judge(_table((MEAN, 3, 0.5, 0.2, 1.5)), 3)["verdict"] == "pending: no cells yet"
+
+
+def test_committed_bar_and_location_are_what_the_cells_give(tmp_path):
+    bar.main(["--out", str(tmp_path)])
+    location.main(["--out", str(tmp_path)])
+    for name in ("bar.md", "bar.json", "posterior_location.md", "posterior_location.json"):
+        assert (tmp_path / name).read_text(encoding="utf-8") == (bar.STUDY / name).read_text(
+            encoding="utf-8"
+        ), name
+
+
+def test_flip_rate_counts_draws_that_leave_the_bma_answer():
+    # 4 draws, 3 questions, 2 classes. Q0: all agree; Q1: one of four draws flips; Q2: two do
+    # but the BMA stays with class 0 (its average is 0.55).
+    p0 = np.array(  # p(class 0), draws x questions
+        [
+            [0.9, 0.9, 0.9],
+            [0.9, 0.3, 0.9],
+            [0.9, 0.9, 0.2],
+            [0.9, 0.9, 0.2],
+        ]
+    )
+    probs = np.stack([p0, 1 - p0], axis=-1)
+    flip, any_flip = location.flips(np.log(probs))
+    assert flip == (0 + 1 + 2) / 12 and any_flip == 2 / 3
+    agree = np.log(np.tile(np.array([[[0.7, 0.3]]]), (5, 4, 1)))
+    assert location.flips(agree) == (0.0, 0.0)
+
+
+def test_grid_spec_names_the_default_at_scale_one():
+    assert location.grid_spec(1.0) == location.DEFAULT
+    assert location.grid_spec(2.0) == "scalabl[normalization=mean,init_scale=0.4,prior_scale=2]"
+    assert location.grid_spec(0.3).endswith("prior_scale=0.3]")
