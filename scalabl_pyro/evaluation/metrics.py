@@ -23,6 +23,10 @@ out-of-distribution, and OOD examples are the positive class of AUROC, AUPR
 and FPR at 95 % TPR. A selective-prediction *confidence* is higher for
 examples the model should keep. Every quantity is a fraction or in nats;
 tables multiply fractions by 100. Formulas are in ``docs/metrics.md``.
+
+OOD detection from those scores (``ood_detection``, ``ood_auroc``, ``ood_aupr``,
+``ood_fpr_at_tpr`` and the bootstrap intervals of ``ood_detection_ci``) lives in
+:mod:`scalabl_pyro.evaluation.ood`; every name is re-exported here.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from scalabl_pyro.errors import ScalaBLError
+# OOD detection metrics live in evaluation/ood.py; re-exported here
+from scalabl_pyro.evaluation.ood import OODDetectionCI as OODDetectionCI
+from scalabl_pyro.evaluation.ood import OODMetrics as OODMetrics
+from scalabl_pyro.evaluation.ood import ood_aupr as ood_aupr
+from scalabl_pyro.evaluation.ood import ood_auroc as ood_auroc
+from scalabl_pyro.evaluation.ood import ood_detection as ood_detection
+from scalabl_pyro.evaluation.ood import ood_detection_ci as ood_detection_ci
+from scalabl_pyro.evaluation.ood import ood_fpr_at_tpr as ood_fpr_at_tpr
 
 # selective prediction lives in evaluation/selective.py; re-exported here
 from scalabl_pyro.evaluation.selective import RiskCoverage as RiskCoverage
@@ -47,7 +58,6 @@ from scalabl_pyro.evaluation.validation import (
     check_pair,
     check_probs,
     check_sample_probs,
-    check_scores,
 )
 
 #: Lower clamp on p(y) in :func:`negative_log_likelihood`; caps one example's
@@ -333,133 +343,9 @@ def uncertainty_decomposition(sample_probs: Any) -> UncertaintyDecomposition:
 
 
 # --------------------------------------------------------------------------- #
-# out-of-distribution detection (higher score = more likely OOD; OOD = positive)
-
-
-@dataclass(frozen=True)
-class OODMetrics:
-    """Detection of OOD examples from a score, all fractions in [0, 1].
-
-    ``auroc`` and ``aupr`` treat OOD as the positive class (``aupr`` is the
-    average precision, "AUPR-Out"); ``fpr_at_tpr`` is the FPR at
-    ``tpr_level`` (0.95 by default: "FPR at 95 % TPR"). ``n_in`` and
-    ``n_out`` count the examples.
-    """
-
-    auroc: float
-    aupr: float
-    fpr_at_tpr: float
-    tpr_level: float
-    n_in: int
-    n_out: int
-
-    def to_dict(self) -> dict[str, float]:
-        """JSON-ready copy of the fields."""
-        return {
-            "auroc": self.auroc,
-            "aupr": self.aupr,
-            "fpr_at_tpr": self.fpr_at_tpr,
-            "tpr_level": self.tpr_level,
-            "n_in": self.n_in,
-            "n_out": self.n_out,
-        }
-
-
-def _check_in_out(scores_in: Any, scores_out: Any) -> tuple[np.ndarray, np.ndarray]:
-    return check_scores(scores_in, name="scores_in"), check_scores(scores_out, name="scores_out")
-
-
-def _roc_steps(s_in: np.ndarray, s_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative (true, false) positive counts at each distinct threshold, highest first.
-
-    The detector flags ``score >= t``; tied scores enter together, so the
-    curve has one point per distinct score value (plus none for "flag nothing").
-    """
-    scores = np.concatenate([s_out, s_in])
-    is_out = np.concatenate([np.ones(s_out.shape[0]), np.zeros(s_in.shape[0])])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_out = scores[order], is_out[order]
-    last_of_run = np.r_[np.diff(scores) != 0, True]
-    tp = np.cumsum(is_out)[last_of_run]
-    fp = np.cumsum(1.0 - is_out)[last_of_run]
-    return tp, fp
-
-
-def _auroc(s_in: np.ndarray, s_out: np.ndarray) -> float:
-    # Mann-Whitney: P(s_out > s_in) + P(s_out = s_in) / 2, via mid-ranks.
-    scores = np.concatenate([s_out, s_in])
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank per value
-    n_out, n_in = s_out.shape[0], s_in.shape[0]
-    rank_sum = float(np.sum(mid_rank[inverse[:n_out]]))
-    return (rank_sum - n_out * (n_out + 1) / 2.0) / (n_out * n_in)
-
-
-def _aupr(s_in: np.ndarray, s_out: np.ndarray) -> float:
-    tp, fp = _roc_steps(s_in, s_out)
-    precision = tp / (tp + fp)
-    recall = tp / s_out.shape[0]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _fpr_at_tpr(s_in: np.ndarray, s_out: np.ndarray, level: float) -> float:
-    tp, fp = _roc_steps(s_in, s_out)
-    # tp / n_out >= level, written so that e.g. 19 / 20 >= 0.95 holds despite rounding.
-    first = int(np.argmax(tp >= level * s_out.shape[0] - 1e-9))
-    return float(fp[first] / s_in.shape[0])
-
-
-def _check_level(level: float) -> float:
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level <= 1:
-        raise ScalaBLError(f"tpr_level is {level!r}; pass a fraction in (0, 1] such as 0.95")
-    return float(level)
-
-
-def ood_auroc(scores_in: Any, scores_out: Any) -> float:
-    """Area under the ROC curve for telling OOD (positive) from in-distribution examples.
-
-    Equals ``P(s_out > s_in) + P(s_out = s_in) / 2`` over all pairs (the
-    Mann-Whitney statistic): 0.5 is chance, 1 perfect. Inputs are ``(N_in,)``
-    and ``(N_out,)`` scores, higher meaning more likely OOD.
-    """
-    s_in, s_out = _check_in_out(scores_in, scores_out)
-    return _auroc(s_in, s_out)
-
-
-def ood_aupr(scores_in: Any, scores_out: Any) -> float:
-    """Area under the precision-recall curve with OOD as positive, as average precision.
-
-    ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds,
-    highest first (scikit-learn's ``average_precision_score``, no
-    interpolation). Chance level is ``N_out / (N_in + N_out)``.
-    """
-    s_in, s_out = _check_in_out(scores_in, scores_out)
-    return _aupr(s_in, s_out)
-
-
-def ood_fpr_at_tpr(scores_in: Any, scores_out: Any, tpr_level: float = 0.95) -> float:
-    """Fraction of in-distribution examples flagged when ``tpr_level`` of the OOD ones are.
-
-    The detector flags ``score >= t``; ``t`` is the highest distinct score at
-    which the true-positive rate reaches ``tpr_level`` (the lowest FPR with
-    TPR >= ``tpr_level``). Lower is better; 0.95 gives "FPR at 95 % TPR".
-    """
-    s_in, s_out = _check_in_out(scores_in, scores_out)
-    return _fpr_at_tpr(s_in, s_out, _check_level(tpr_level))
-
-
-def ood_detection(scores_in: Any, scores_out: Any, tpr_level: float = 0.95) -> OODMetrics:
-    """AUROC, AUPR and FPR at ``tpr_level`` TPR at once (see the three functions above)."""
-    s_in, s_out = _check_in_out(scores_in, scores_out)
-    level = _check_level(tpr_level)
-    return OODMetrics(
-        auroc=_auroc(s_in, s_out),
-        aupr=_aupr(s_in, s_out),
-        fpr_at_tpr=_fpr_at_tpr(s_in, s_out, level),
-        tpr_level=level,
-        n_in=int(s_in.shape[0]),
-        n_out=int(s_out.shape[0]),
-    )
+# out-of-distribution scores (higher score = more likely OOD). The detection
+# metrics (ood_detection, its bootstrap interval ood_detection_ci, ood_auroc,
+# ood_aupr, ood_fpr_at_tpr) are in evaluation/ood.py, imported above.
 
 
 def max_probability_score(probs: Any) -> np.ndarray:

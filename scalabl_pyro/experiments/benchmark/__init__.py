@@ -24,9 +24,11 @@ Splits (the protocol keeps test data out of every choice):
   Where it has none (BoolQ, WinoGrande) the validation split is cut into two
   disjoint halves with a fixed seed: selection and report.
 - *ood* (the paper's protocol): train on OpenBookQA; report OBQA test and the
-  shifted sets ARC-C, ARC-E, MMLU college chemistry and physics; OOD-detection
-  AUROC of each shifted set against the OBQA test set, from max probability,
-  predictive entropy and mutual information.
+  shifted sets ARC-C, ARC-E, MMLU college chemistry and physics; OOD detection
+  of each shifted set against the OBQA test set, from max probability,
+  predictive entropy and mutual information: AUROC and FPR95 with percentile
+  bootstrap intervals (``ood_table.md``), and the far-OOD bar of
+  :func:`far_ood_verdict`.
 
 Hyperparameters are the spec's; whatever was chosen on the selection split is
 recorded with the table (``selection`` in ``benchmark.json``).
@@ -34,8 +36,8 @@ recorded with the table (``selection`` in ``benchmark.json``).
 The package, one concern per module: :mod:`.spec` (the spec grammar and
 :class:`BenchmarkConfig`), :mod:`.splits` (the split protocol), :mod:`.cells`
 (one cell: train, predict, save, read back), :mod:`.tables` (rows, summary,
-markdown/CSV/JSON) and :mod:`.runner` (the grid, resumable). Every name is
-re-exported here.
+markdown/CSV/JSON), :mod:`.verdict` (the OOD protocol's bar) and :mod:`.runner`
+(the grid, resumable). Every name is re-exported here.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from scalabl_pyro.experiments.benchmark.runner import (
     run_benchmark,
 )
 from scalabl_pyro.experiments.benchmark.spec import (
+    FAR_OOD,
     METHODS,
     OOD_SHIFTED,
     OOD_TRAIN,
@@ -77,30 +80,41 @@ from scalabl_pyro.experiments.benchmark.splits import (
 )
 from scalabl_pyro.experiments.benchmark.tables import (
     OOD_METRICS,
+    OOD_SCORE_NAMES,
     TABLE_METRICS,
+    best_ood_score,
     cell_rows,
     markdown_table,
+    ood_columns,
+    ood_markdown_table,
     summarise,
     write_table,
 )
 from scalabl_pyro.experiments.benchmark.tables import (
     _temperature_scaled as _temperature_scaled,
 )
+from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict
 
 __all__ = [
     "BenchmarkConfig",
+    "best_ood_score",
     "build_table",
     "cell_damage",
     "CELL_DIR",
     "cell_path",
     "cell_rows",
     "extra_parameters",
+    "FAR_OOD",
+    "far_ood_verdict",
     "load_cell",
     "machine",
     "markdown_table",
     "METHODS",
     "MethodSpec",
     "OOD_METRICS",
+    "ood_columns",
+    "ood_markdown_table",
+    "OOD_SCORE_NAMES",
     "OOD_SHIFTED",
     "OOD_TRAIN",
     "parse_method",

@@ -30,6 +30,10 @@ OOD_TRAIN = "openbookqa"
 OOD_SHIFTED = ("arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_college_physics")
 
 
+#: The far-OOD sets among :data:`OOD_SHIFTED` (ARC-Challenge and ARC-Easy are near OOD).
+FAR_OOD = ("mmlu_college_chemistry", "mmlu_college_physics")
+
+
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<args>[^\]]*)\])?(?P<ts>\+ts)?$")
 
 

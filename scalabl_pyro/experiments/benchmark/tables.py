@@ -37,12 +37,54 @@ def _temperature_scaled(arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.nda
     return out, temp
 
 
+#: OOD scores of the shifted-set rows (MI only for a method with more than one draw).
+OOD_SCORE_NAMES = ("max_prob", "entropy", "mutual_information")
+
+#: Bootstrap resamples (of the in-distribution and the shifted set, independently)
+#: behind each OOD interval, and the interval's coverage and seed.
+OOD_BOOT, OOD_LEVEL, OOD_BOOT_SEED = 1000, 0.95, 0
+
+
+def ood_columns(slp_in: np.ndarray, slp_out: np.ndarray) -> dict[str, float | str]:
+    """AUROC and FPR95 of each OOD score, with bootstrap bounds, and the best score's name.
+
+    ``slp_in`` and ``slp_out`` are the (S, N, C) log-probabilities of the
+    in-distribution test set and one shifted set. Keys: ``auroc_<score>``,
+    ``fpr95_<score>``, each with ``_low`` and ``_high`` (the percentile
+    bootstrap interval of :func:`~scalabl_pyro.evaluation.metrics.ood_detection_ci`),
+    and ``best_ood_score``, the score with the highest AUROC.
+    """
+    from scalabl_pyro.evaluation.metrics import ood_detection_ci, ood_scores
+
+    s_in, s_out = ood_scores(np.exp(slp_in)), ood_scores(np.exp(slp_out))
+    names = OOD_SCORE_NAMES if min(slp_in.shape[0], slp_out.shape[0]) > 1 else OOD_SCORE_NAMES[:2]
+    out: dict[str, float | str] = {}
+    for score in names:
+        ci = ood_detection_ci(
+            s_in[score], s_out[score], n_boot=OOD_BOOT, level=OOD_LEVEL, seed=OOD_BOOT_SEED
+        )
+        out[f"auroc_{score}"] = ci.auroc
+        out[f"auroc_{score}_low"], out[f"auroc_{score}_high"] = ci.auroc_low, ci.auroc_high
+        out[f"fpr95_{score}"] = ci.fpr_at_tpr
+        out[f"fpr95_{score}_low"], out[f"fpr95_{score}_high"] = ci.fpr_low, ci.fpr_high
+    out["best_ood_score"] = best_ood_score(out)
+    return out
+
+
+def best_ood_score(row: dict) -> str | None:
+    """The OOD score with the highest ``auroc_<score>`` in ``row`` (the first on ties), or None."""
+    have = [s for s in OOD_SCORE_NAMES if row.get(f"auroc_{s}") is not None]
+    return max(have, key=lambda s: row[f"auroc_{s}"]) if have else None
+
+
 def cell_rows(
     spec: MethodSpec, meta: dict, arrays: dict[str, np.ndarray], n_bins: int
 ) -> list[dict]:
-    """One row per report split of one cell (temperature-scaled when the spec says +ts)."""
-    from scalabl_pyro.evaluation.metrics import ood_detection, ood_scores
+    """One row per report split of one cell (temperature-scaled when the spec says +ts).
 
+    A shifted set's row (the *ood* protocol) adds :func:`ood_columns` against
+    the in-distribution report split.
+    """
     temp = None
     if spec.temperature:
         arrays, temp = _temperature_scaled(arrays)
@@ -65,11 +107,7 @@ def cell_rows(
         if temp is not None:
             row["temperature"] = temp
         if name != in_task and f"report/{in_task}/slp" in arrays:
-            s_in = ood_scores(np.exp(arrays[f"report/{in_task}/slp"].astype(np.float64)))
-            s_out = ood_scores(np.exp(slp))
-            for score in ("max_prob", "entropy", "mutual_information"):
-                if score in s_in:
-                    row[f"auroc_{score}"] = ood_detection(s_in[score], s_out[score]).auroc
+            row.update(ood_columns(arrays[f"report/{in_task}/slp"].astype(np.float64), slp))
         rows.append(row)
     return rows
 
@@ -78,11 +116,21 @@ def cell_rows(
 TABLE_METRICS = ("acc", "ece", "nll", "brier", "aurc", "mutual_information")
 
 
-OOD_METRICS = ("auroc_max_prob", "auroc_entropy", "auroc_mutual_information")
+#: OOD-detection columns of a shifted set's row, averaged over seeds by :func:`summarise`.
+OOD_METRICS = tuple(
+    f"{metric}_{score}{bound}"
+    for metric in ("auroc", "fpr95")
+    for score in OOD_SCORE_NAMES
+    for bound in ("", "_low", "_high")
+)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Group rows by (method, task, eval) and take mean and std over seeds."""
+    """Group rows by (method, task, eval) and take mean and std over seeds.
+
+    Bootstrap bounds (``*_low``, ``*_high``) are averaged without a std;
+    ``best_ood_score`` is the score with the highest mean AUROC.
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["task"], r["eval"]), []).append(r)
@@ -93,7 +141,10 @@ def summarise(rows: list[dict]) -> list[dict]:
             vals = [r[k] for r in rs if k in r and r[k] is not None]
             if vals:
                 s[k] = float(np.mean(vals))
-                s[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                if not k.endswith(("_low", "_high")):
+                    s[f"{k}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        if (best := best_ood_score(s)) is not None:
+            s["best_ood_score"] = best
         s["extra_parameters"] = rs[0]["extra_parameters"]
         out.append(s)
     return out
@@ -124,9 +175,63 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Header words of the OOD table's score columns.
+_SCORE_LABELS = {"max_prob": "max p", "entropy": "entropy", "mutual_information": "MI"}
+
+
+def _with_ci(row: dict, key: str) -> str:
+    """``mean ± std`` over seeds, or for one seed ``value [low, high]`` (the bootstrap CI)."""
+    if key not in row:
+        return "–"
+    if row["seeds"] > 1:
+        return f"{row[key]:.3f} ± {row.get(f'{key}_std', 0.0):.3f}"
+    lo, hi = row.get(f"{key}_low"), row.get(f"{key}_high")
+    return f"{row[key]:.3f}" if lo is None else f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def ood_caption() -> str:
+    """The OOD table's caption: what is detected, and what ``±`` and ``[..]`` mean."""
+    return (
+        "OOD detection of each shifted set against the in-distribution test set (OOD is "
+        "the positive class): AUROC (higher is better) and FPR95, the in-distribution "
+        "fraction flagged at 95 % TPR (lower is better). ACC, ECE and NLL are on the "
+        "shifted set. One seed: value [95 % percentile-bootstrap CI, "
+        f"{OOD_BOOT} resamples of both sets]; several seeds: mean ± sample std over "
+        "seeds. MI is – for a method with one draw; best: the score with the highest AUROC."
+    )
+
+
+def ood_markdown_table(summary: list[dict]) -> str:
+    """The shifted-set rows of the summary as a markdown table, one per (method, set).
+
+    A caption line, then ACC, ECE %, NLL and, per score (max p, entropy, MI),
+    AUROC and FPR95: with the bootstrap CI for one seed, mean ± std for several.
+    """
+    head = ["method", "train", "OOD set", "seeds", "ACC", "ECE %", "NLL"]
+    for score in OOD_SCORE_NAMES:
+        head += [f"AUROC ({_SCORE_LABELS[score]})", f"FPR95 ({_SCORE_LABELS[score]})"]
+    head += ["best"]
+    lines = [ood_caption(), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        if not any(k in r for k in OOD_METRICS):
+            continue
+        cells = [r["method"], r["task"], r["eval"], str(r["seeds"]), _pm(r, "acc")]
+        cells += [_pm(r, "ece", 100, 1), _pm(r, "nll")]
+        for score in OOD_SCORE_NAMES:
+            cells += [_with_ci(r, f"auroc_{score}"), _with_ci(r, f"fpr95_{score}")]
+        cells += [_SCORE_LABELS.get(r.get("best_ood_score"), "–")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_table(root: Path, cfg: BenchmarkConfig, rows: list[dict], summary: list[dict]) -> None:
-    """``table.md``, ``table.csv`` (per seed) and ``table.json`` (both), each atomically."""
+    """``table.md``, ``table.csv`` (per seed) and ``table.json`` (both), each atomically.
+
+    With OOD rows (the *ood* protocol) also ``ood_table.md`` (:func:`ood_markdown_table`).
+    """
     write_text_atomic(root / "table.md", markdown_table(summary))
+    if any(k in r for r in summary for k in OOD_METRICS):
+        write_text_atomic(root / "ood_table.md", ood_markdown_table(summary))
     buf = io.StringIO()
     keys = sorted(
         {k for r in rows for k in r}, key=lambda k: (k not in ("method", "task", "eval", "seed"), k)
