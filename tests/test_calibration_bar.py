@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scalabl_pyro.experiments.benchmark.spec import FAR_OOD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -122,3 +124,46 @@ def test_grid_spec_names_the_default_at_scale_one():
     assert location.grid_spec(1.0) == location.DEFAULT
     assert location.grid_spec(2.0) == "scalabl[normalization=mean,init_scale=0.4,prior_scale=2]"
     assert location.grid_spec(0.3).endswith("prior_scale=0.3]")
+
+
+def _ood_row(method: str, ood_set: str, seeds: int, **aurocs: float) -> dict:
+    return {"method": method, "task": "openbookqa", "eval": ood_set, "seeds": seeds} | {
+        f"auroc_{k}": v for k, v in aurocs.items()
+    }
+
+
+def test_far_ood_bar_compares_the_recipes_best_score_with_mle_ts_max_p(tmp_path):
+    import json
+
+    (tmp_path / "ood").mkdir()
+    summary = [
+        # chemistry: MI separates better than MLE + TS's confidence
+        _ood_row(bar.RECIPE, "mmlu_college_chemistry", 3, max_prob=0.60, mutual_information=0.7),
+        _ood_row(bar.OOD_BASELINE, "mmlu_college_chemistry", 3, max_prob=0.65),
+        # physics: nothing of the recipe beats it
+        _ood_row(bar.RECIPE, "mmlu_college_physics", 3, max_prob=0.55, entropy=0.58),
+        _ood_row(bar.OOD_BASELINE, "mmlu_college_physics", 3, max_prob=0.62),
+    ]
+    (tmp_path / "ood" / "table.json").write_text(json.dumps({"summary": summary}))
+    sets = bar.ood_bar(tmp_path)["sets"]
+    chem, phys = sets["mmlu_college_chemistry"], sets["mmlu_college_physics"]
+    assert chem["recipe_score"] == "mutual_information" and chem["verdict"] == "meets the bar"
+    assert phys["recipe_score"] == "entropy" and phys["verdict"] == "misses (AUROC -0.040)"
+    text = bar.ood_markdown(bar.ood_bar(tmp_path))
+    assert "| mmlu_college_chemistry | 3/3 | mutual_information | 0.700 | 0.650 |" in text
+
+
+def test_far_ood_bar_is_pending_without_its_rows_or_seeds(tmp_path):
+    import json
+
+    assert bar.ood_bar(tmp_path) is None  # no OOD benchmark yet
+    (tmp_path / "ood").mkdir()
+    one_seed = [_ood_row(bar.RECIPE, s, 1, max_prob=0.7) for s in FAR_OOD] + [
+        _ood_row(bar.OOD_BASELINE, s, 1, max_prob=0.6) for s in ("mmlu_college_chemistry",)
+    ]
+    (tmp_path / "ood" / "table.json").write_text(json.dumps({"summary": one_seed}))
+    assert "pending" in bar.ood_bar(tmp_path)  # physics has no MLE + TS row
+    one_seed.append(_ood_row(bar.OOD_BASELINE, "mmlu_college_physics", 1, max_prob=0.6))
+    (tmp_path / "ood" / "table.json").write_text(json.dumps({"summary": one_seed}))
+    verdicts = {v["verdict"] for v in bar.ood_bar(tmp_path)["sets"].values()}
+    assert verdicts == {"pending: 1 of 3 seeds"}
