@@ -174,6 +174,7 @@ def _meta(seed: int) -> dict:
         "seed": seed,
         "extra_parameters": 10,
         "train_seconds": 1.0,
+        "predict_seconds": {"report/openbookqa": 2.0, "report/arc_easy": 3.0},
         "metrics": {},
     }
 
@@ -236,13 +237,16 @@ def test_the_ood_table_from_fake_cells(tmp_path):
     assert sbl["ACC"] == f"{row['acc']:.3f}" and sbl["NLL"] == f"{row['nll']:.3f}"
     assert sbl["ECE %"] == f"{row['ece'] * 100:.1f}"
     assert "auroc_max_prob" not in summary[("mle+ts", "openbookqa")]
-    # table.md keeps its shape
+    # table.md keeps its shape, with the cells' train and predict times at the end
     table_head = (tmp_path / "ood" / "table.md").read_text().splitlines()[0]
     assert table_head == (
         "| method | train | eval | seeds | ACC | ECE % | NLL | Brier | AURC | MI "
-        "| AUROC (MI) | AUROC (max p) | extra params |"
+        "| AUROC (MI) | AUROC (max p) | extra params | train s | predict s |"
     )
     saved = json.loads((tmp_path / "ood" / "table.json").read_text())
+    times = {r["eval"]: r.get("predict_seconds") for r in saved["rows"]}
+    assert times["openbookqa"] == 2.0 and times["arc_easy"] == 3.0  # each split's own time
+    assert times["arc_challenge"] is None  # a split the cell has no time for: none made up
     assert "fpr95_entropy_low" in saved["rows"][1] or "fpr95_entropy_low" in saved["rows"][2]
 
 

@@ -104,6 +104,9 @@ def cell_rows(
             "extra_parameters": meta["extra_parameters"],
             "train_seconds": meta["train_seconds"],
         }
+        predict = meta.get("predict_seconds", {}).get(f"report/{name}")
+        if predict is not None:  # seconds for this split's BMA (all its draws)
+            row["predict_seconds"] = predict
         if temp is not None:
             row["temperature"] = temp
         if name != in_task and f"report/{in_task}/slp" in arrays:
@@ -137,7 +140,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for (method, task, ev), rs in groups.items():
         s = {"method": method, "task": task, "eval": ev, "seeds": len(rs)}
-        for k in TABLE_METRICS + OOD_METRICS + ("train_seconds",):
+        for k in TABLE_METRICS + OOD_METRICS + ("train_seconds", "predict_seconds"):
             vals = [r[k] for r in rs if k in r and r[k] is not None]
             if vals:
                 s[k] = float(np.mean(vals))
@@ -158,11 +161,15 @@ def _pm(row: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    """The summary as a markdown table (ECE in %, mean ± std over seeds)."""
+    """The summary as a markdown table (ECE in %, mean ± std over seeds).
+
+    ``train s`` is the cell's wall time to train, ``predict s`` its BMA over the
+    report split (every draw); both on the machine ``benchmark.json`` records.
+    """
     ood = any(k in r for r in summary for k in OOD_METRICS)
     head = ["method", "train", "eval", "seeds", "ACC", "ECE %", "NLL", "Brier", "AURC", "MI"]
     head += ["AUROC (MI)", "AUROC (max p)"] if ood else []
-    head += ["extra params"]
+    head += ["extra params", "train s", "predict s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary:
         cells = [r["method"], r["task"], r["eval"], str(r["seeds"]), _pm(r, "acc")]
@@ -171,6 +178,7 @@ def markdown_table(summary: list[dict]) -> str:
         if ood:
             cells += [_pm(r, "auroc_mutual_information"), _pm(r, "auroc_max_prob")]
         cells += [f"{r['extra_parameters']:,}"]
+        cells += [_pm(r, "train_seconds", 1, 0), _pm(r, "predict_seconds", 1, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
