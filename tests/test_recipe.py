@@ -153,3 +153,40 @@ def test_cli_calibration_mistakes_are_one_line(tiny_files, tmp_path, capsys, ext
     assert main([*args, "--output", str(tmp_path / "c"), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_evaluate_fits_its_temperature_on_a_held_out_file(tiny_files, tmp_path):
+    """--temperature-from takes a file as --calibrate-on does (one shared resolver)."""
+    import json
+
+    from scalabl_pyro.cli import main
+
+    model_dir, train, val = tiny_files
+    ckpt = tmp_path / "ckpt"
+    args = ["train", "--model", str(model_dir), "--data", str(train), "--output", str(ckpt)]
+    assert main([*args, "--steps", "2", "--rank", "2", "--no-progress"]) == 0
+    out = tmp_path / "m.json"
+    cmd = ["evaluate", "--checkpoint", str(ckpt), "--data", str(train), "--samples", "3"]
+    assert main([*cmd, "--temperature-from", str(val), "--output", str(out), "--no-progress"]) == 0
+    m = json.loads(out.read_text())
+    assert m["temperature"] > 0 and m["temperature_from"] == "val/validation"
+
+
+def test_held_out_examples_resolves_splits_files_and_refuses_the_judged_split(tiny_files):
+    import argparse
+
+    from scalabl_pyro.cli.checks import held_out_examples
+    from scalabl_pyro.errors import ScalaBLError
+
+    _, train, val = tiny_files
+    # a data set with splits that is not in the registry's short list (an MMLU subject)
+    args = argparse.Namespace(data="mmlu_college_physics", split="test", source="embedded")
+    got = held_out_examples("validation", args, flag="--x", taken="reported", limit=4)
+    assert got.split == "validation" and len(got) == 4
+    with pytest.raises(ScalaBLError, match=r"--x test is reported; .*\(e\.g\. --x validation\)"):
+        held_out_examples("test", args, flag="--x", taken="reported", limit=None)
+    # a file is read as validation data, subset to the limit
+    local = argparse.Namespace(data=str(train), split="train", source="embedded")
+    assert len(held_out_examples(str(val), local, flag="--x", taken="t", limit=2)) == 2
+    with pytest.raises(ScalaBLError, match="names a split, but --data .* is one local file"):
+        held_out_examples("validation", local, flag="--x", taken="t", limit=None)

@@ -107,3 +107,33 @@ def check_report_dir(path: str, marker: str) -> Path:
         )
     check_writable(out, flag="--output")
     return out
+
+
+def held_out_examples(
+    value: str, args: argparse.Namespace, *, flag: str, taken: str, limit: int | None
+) -> Any:
+    """The questions ``flag`` names for fitting a temperature: a file, or a split of --data.
+
+    ``taken`` says what ``args.split`` is used for in this command ("the training split",
+    "the split being reported"); a temperature fitted on it would be fitted on the
+    questions it is judged by, so that split is refused. A split name needs --data to be a
+    data set with splits, not one local file. Files are read as validation data.
+    """
+    from scalabl_pyro.data import load_local, load_task
+    from scalabl_pyro.data.local import is_local_path
+    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
+
+    if is_local_path(value):
+        data = load_local(value, split="validation")
+        return data.subset(limit, seed=0) if limit is not None and limit < len(data) else data
+    if canonical_name(str(args.data)) not in KNOWN_TASKS and is_local_path(args.data):
+        raise ScalaBLError(
+            f"{flag} {value} names a split, but --data {args.data} is one local file; "
+            "pass the path of a held-out file instead"
+        )
+    if value == args.split:
+        raise ScalaBLError(
+            f"{flag} {value} is {taken}; fit the temperature on held-out questions "
+            f"(e.g. {flag} validation)"
+        )
+    return load_task(args.data, value, source=args.source, limit=limit, seed=0)

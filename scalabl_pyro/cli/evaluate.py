@@ -11,6 +11,7 @@ from scalabl_pyro.cli.checks import (
     check_checkpoint_files,
     check_device,
     check_letter_classes,
+    held_out_examples,
     load_data,
     read_checkpoint_meta,
     scalabl_class,
@@ -57,9 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--temperature-from",
         default=None,
-        metavar="SPLIT",
-        help="fit a temperature on this split of --data (never the reported --split) and "
-        "report the tempered predictive; a BMA is tempered per draw, so MI survives",
+        metavar="SPLIT|FILE",
+        help="fit a temperature on this split of --data (never the reported --split), or on "
+        "a held-out file, and report the tempered predictive; a BMA is tempered per draw, "
+        "so MI survives",
     )
     p.add_argument(
         "--no-calibration",
@@ -196,25 +198,14 @@ def _check_evaluate_outputs(args: argparse.Namespace) -> None:
 
 
 def _temperature_split(args: argparse.Namespace) -> Any:
-    """The split ``--temperature-from`` names (same data set and limit), or None."""
+    """The questions ``--temperature-from`` names (a split of --data with its limit, or a
+    file), or None."""
     split = getattr(args, "temperature_from", None)
     if split is None:
         return None
-    if split == args.split:
-        raise ScalaBLError(
-            f"--temperature-from {split} is the split being reported; fit the temperature on "
-            "another split (e.g. --temperature-from validation --split test)"
-        )
-    from scalabl_pyro.data import load_task
-    from scalabl_pyro.data.local import is_local_path
-    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
-
-    if canonical_name(str(args.data)) not in KNOWN_TASKS and is_local_path(args.data):
-        raise ScalaBLError(
-            f"--temperature-from needs a second split, but {args.data} is one local file; "
-            "split it into two files and evaluate on one after fitting on the other"
-        )
-    return load_task(args.data, split, source=args.source, limit=args.limit, seed=0)
+    return held_out_examples(
+        split, args, flag="--temperature-from", taken="the split being reported", limit=args.limit
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from scalabl_pyro.cli.checks import (
     check_device,
     check_letter_classes,
+    held_out_examples,
     load_data,
     scalabl_class,
 )
@@ -221,25 +222,13 @@ def _calibration_set(args: argparse.Namespace) -> Any:
                 "without it; drop it or pass --calibrate-on validation"
             )
         return None
-    from scalabl_pyro.data import load_local, load_task
-    from scalabl_pyro.data.local import is_local_path
-    from scalabl_pyro.data.registry import KNOWN_TASKS, canonical_name
-
-    value, limit = args.calibrate_on, args.calibrate_limit
-    if is_local_path(value):
-        data = load_local(value, split="validation")
-        return data.subset(limit, seed=0) if limit is not None and limit < len(data) else data
-    if canonical_name(str(args.data)) not in KNOWN_TASKS:
-        raise ScalaBLError(
-            f"--calibrate-on {value} names a split, but --data {args.data} is one local file; "
-            "pass the path of a validation file instead"
-        )
-    if value == args.split:
-        raise ScalaBLError(
-            f"--calibrate-on {value} is the training split; fit the temperature on held-out "
-            "questions (e.g. --calibrate-on validation)"
-        )
-    return load_task(args.data, value, source=args.source, limit=limit, seed=0)
+    return held_out_examples(
+        args.calibrate_on,
+        args,
+        flag="--calibrate-on",
+        taken="the training split",
+        limit=args.calibrate_limit,
+    )
 
 
 def _resume_spelling():
