@@ -83,6 +83,20 @@ def test_khat_bars_and_metric_bars(tmp_path):
     assert [a.get_title() for a in dp.metric_bars(rows).axes] == ["ACC", "ECE", "NLL", "BRIER"]
 
 
+def test_bars_show_the_mean_with_every_seed_as_a_dot():
+    """Several seeds: the bar is the summary's mean, each seed a dot (none hidden)."""
+    rows = [{"family": "a", "acc": 0.55}, {"family": "b", "acc": 0.6}]
+    seeds = {"a": [{"acc": 0.5}, {"acc": 0.6}], "b": [{"acc": 0.58}, {"acc": 0.62}]}
+    ax = dp.metric_bars(rows, metrics=("acc",), seeds=seeds).axes[0]
+    assert [b.get_height() for b in ax.patches] == [0.55, 0.6]
+    dots = sorted(float(y) for line in ax.lines for y in line.get_ydata())
+    assert dots == [0.5, 0.58, 0.6, 0.62]
+    assert ax.get_ylim()[0] < 0.5 < 0.62 < ax.get_ylim()[1]  # every seed inside the axes
+    fig = dp.khat_bars({"a": 2.0, "b": None}, seeds={"a": [1.5, 2.5], "b": [None, None]})
+    assert sorted(float(y) for y in fig.axes[0].lines[0].get_ydata()) == [1.5, 2.5]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["2.00", "n/a"]
+
+
 def test_write_diagnostics_writes_every_png(idata, tmp_path):
     files = dp.write_diagnostics(idata, tmp_path)
     assert set(files) == {"forest", "scales", "correlation", "density", "pair", "traces"}

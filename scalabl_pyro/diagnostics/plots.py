@@ -291,11 +291,13 @@ def khat_bars(
     khats: Mapping[str, float | None],
     path: str | Path | None = None,
     *,
+    seeds: Mapping[str, Sequence[float | None]] | None = None,
     title: str | None = None,
 ) -> Figure:
     """Pareto k-hat of q per family, with the 0.7 usability line (Yao et al. 2018).
 
-    ``None``/NaN (point-mass guides: no density) are shown as "n/a".
+    ``None``/NaN (point-mass guides: no density) are shown as "n/a". ``seeds``
+    (family -> one k-hat per seed) draws each seed's value as a dot on its bar.
     """
     _check_results(khats, "khats")
     names = list(khats)
@@ -305,16 +307,23 @@ def khat_bars(
     shown = np.where(np.isfinite(vals), vals, 0.0)
     colors = ["#2ca02c" if v < KHAT_OK else "#d62728" for v in shown]
     ax.bar(range(len(names)), shown, color=colors)
+    top = shown.copy()
+    for i, name in enumerate(names):
+        pts = [float(v) for v in (seeds or {}).get(name, []) if v is not None]
+        if len(pts) > 1:
+            ax.plot([i] * len(pts), pts, "o", color="k", ms=3, zorder=3)
+            top[i] = max(top[i], *pts)
     for i, v in enumerate(vals):
         ax.text(
             i,
-            max(shown[i], 0) + 0.02,
+            max(top[i], 0) + 0.02,
             "n/a" if not np.isfinite(v) else f"{v:.2f}",
             ha="center",
             va="bottom",
             fontsize=8,
         )
     ax.axhline(KHAT_OK, color="k", ls="--", lw=1, label=f"k = {KHAT_OK}")
+    ax.set_ylim(0, max(1.0, float(np.max(top))) * 1.15)  # room for the labels
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_ylabel("Pareto k-hat of q")
     ax.legend(fontsize=7, frameon=False)
@@ -327,9 +336,14 @@ def metric_bars(
     path: str | Path | None = None,
     *,
     metrics: Sequence[str] = ("acc", "ece", "nll", "brier"),
+    seeds: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Held-out metrics per family (one panel per metric) from comparison rows."""
+    """Held-out metrics per family (one panel per metric) from comparison rows.
+
+    A bar is the row's value (the mean over seeds for summary rows). ``seeds``
+    (family -> one row per seed) draws each seed's value as a dot on its bar.
+    """
     if not rows:
         raise ScalaBLError("no comparison rows to plot")
     names = [str(r["family"]) for r in rows]
@@ -337,9 +351,15 @@ def metric_bars(
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     colors = _colors(len(names))
     for ax, m in zip(axes, metrics):
-        vals = [float(r.get(m, np.nan)) for r in rows]
+        vals = [float(r.get(m) if r.get(m) is not None else np.nan) for r in rows]
         ax.bar(range(len(names)), vals, color=colors)
-        lo, hi = np.nanmin(vals), np.nanmax(vals)
+        every = list(vals)
+        for i, name in enumerate(names):
+            pts = [float(c[m]) for c in (seeds or {}).get(name, []) if c.get(m) is not None]
+            if len(pts) > 1:
+                ax.plot([i] * len(pts), pts, "o", color="k", ms=3, zorder=3)
+                every += pts
+        lo, hi = np.nanmin(every), np.nanmax(every)
         pad = 0.5 * (hi - lo) + 1e-3 + 0.02 * abs(hi)
         ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
         ax.set_xticks(range(len(names)), names, rotation=25, fontsize=7)
@@ -354,17 +374,31 @@ def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     cfg = result.config
     fams = list(result.families.values())
     files: dict[str, str] = {}
+    per_seed = {
+        f: [result.cells[(f, s)].row for s in cfg.seeds if (f, s) in result.cells]
+        for f in cfg.families
+    }
+    several = len(cfg.seeds) > 1
+    rows = result.rows if several else [f.row for f in fams]
+    what = f"mean of {len(cfg.seeds)} seeds, dots: each seed" if several else f"seed {cfg.seeds[0]}"
     p = out / "guide_comparison_metrics.png"
-    metric_bars([f.row for f in fams], p, title=f"held-out {cfg.task}")
+    metric_bars(rows, p, seeds=per_seed, title=f"held-out {cfg.task} ({what})")
     files["metrics"] = str(p)
     p = out / "guide_comparison_khat.png"
-    khat_bars({f.family: f.row.get("khat_q") for f in fams}, p)
+    khats = {r["family"]: r.get("khat_q") for r in rows}
+    seeds_k = {f: [c.get("khat_q") for c in cs] for f, cs in per_seed.items()}
+    khat_bars(khats, p, seeds=seeds_k, title=f"k-hat of q ({what})")
     files["khat"] = str(p)
+    first = f"seed {cfg.seeds[0]}"
     p = out / "guide_comparison_traces.png"
-    elbo_traces({f.family: f.history for f in fams}, p)
+    elbo_traces({f.family: f.history for f in fams}, p, title=f"training traces ({first})")
     files["traces"] = str(p)
     p = out / "guide_comparison_scales.png"
-    scale_heatmap({f.family: f.draws.std(axis=0) for f in fams if f.draws.std() > 0}, p)
+    scale_heatmap(
+        {f.family: f.draws.std(axis=0) for f in fams if f.draws.std() > 0},
+        p,
+        title=f"posterior sd of s ({first})",
+    )
     files["scales"] = str(p)
     corrs = {
         f.family: f.arrays["correlation"].astype(np.float64)
@@ -373,14 +407,12 @@ def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
     }
     if corrs:
         p = out / "guide_comparison_correlation.png"
-        correlation_matrices(corrs, p)
+        correlation_matrices(corrs, p, title=f"posterior correlations of s ({first})")
         files["correlation"] = str(p)
     loo_k = {f.family: f.arrays["loo_pareto_k"] for f in fams if "loo_pareto_k" in f.arrays}
     if loo_k:
         p = out / "guide_comparison_loo_khat.png"
-        loo_khat_panels(
-            loo_k, p, title=f"PSIS-LOO k of the training questions (seed {cfg.seeds[0]})"
-        )
+        loo_khat_panels(loo_k, p, title=f"PSIS-LOO k of the training questions ({first})")
         files["loo_khat"] = str(p)
     return files
 
