@@ -58,30 +58,30 @@ def test_recipe_within_every_margin_meets_the_bar():
     assert got["epochs"] == 10 and got["train_questions"] == 64
 
 
-def test_each_criterion_takes_the_stronger_mle_and_names_the_gap():
+def test_the_baseline_is_the_mle_ts_with_the_lower_nll_and_gaps_are_named():
     t = _table(
-        (RECIPE, 3, 0.55, 0.12, 1.30),
+        (RECIPE, 3, 0.55, 0.14, 1.30),
         (SUM, 3, 0.58, 0.3, 2.0),
-        (SUM + "+ts", 3, 0.58, 0.09, 1.35),  # the lower ECE
+        (SUM + "+ts", 3, 0.58, 0.02, 1.35),  # lower ECE, but not the model one would deploy
         (MEAN, 3, 0.50, 0.2, 1.5),
-        (MEAN + "+ts", 3, 0.50, 0.11, 1.25),  # the lower NLL
+        (MEAN + "+ts", 3, 0.50, 0.11, 1.25),  # the lower NLL: the baseline of NLL and ECE
     )
     got = bar.judge(t, 3)
-    assert got["mle_ts_nll_from"] == MEAN + "+ts" and got["mle_ts_ece_from"] == SUM + "+ts"
-    assert got["mle_acc_from"] == SUM
+    assert got["mle_ts_nll_from"] == got["mle_ts_ece_from"] == MEAN + "+ts"
+    assert got["mle_acc_from"] == SUM  # accuracy: the more accurate scoring
     assert got["verdict"] == "misses NLL (+0.050), ECE (+3.0 pt), ACC (-3.0 pt)"
 
 
 def test_a_one_seed_baseline_does_not_stand_against_three_seeds():
     t = _table(
         (RECIPE, 3, 0.36, 0.08, 1.35),
-        (SUM, 1, 0.24, 0.6, 6.7),
-        (SUM + "+ts", 1, 0.24, 0.02, 1.40),  # lowest ECE, but from one seed
+        (SUM, 1, 0.40, 0.6, 6.7),  # the most accurate, but from one seed
+        (SUM + "+ts", 1, 0.40, 0.02, 1.20),  # the lowest NLL, but from one seed
         (MEAN, 3, 0.38, 0.3, 1.9),
         (MEAN + "+ts", 3, 0.38, 0.087, 1.33),
     )
     got = bar.judge(t, 3)
-    assert got["mle_ts_ece_from"] == MEAN + "+ts" and got["ece_ok"]
+    assert got["mle_ts_nll_from"] == MEAN + "+ts" and got["mle_acc_from"] == MEAN
 
 
 def test_missing_seeds_or_cells_are_pending_not_judged():
