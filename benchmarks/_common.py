@@ -43,3 +43,14 @@ def write_results(path: str | Path, result: dict, markdown: str) -> None:
     path = Path(path)
     write_atomic(path, json.dumps(result, indent=2) + "\n")
     write_atomic(path.with_suffix(".md"), markdown)
+
+
+def study_paths(description: str, study: Path, argv: list[str] | None) -> tuple[Path, Path]:
+    """``--study`` (the calibration study's folder) and ``--out`` (default: the study)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--study", type=Path, default=study, help="the calibration study's folder")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: --study)")
+    args = p.parse_args(argv)
+    return args.study, args.out or args.study

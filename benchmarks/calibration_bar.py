@@ -29,12 +29,17 @@ max-probability AUROC (``far_ood_verdict``). It is the second table of ``bar.md`
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
+from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict
 from scalabl_pyro.utils.atomic import write_text_atomic
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import study_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "results" / "calibration"
@@ -145,7 +150,7 @@ def ood_bar(study: Path = STUDY) -> dict | None:
     summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
     try:
         sets = far_ood_verdict(summary, RECIPE, OOD_BASELINE)
-    except Exception as e:  # noqa: BLE001 - rows still missing: say so, judge nothing
+    except ScalaBLError as e:  # rows still missing: say so, judge nothing
         return {"pending": str(e)}
     for v in sets.values():
         got = min(v["recipe_seeds"], v["baseline_seeds"])
@@ -203,13 +208,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", type=Path, default=STUDY, help="the calibration study's folder")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: --study)")
-    args = p.parse_args(argv)
-    out = args.out or args.study
-    rows = collect(args.study)
-    ood = ood_bar(args.study)
+    study, out = study_paths(__doc__.splitlines()[0], STUDY, argv)
+    rows = collect(study)
+    ood = ood_bar(study)
     rule = {
         "recipe": RECIPE,
         "mle": list(MLE),

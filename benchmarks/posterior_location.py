@@ -19,14 +19,18 @@ are set beside MLE LoRA + TS's.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from scalabl_pyro.experiments.benchmark.cells import cell_path, load_cell, split_metrics
 from scalabl_pyro.utils.atomic import write_text_atomic
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import study_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "results" / "calibration"
@@ -159,14 +163,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", type=Path, default=STUDY, help="the calibration study's folder")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: --study)")
-    args = p.parse_args(argv)
-    out = args.out or args.study
+    study, out = study_paths(__doc__.splitlines()[0], STUDY, argv)
     rows = []
     for folder, name in FOLDERS.items():
-        root = args.study / folder
+        root = study / folder
         if not (root / "table.json").is_file():
             continue
         rows.append(
