@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +316,60 @@ def test_the_bar_without_its_rows_is_one_line():
     bare = [{"method": m, "task": "t", "eval": "x", "seeds": 1} for m in (RECIPE, BASELINE)]
     with pytest.raises(ScalaBLError, match="carry no OOD AUROC"):
         far_ood_verdict(bare, RECIPE, BASELINE, sets=["x"])
+
+
+# --------------------------------------------------------------------------- #
+# benchmarks/ood_figures.py: the figure's numbers are the table's
+
+
+def _ood_figures():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ood_figures.py"
+    spec = importlib.util.spec_from_file_location("ood_figures", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ood_figure_intervals_are_the_tables() -> None:
+    figs = _ood_figures()
+    recipe, base = figs.RECIPE, "mle[normalization=mean]+ts"
+    summary = [
+        # one seed: the bootstrap interval
+        {
+            "method": base,
+            "eval": "mmlu_college_physics",
+            "seeds": 1,
+            "auroc_max_prob": 0.6,
+            "auroc_max_prob_low": 0.5,
+            "auroc_max_prob_high": 0.7,
+            "auroc_entropy": 0.61,
+            "auroc_entropy_low": 0.51,
+            "auroc_entropy_high": 0.72,
+        },
+        # several seeds: mean -+ std, clipped to [0, 1]
+        {
+            "method": recipe,
+            "eval": "mmlu_college_physics",
+            "seeds": 3,
+            "auroc_mutual_information": 0.95,
+            "auroc_mutual_information_std": 0.1,
+        },
+        # in-distribution rows and methods outside the protocol are left out
+        {"method": recipe, "eval": "openbookqa", "seeds": 3, "acc": 0.4},
+        {
+            "method": "map",
+            "eval": "mmlu_college_physics",
+            "seeds": 1,
+            "auroc_max_prob": 0.5,
+            "auroc_max_prob_low": 0.4,
+            "auroc_max_prob_high": 0.6,
+        },
+    ]
+    got = figs.auroc_intervals(summary)
+    assert list(got) == ["MMLU physics (far)"]
+    assert got["MMLU physics (far)"] == {
+        "MLE + TS": {"max p": (0.6, 0.5, 0.7), "entropy": (0.61, 0.51, 0.72)},
+        "recipe": {"MI": (0.95, pytest.approx(0.85), 1.0)},
+    }

@@ -19,6 +19,7 @@ from scalabl_pyro.evaluation.metrics import (
     risk_coverage_curve,
 )
 from scalabl_pyro.evaluation.plots import (
+    ood_auroc_plot,
     ood_histogram,
     reliability_diagram,
     risk_coverage_plot,
@@ -245,6 +246,57 @@ def test_ood_histogram_constant_scores_and_invalid() -> None:
         ood_histogram({"a": (np.zeros(3), np.array([np.nan]))})
     with pytest.raises(ScalaBLError, match="bins is 0"):
         ood_histogram({"a": (np.zeros(3), np.ones(3))}, bins=0)
+
+
+def test_ood_auroc_plot_bars_and_intervals(tmp_path: Path) -> None:
+    aurocs = {
+        "chemistry": {
+            "MLE + TS": {"max p": (0.6, 0.5, 0.7), "entropy": (0.62, 0.52, 0.71)},
+            "recipe": {
+                "max p": (0.58, 0.5, 0.66),
+                "entropy": (0.6, 0.5, 0.7),
+                "MI": (0.7, 0.6, 0.8),
+            },
+        },
+        "physics": {"MLE + TS": {"max p": (0.55, 0.45, 0.65)}, "recipe": {"MI": (0.65, 0.6, 0.7)}},
+    }
+    out = tmp_path / "auroc.png"
+    fig = ood_auroc_plot(aurocs, out)
+    assert _is_png(out)
+    ax0, ax1 = fig.axes
+    assert ax0.get_title() == "chemistry" and ax1.get_title() == "physics"
+    assert [t.get_text() for t in ax0.get_xticklabels()] == ["MLE + TS", "recipe"]
+    heights = sorted(round(b.get_height(), 3) for b in ax0.patches)
+    assert heights == [0.58, 0.6, 0.6, 0.62, 0.7]  # one bar per (method, score) given
+    assert len(ax1.patches) == 2
+    # each error bar spans exactly [low, high]
+    spans = sorted(
+        tuple(round(v, 3) for v in sorted(seg[:, 1]))
+        for coll in ax1.collections
+        for seg in coll.get_segments()
+    )
+    assert spans == [(0.45, 0.65), (0.6, 0.7)]
+    assert _legend_texts(ax1) == [
+        "max p",
+        "entropy",
+        "MI",
+    ]  # one colour per score, first-seen order
+    assert ax0.get_ylim() == (0.0, 1.0)
+
+
+def test_ood_auroc_plot_rejects_bad_input() -> None:
+    with pytest.raises(ScalaBLError, match="empty"):
+        ood_auroc_plot({})
+    with pytest.raises(ScalaBLError, match=r"aurocs\['a'\] is empty"):
+        ood_auroc_plot({"a": {}})
+    with pytest.raises(ScalaBLError, match=r"aurocs\['a'\]\['m'\] is empty"):
+        ood_auroc_plot({"a": {"m": {}}})
+    with pytest.raises(ScalaBLError, match="three finite numbers"):
+        ood_auroc_plot({"a": {"m": {"MI": (0.5, 0.4)}}})
+    with pytest.raises(ScalaBLError, match="three finite numbers"):
+        ood_auroc_plot({"a": {"m": {"MI": (0.5, float("nan"), 0.6)}}})
+    with pytest.raises(ScalaBLError, match="low <= auroc <= high"):
+        ood_auroc_plot({"a": {"m": {"MI": (0.5, 0.6, 0.7)}}})
 
 
 # --------------------------------------------------------------------------- #

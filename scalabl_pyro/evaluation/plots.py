@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.evaluation.metrics import _equal_width_edges, _reliability_bins, ood_auroc
@@ -324,6 +325,76 @@ def ood_histogram(
         ax.set_xlabel(score_name)
         ax.legend(fontsize=7, frameon=False)
     axes[0].set_ylabel("density")
+    return _finish(fig, title, path)
+
+
+def ood_auroc_plot(
+    aurocs: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+    path: str | Path | None = None,
+    *,
+    title: str | None = None,
+) -> Figure:
+    """OOD-detection AUROC with its interval, one panel per OOD set, grouped by method.
+
+    ``aurocs`` maps an OOD set to ``{method: {score: (auroc, low, high)}}``, e.g.
+    ``{"mmlu_college_physics": {"MLE + TS": {"max p": (0.61, 0.55, 0.67)}, ...}}``;
+    ``low``/``high`` bound the error bar (a bootstrap interval for one seed, mean ∓ std
+    for several). Within a method's group each score (max p, entropy, MI, ...) has its
+    own colour, the same in every panel, so a reader compares one method's scores and
+    one score across methods at a glance; the dashed line is chance (0.5).
+    """
+    _check_results(aurocs, "aurocs")
+    scores: list[str] = []
+    for ood_set, methods in aurocs.items():
+        if not isinstance(methods, Mapping) or not methods:
+            raise ScalaBLError(
+                f"aurocs[{ood_set!r}] is empty or not a mapping; pass "
+                "{ood_set: {method: {score: (auroc, low, high)}}}"
+            )
+        for method, by_score in methods.items():
+            if not isinstance(by_score, Mapping) or not by_score:
+                raise ScalaBLError(
+                    f"aurocs[{ood_set!r}][{method!r}] is empty or not a mapping; pass "
+                    "{score: (auroc, low, high)}"
+                )
+            for score, vals in by_score.items():
+                v = np.asarray(vals, dtype=float)
+                if v.shape != (3,) or not np.all(np.isfinite(v)):
+                    raise ScalaBLError(
+                        f"aurocs[{ood_set!r}][{method!r}][{score!r}] is {vals!r}; pass three "
+                        "finite numbers (auroc, low, high)"
+                    )
+                if not (v[1] <= v[0] <= v[2]) or v[1] < 0 or v[2] > 1:
+                    raise ScalaBLError(
+                        f"aurocs[{ood_set!r}][{method!r}][{score!r}] is {vals!r}; need "
+                        "0 <= low <= auroc <= high <= 1"
+                    )
+                if score not in scores:
+                    scores.append(str(score))
+    colors = dict(zip(scores, _colors(len(scores))))
+    k = len(aurocs)
+    n_methods = max(len(m) for m in aurocs.values())
+    fig = Figure(figsize=(max(3.2, 0.9 * n_methods + 1.2) * k, 3.8), layout="constrained")
+    axes = fig.subplots(1, k, squeeze=False, sharey=True)[0]
+    width = 0.8 / len(scores)
+    for ax, (ood_set, methods) in zip(axes, aurocs.items()):
+        for i, by_score in enumerate(methods.values()):
+            for j, score in enumerate(scores):
+                if score not in by_score:
+                    continue
+                auc, lo, hi = (float(x) for x in by_score[score])
+                x = i - 0.4 + width * (j + 0.5)
+                ax.bar(x, auc, width=width * 0.9, color=colors[score], alpha=0.8)
+                ax.errorbar(x, auc, yerr=[[auc - lo], [hi - auc]], color="black", lw=1, capsize=2)
+        ax.axhline(0.5, color="gray", ls="--", lw=1)
+        ax.set_xticks(range(len(methods)), list(methods), rotation=20, ha="right", fontsize=8)
+        ax.set_title(str(ood_set), fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("AUROC (OOD vs in-distribution)")
+    axes[-1].legend(
+        [Patch(color=colors[s], alpha=0.8) for s in scores], scores, fontsize=8, frameon=False
+    )
     return _finish(fig, title, path)
 
 
