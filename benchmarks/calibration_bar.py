@@ -19,6 +19,12 @@ nothing else. Accuracy is held against the more accurate of the two scorings.
 A data set whose recipe or baseline has fewer seeds than its folder asks for is
 "pending", never judged on part of its seeds.
 
+Beside each verdict stand the paired gaps, recipe minus baseline on the same test
+questions (every seed of a folder reports the same questions): per question the NLL and
+the 0/1 correctness, each averaged over the seeds, then the mean over questions and its
+standard error. A gap within about two SEs of the margin is a verdict the test split cannot
+tell apart from the other one.
+
 The OOD protocol (folder ``ood``: trained on OpenBookQA) has its own bar: on each far-OOD
 set (MMLU college chemistry and physics), the recipe's best OOD score (max p, entropy or
 MI, whichever has the highest mean AUROC) must have AUROC above MLE LoRA + TS's
@@ -34,7 +40,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.experiments.benchmark import _bma_log_probs, _temperature_scaled, load_cell
+from scalabl_pyro.experiments.benchmark.cells import cell_path
 from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict
 from scalabl_pyro.utils.atomic import write_text_atomic
 
@@ -130,6 +140,51 @@ def judge(table: dict, seeds_wanted: int) -> dict:
     return out
 
 
+def per_question(root: Path, spec: str, task: str, seeds: list[int]) -> dict | None:
+    """Per test question, averaged over ``seeds``: the BMA's NLL and whether it is right.
+
+    ``spec`` is a table's method (``+ts``: the temperature fitted on the cell's
+    selection split, as in the table). None when a seed's cell is missing; a
+    one-line error when the seeds' cells do not report the same questions.
+    """
+    nll, right, labels = [], [], None
+    trained = spec.removesuffix("+ts")
+    for seed in seeds:
+        path = cell_path(root, trained, task, seed)
+        if not path.is_file():
+            return None
+        _, arrays = load_cell(path)
+        if spec.endswith("+ts"):
+            arrays, _ = _temperature_scaled(arrays)
+        lp = _bma_log_probs(arrays[f"report/{task}/slp"].astype(np.float64))
+        y = np.asarray(arrays[f"report/{task}/labels"])
+        if labels is not None and not np.array_equal(labels, y):
+            raise ScalaBLError(
+                f"{path.name} reports other questions than seed {seeds[0]}; paired gaps need "
+                "one test split (the same data_seed and eval_limit) across seeds"
+            )
+        labels = y
+        nll.append(-lp[np.arange(len(y)), y])
+        right.append((lp.argmax(axis=1) == y).astype(np.float64))
+    return {"nll": np.mean(nll, axis=0), "right": np.mean(right, axis=0)}
+
+
+def _mean_se(d: np.ndarray) -> tuple[float, float]:
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
+def paired_gaps(root: Path, task: str, judged: dict, seeds: list[int]) -> dict:
+    """Recipe minus baseline per test question: NLL (vs MLE + TS) and accuracy (vs MLE)."""
+    recipe = per_question(root, RECIPE, task, seeds)
+    nll_base = per_question(root, judged["mle_ts_nll_from"], task, seeds)
+    acc_base = per_question(root, judged["mle_acc_from"], task, seeds)
+    if recipe is None or nll_base is None or acc_base is None:
+        return {}
+    nll, nll_se = _mean_se(recipe["nll"] - nll_base["nll"])
+    acc, acc_se = _mean_se(recipe["right"] - acc_base["right"])
+    return {"nll_gap": nll, "nll_gap_se": nll_se, "acc_gap": acc, "acc_gap_se": acc_se}
+
+
 def collect(study: Path = STUDY) -> list[dict]:
     """One judged row per benchmark folder of the study that has a table."""
     rows = []
@@ -138,7 +193,12 @@ def collect(study: Path = STUDY) -> list[dict]:
         if not table_path.is_file():
             continue
         table = json.loads(table_path.read_text(encoding="utf-8"))
-        rows.append({"data set": name, "folder": folder, **judge(table, wanted)})
+        judged = judge(table, wanted)
+        if "mle_ts_nll_from" in judged:
+            task = _in_distribution(table)[RECIPE]["task"]
+            seeds = sorted({r["seed"] for r in table["rows"] if r["method"] == RECIPE})
+            judged.update(paired_gaps(study / folder, task, judged, seeds))
+        rows.append({"data set": name, "folder": folder, **judged})
     return rows
 
 
@@ -194,6 +254,8 @@ def markdown(rows: list[dict]) -> str:
         "MLE+TS ECE %",
         "recipe ACC",
         "MLE ACC",
+        "NLL gap (SE)",
+        "ACC gap (SE), pt",
         "verdict",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -202,7 +264,12 @@ def markdown(rows: list[dict]) -> str:
         cells = [r["data set"], str(r["train_questions"]), f"{r['epochs']:g}", seeds]
         cells += [_fmt(r, "recipe_nll"), _fmt(r, "mle_ts_nll")]
         cells += [_fmt(r, "recipe_ece", 100, 1), _fmt(r, "mle_ts_ece", 100, 1)]
-        cells += [_fmt(r, "recipe_acc"), _fmt(r, "mle_acc"), r["verdict"]]
+        cells += [_fmt(r, "recipe_acc"), _fmt(r, "mle_acc")]
+        cells += [
+            f"{r['nll_gap']:+.3f} ({r['nll_gap_se']:.3f})" if "nll_gap" in r else "–",
+            f"{r['acc_gap'] * 100:+.1f} ({r['acc_gap_se'] * 100:.1f})" if "acc_gap" in r else "–",
+            r["verdict"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -4,10 +4,13 @@ committed files are what the committed cells give."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.experiments.benchmark.spec import FAR_OOD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +94,59 @@ def test_missing_seeds_or_cells_are_pending_not_judged():
     assert bar.judge(partial, 3)["verdict"] == "pending: 1 of 3 seeds"
     assert bar.judge(partial, 1)["verdict"] == "meets the bar"
     assert bar.judge(_table((MEAN, 3, 0.5, 0.2, 1.5)), 3)["verdict"] == "pending: no cells yet"
+
+
+def _write_cell(root: Path, spec: str, task: str, seed: int, probs: np.ndarray, y) -> None:
+    from scalabl_pyro.experiments.benchmark.cells import _save_arrays, cell_path
+
+    path = cell_path(root, spec, task, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    slp = np.log(probs)[None]  # one draw
+    labels = np.asarray(y)
+    _save_arrays(
+        path.with_suffix(".npz"),
+        {
+            "selection/slp": slp,
+            "selection/labels": labels,
+            f"report/{task}/slp": slp,
+            f"report/{task}/labels": labels,
+        },
+    )
+    path.write_text(json.dumps({"metrics": {}}))
+
+
+def test_paired_gaps_are_per_question_differences_averaged_over_seeds(tmp_path):
+    y = [0, 1, 0, 1]
+    # the recipe: right on Q0-Q2 at both seeds (a temperature keeps every argmax)
+    rec = np.array([[0.8, 0.2], [0.2, 0.8], [0.8, 0.2], [0.6, 0.4]])
+    # MLE: right on Q0, Q2 and Q3 at seed 0, on Q0 only at seed 1
+    mle0 = np.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.1, 0.9]])
+    mle1 = np.array([[0.9, 0.1], [0.7, 0.3], [0.4, 0.6], [0.7, 0.3]])
+    base = "mle[normalization=sum]"
+    for seed, mle in ((0, mle0), (1, mle1)):
+        _write_cell(tmp_path, bar.RECIPE.removesuffix("+ts"), "t", seed, rec, y)
+        _write_cell(tmp_path, base, "t", seed, mle, y)
+    judged = {"mle_ts_nll_from": base, "mle_acc_from": base}  # the untempered MLE here
+    got = bar.paired_gaps(tmp_path, "t", judged, [0, 1])
+    # per question: recipe right (1, 1, 1, 0); MLE right on average (1, 0, 0.5, 0.5)
+    d_acc = np.array([0.0, 1.0, 0.5, -0.5])
+    assert got["acc_gap"] == pytest.approx(d_acc.mean())
+    assert got["acc_gap_se"] == pytest.approx(d_acc.std(ddof=1) / 2)
+    p_mle = np.array([[0.9, 0.3, 0.6, 0.9], [0.9, 0.3, 0.4, 0.3]])  # p(true), seeds x questions
+    # the recipe is "+ts": its draws tempered by the T fitted on its selection split
+    from scalabl_pyro.inference.temperature import fit_bma_temperature
+
+    temp = fit_bma_temperature(np.log(rec)[None], np.asarray(y))
+    logit = np.log(rec) / temp
+    p_rec = np.exp(logit - np.logaddexp(logit[:, :1], logit[:, 1:]))[np.arange(4), y]
+    d_nll = -np.log(p_rec) + np.log(p_mle).mean(axis=0)
+    assert got["nll_gap"] == pytest.approx(d_nll.mean())
+    assert got["nll_gap_se"] == pytest.approx(d_nll.std(ddof=1) / 2)
+    # a missing seed gives no gaps; other questions at another seed is a one-line error
+    assert bar.paired_gaps(tmp_path, "t", judged, [0, 1, 2]) == {}
+    _write_cell(tmp_path, base, "t", 1, mle1, [1, 1, 0, 1])
+    with pytest.raises(ScalaBLError, match="other questions than seed 0"):
+        bar.paired_gaps(tmp_path, "t", judged, [0, 1])
 
 
 def test_committed_bar_and_location_are_what_the_cells_give(tmp_path):
