@@ -145,18 +145,22 @@ def markdown(rows: list[dict]) -> str:
         return "\n".join(lines) + "\n"
     lines += [
         "",
-        "| data set | σ_p tried | chosen on validation | test NLL | test ECE % | test ACC "
-        "| MLE+TS test NLL | MLE+TS test ECE % |",
-        "|" + "---|" * 8,
+        "| data set | σ_p tried (validation NLL) | chosen | learned σ | test NLL | test ECE % "
+        "| test ACC | σ_p = 1 test NLL | MLE+TS test NLL | MLE+TS test ECE % |",
+        "|" + "---|" * 10,
     ]
     for r in rows:
         ch = r["prior_scale"]
         if ch is None:
             continue
         t, m = ch["chosen_test"], ch["mle_ts_test"] or {}
+        tried = ", ".join(f"{s} ({v['selection_nll']:.3f})" for s, v in ch["tried"].items())
+        default = ch["tried"].get("1")
+        sigma = ch["tried"][f"{ch['chosen']:g}"]["sigma"]
         lines.append(
-            f"| {r['data set']} | {', '.join(ch['tried'])} | {ch['chosen']:g} | {t['nll']:.3f} | "
+            f"| {r['data set']} | {tried} | {ch['chosen']:g} | {sigma:.3f} | {t['nll']:.3f} | "
             f"{t['ece'] * 100:.1f} | {t['acc']:.3f} | "
+            + (f"{default['test']['nll']:.3f} | " if default else "– | ")
             + (f"{m['nll']:.3f} | {m['ece'] * 100:.1f} |" if m else "– | – |")
         )
     return "\n".join(lines) + "\n"

@@ -223,3 +223,29 @@ def test_far_ood_bar_is_pending_without_its_rows_or_seeds(tmp_path):
     (tmp_path / "ood" / "table.json").write_text(json.dumps({"summary": one_seed}))
     verdicts = {v["verdict"] for v in bar.ood_bar(tmp_path)["sets"].values()}
     assert verdicts == {"pending: 1 of 3 seeds"}
+
+
+def test_prior_scale_is_chosen_on_validation_nll_and_shown_beside_the_default(tmp_path):
+    from scalabl_pyro.experiments.benchmark.cells import _save_arrays, cell_path
+
+    y = np.array([0, 1, 1])
+    probs = np.log(np.array([[[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]]))
+    # selection NLL per prior scale: 0.5 is the lowest, so it is chosen
+    for scale, sel_nll, sigma in ((1.0, 0.9, 0.69), (0.5, 0.8, 0.4), (2.0, 1.1, 1.2)):
+        path = cell_path(tmp_path, location.grid_spec(scale), "t", 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_arrays(path.with_suffix(".npz"), {"report/t/slp": probs, "report/t/labels": y})
+        meta = {"seed": 0, "metrics": {"selection": {"nll": sel_nll}}}
+        path.write_text(json.dumps({**meta, "posterior": {"mean_std_s": sigma}}))
+    mle = {"method": "mle[normalization=mean]+ts", "eval": "t", "seed": 0}
+    rows = [{**mle, "acc": 0.5, "ece": 0.1, "nll": 0.7}]
+    (tmp_path / "table.json").write_text(json.dumps({"rows": rows}))
+    ch = location.prior_scale_choice(tmp_path, "t")
+    assert ch["chosen"] == 0.5 and list(ch["tried"]) == ["1", "0.5", "2"]  # 0.3 not run
+    nll = float(-np.mean(np.log([0.7, 0.6, 0.8])))
+    assert ch["chosen_test"]["nll"] == pytest.approx(nll)
+    assert ch["mle_ts_test"]["nll"] == 0.7
+    text = location.markdown([{"data set": "T", "location": None, "prior_scale": ch}])
+    row = text.strip().splitlines()[-1]
+    assert row.startswith("| T | 1 (0.900), 0.5 (0.800), 2 (1.100) | 0.5 | 0.400 |")
+    assert row.endswith(f"| {nll:.3f} | 0.700 | 10.0 |")  # the default's test NLL, then MLE + TS
