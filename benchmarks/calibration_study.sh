@@ -24,7 +24,8 @@
 #   G  the prior scale of s (0.3, 0.5, 2 beside the default 1) for ScalaBL on the four
 #      in-distribution data sets, seed 0, chosen on validation (posterior_location.py)
 #   T  rebuild every table from the finished cells, training nothing, then the bar
-#      (calibration_bar.py) and where the posterior sits (posterior_location.py)
+#      (calibration_bar.py), where the posterior sits (posterior_location.py) and the OOD
+#      protocol's mechanism table and figures (ood_mechanism.py, ood_figures.py)
 #   F  the figures of docs/calibration.md, from the cells
 set -euo pipefail
 OUT=${OUT:-benchmarks/results/calibration}
@@ -123,6 +124,8 @@ case "$phase" in
      if [ -f "$OUT/ood/benchmark.json" ]; then
        bench "${LARGE[@]}" --protocol ood --seeds 0,1,2 --output "$OUT/ood" --methods "$OOD_ALL" \
          --table-only
+       python benchmarks/ood_mechanism.py
+       python benchmarks/ood_figures.py
      fi
      python benchmarks/calibration_bar.py
      python benchmarks/posterior_location.py ;;

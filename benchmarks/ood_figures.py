@@ -85,6 +85,10 @@ def recipe_mi(root: Path, in_task: str = "openbookqa", seed: int = 0) -> dict:
     }
 
 
+def _seeds(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=ROOT / "benchmarks/results/calibration/ood")
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ood_auroc_plot(
         aurocs,
         args.out / "ood_auroc.png",
-        title=f"OOD detection, trained on OpenBookQA (seeds {', '.join(map(str, seeds))})",
+        title=f"OOD detection, trained on OpenBookQA ({_seeds(seeds)})",
     )
     pairs = recipe_mi(args.root)
     if pairs:

@@ -373,3 +373,25 @@ def test_ood_figure_intervals_are_the_tables() -> None:
         "MLE + TS": {"max p": (0.6, 0.5, 0.7), "entropy": (0.61, 0.51, 0.72)},
         "recipe": {"MI": (0.95, pytest.approx(0.85), 1.0)},
     }
+
+
+def test_ood_mechanism_score_geometry_known_answer() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ood_mechanism.py"
+    spec = importlib.util.spec_from_file_location("ood_mechanism", path)
+    mech = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mech)
+
+    # two draws, one question with three choices of which the third is absent; centred
+    # log-probs are +-1 at draw 0 and +-2 at draw 1: range 3 (mean +-1.5), spread 0.5
+    def logp(z: float) -> np.ndarray:
+        lp = np.array([z, -z]) - np.logaddexp(z, -z)
+        return np.append(lp, -np.inf)
+
+    slp = np.stack([logp(1.0), logp(2.0)])[:, None, :]
+    got = mech.score_geometry(slp)
+    assert got["score_range"] == pytest.approx(3.0)
+    assert got["draw_spread"] == pytest.approx(0.5)
+    assert got["spread_over_range"] == pytest.approx(0.5 / 3.0)
+    assert got["questions"] == 1 and got["mutual_information"] > 0

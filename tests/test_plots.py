@@ -276,11 +276,8 @@ def test_ood_auroc_plot_bars_and_intervals(tmp_path: Path) -> None:
         for seg in coll.get_segments()
     )
     assert spans == [(0.45, 0.65), (0.6, 0.7)]
-    assert _legend_texts(ax1) == [
-        "max p",
-        "entropy",
-        "MI",
-    ]  # one colour per score, first-seen order
+    # one colour per score, in first-seen order, in one legend for the whole figure
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["max p", "entropy", "MI"]
     assert ax0.get_ylim() == (0.0, 1.0)
 
 

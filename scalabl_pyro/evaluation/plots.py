@@ -392,8 +392,12 @@ def ood_auroc_plot(
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("AUROC (OOD vs in-distribution)")
-    axes[-1].legend(
-        [Patch(color=colors[s], alpha=0.8) for s in scores], scores, fontsize=8, frameon=False
+    fig.legend(
+        [Patch(color=colors[s], alpha=0.8) for s in scores],
+        scores,
+        loc="outside right upper",
+        fontsize=8,
+        frameon=False,
     )
     return _finish(fig, title, path)
 
