@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from scalabl_pyro.diagnostics.posterior import KHAT_OK, LATENT_VAR, history_arrays
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.plots import _check_results, _colors, _finish
+from scalabl_pyro.evaluation.figure import check_results, finish, palette
 
 _LAYER = re.compile(r"layers\.(\d+)\..*?([A-Za-z_]+)$")
 
@@ -88,7 +88,7 @@ def posterior_vs_prior(
         show=False,
     )
     ax.set_title(f"s: posterior vs prior ({int(hdi_prob * 100)} % HDI)", fontsize=10)
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def _stds(idata: az.InferenceData) -> np.ndarray:
@@ -107,7 +107,7 @@ def scale_heatmap(
     panels share one colour scale.
     """
     items = {"posterior": results} if isinstance(results, az.InferenceData) else results
-    _check_results(items, "results")
+    check_results(items, "results")
     mats, labels = {}, None
     for name, v in items.items():
         if isinstance(v, az.InferenceData):
@@ -135,7 +135,7 @@ def scale_heatmap(
             ax.set_ylabel("layer")
     axes[0].set_ylabel("layer")
     fig.colorbar(im, ax=list(axes), label="posterior sd of s")
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def correlation_matrices(
@@ -152,7 +152,7 @@ def correlation_matrices(
     guide may fill everything, mean-field is the identity.
     """
     items = {"posterior": results} if isinstance(results, az.InferenceData) else results
-    _check_results(items, "results")
+    check_results(items, "results")
     mats = {}
     for name, v in items.items():
         if isinstance(v, az.InferenceData):
@@ -175,7 +175,7 @@ def correlation_matrices(
         ax.set_xlabel("latent dim")
     axes[0].set_ylabel("latent dim")
     fig.colorbar(im, ax=list(axes), label="correlation", shrink=0.8)
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def elbo_traces(
@@ -194,7 +194,7 @@ def elbo_traces(
     from scalabl_pyro.evaluation.plots import _moving_average
 
     items = {"fit": results} if isinstance(results, az.InferenceData) else results
-    _check_results(items, "results")
+    check_results(items, "results")
     curves: dict[str, dict[str, np.ndarray]] = {}
     for name, v in items.items():
         if isinstance(v, az.InferenceData):
@@ -216,7 +216,7 @@ def elbo_traces(
     fig = Figure(figsize=(12.0, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
     labels = {"elbo": "-ELBO (data-set scale)", "nll": "NLL per example", "kl": "KL"}
-    for color, (name, h) in zip(_colors(len(curves)), curves.items()):
+    for color, (name, h) in zip(palette(len(curves)), curves.items()):
         for ax, key in zip(axes, ("elbo", "nll", "kl")):
             y = np.asarray(h[key], dtype=float)
             if smooth > 1 and len(y) > 1:
@@ -228,7 +228,7 @@ def elbo_traces(
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def _coords(idata: az.InferenceData, layer: str | None, ranks: Sequence[int]) -> dict:
@@ -253,7 +253,7 @@ def posterior_density(
     az.plot_posterior(idata, var_names=[LATENT_VAR], coords=coords, ax=axes, show=False)
     for ax in axes.ravel():
         ax.title.set_fontsize(8)
-    return _finish(fig, title or f"s of {short_layer(coords['layer'][0])}", path)
+    return finish(fig, title or f"s of {short_layer(coords['layer'][0])}", path)
 
 
 def pair_plot(
@@ -284,7 +284,7 @@ def pair_plot(
     for ax in axes.ravel():
         ax.xaxis.label.set_fontsize(7)
         ax.yaxis.label.set_fontsize(7)
-    return _finish(fig, title or f"s of {short_layer(coords['layer'][0])}", path)
+    return finish(fig, title or f"s of {short_layer(coords['layer'][0])}", path)
 
 
 def khat_bars(
@@ -299,7 +299,7 @@ def khat_bars(
     ``None``/NaN (point-mass guides: no density) are shown as "n/a". ``seeds``
     (family -> one k-hat per seed) draws each seed's value as a dot on its bar.
     """
-    _check_results(khats, "khats")
+    check_results(khats, "khats")
     names = list(khats)
     vals = np.array([np.nan if v is None else float(v) for v in khats.values()])
     fig = Figure(figsize=(1.2 + 1.1 * len(names), 3.2), layout="constrained")
@@ -328,7 +328,7 @@ def khat_bars(
     ax.set_ylabel("Pareto k-hat of q")
     ax.legend(fontsize=7, frameon=False)
     ax.grid(alpha=0.3, axis="y")
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def metric_bars(
@@ -349,7 +349,7 @@ def metric_bars(
     names = [str(r["family"]) for r in rows]
     fig = Figure(figsize=(2.8 * len(metrics), 3.0), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    colors = _colors(len(names))
+    colors = palette(len(names))
     for ax, m in zip(axes, metrics):
         vals = [float(r.get(m) if r.get(m) is not None else np.nan) for r in rows]
         ax.bar(range(len(names)), vals, color=colors)
@@ -365,7 +365,7 @@ def metric_bars(
         ax.set_xticks(range(len(names)), names, rotation=25, fontsize=7)
         ax.set_title(m.upper(), fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def write_comparison_figures(result: Any, out: str | Path) -> dict[str, str]:
@@ -424,7 +424,7 @@ def loo_khat_panels(
     title: str | None = None,
 ) -> Figure:
     """``az.plot_khat`` of each family's training-LOO Pareto k's, one panel per family."""
-    _check_results(pareto_k, "pareto_k")
+    check_results(pareto_k, "pareto_k")
     names = list(pareto_k)
     fig = Figure(figsize=(3.0 * len(names), 2.8), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
@@ -434,7 +434,7 @@ def loo_khat_panels(
         above = int(np.sum(k > 2.0))
         ax.set_title(name + (f" ({above} k > 2 drawn at 2)" if above else ""), fontsize=9)
         ax.set_xlabel("training question", fontsize=8)
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def write_diagnostics(

@@ -1,4 +1,5 @@
-"""Figures for comparing methods: reliability, risk-coverage, OOD scores, training curves.
+"""Figures for comparing methods: reliability, risk-coverage and training curves (the OOD
+figures live in :mod:`~scalabl_pyro.evaluation.ood_plots` and are re-exported here).
 
 Figures are built with the object-oriented API on a bare
 :class:`matplotlib.figure.Figure`, so nothing touches pyplot's global state or
@@ -19,45 +20,38 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.metrics import _equal_width_edges, _reliability_bins, ood_auroc
+from scalabl_pyro.evaluation.figure import check_results, finish, palette
+from scalabl_pyro.evaluation.metrics import _equal_width_edges, _reliability_bins
+from scalabl_pyro.evaluation.ood_plots import ood_auroc_plot, ood_histogram
 from scalabl_pyro.evaluation.selective import aurc, risk_coverage_curve
 from scalabl_pyro.evaluation.validation import (
     Binning,
     check_binning,
     check_n_bins,
     check_pair,
-    check_scores,
 )
-from scalabl_pyro.io.image_mark import image_metadata
-from scalabl_pyro.utils.atomic import atomic_open
 
 _BAR_COLOR = "#3b75af"
 _GAP_COLOR = "#d9534f"
-_IN_COLOR = "#3b75af"
-_OUT_COLOR = "#e07b39"
 LAYOUTS: tuple[str, ...] = ("columns", "overlay")
 
-
-def _colors(k: int) -> list[str]:
-    """``k`` distinct colours from matplotlib's default cycle (repeating past 10)."""
-    cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
-    cycle += ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-    return [cycle[i % len(cycle)] for i in range(k)]
-
-
-def _check_results(results: Any, what: str) -> None:
-    if not isinstance(results, Mapping) or len(results) == 0:
-        raise ScalaBLError(f"{what} is empty or not a mapping; pass {{method_name: ...}}")
+__all__ = [
+    "LAYOUTS",
+    "ood_auroc_plot",
+    "ood_histogram",
+    "reliability_diagram",
+    "risk_coverage_plot",
+    "training_curves",
+]
 
 
 def _pairs(
     results: Mapping[str, tuple[Any, Any]], n: int = 2
 ) -> list[tuple[str, np.ndarray, np.ndarray, Any]]:
     """Validate ``{name: (probs, labels)}`` (or ``(probs, labels, confidence)`` when n=3)."""
-    _check_results(results, "results")
+    check_results(results, "results")
     out = []
     shape = "(probs, labels)" if n == 2 else "(probs, labels) or (probs, labels, confidence)"
     for name, pair in results.items():
@@ -71,14 +65,6 @@ def _pairs(
             raise ScalaBLError(f"results[{name!r}]: {exc}") from exc
         out.append((str(name), p, y, pair[2] if len(pair) == 3 else None))
     return out
-
-
-def _finish(fig: Figure, title: str | None, path: str | Path | None) -> Figure:
-    if title:
-        fig.suptitle(title)
-    if path is not None:
-        _save_atomic(fig, Path(path))
-    return fig
 
 
 # --------------------------------------------------------------------------- #
@@ -117,13 +103,13 @@ def reliability_diagram(
         fig = _reliability_overlay(stats, n_bins, binning)
     else:
         raise ScalaBLError(f"layout is {layout!r}; use one of {', '.join(LAYOUTS)}")
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 def _reliability_stats(
     results: Mapping[str, tuple[Any, Any]], n_bins: int, binning: str
 ) -> list[tuple[str, Any, float, np.ndarray]]:
-    _check_results(results, "results")
+    check_results(results, "results")
     n_bins = check_n_bins(n_bins)
     binning = check_binning(binning)
     stats = []
@@ -210,7 +196,7 @@ def _reliability_overlay(stats: list, n_bins: int, binning: str) -> Figure:
     top.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1, label="perfect calibration")
     hist_edges = _equal_width_edges(n_bins)
     centers = (hist_edges[:-1] + hist_edges[1:]) / 2
-    for color, (name, bins, acc, hist) in zip(_colors(len(stats)), stats):
+    for color, (name, bins, acc, hist) in zip(palette(len(stats)), stats):
         filled = bins.counts > 0
         top.plot(
             bins.confidence[filled],
@@ -251,7 +237,7 @@ def risk_coverage_plot(
     items = _pairs(results, n=3)
     fig = Figure(figsize=(5.2, 4.0), layout="constrained")
     ax = fig.add_subplot()
-    for color, (name, p, y, conf) in zip(_colors(len(items)), items):
+    for color, (name, p, y, conf) in zip(palette(len(items)), items):
         try:
             curve = risk_coverage_curve(p, y, confidence=conf)
             area = aurc(p, y, confidence=conf)
@@ -270,136 +256,7 @@ def risk_coverage_plot(
     ax.set_ylabel("risk (error rate of kept)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    return _finish(fig, title, path)
-
-
-# --------------------------------------------------------------------------- #
-# OOD detection
-
-
-def ood_histogram(
-    scores: Mapping[str, tuple[Any, Any]],
-    path: str | Path | None = None,
-    *,
-    bins: int = 30,
-    score_name: str = "OOD score",
-    title: str | None = None,
-) -> Figure:
-    """Histograms of an OOD score, in-distribution against OOD, one panel per method.
-
-    ``scores`` maps a method name to ``(scores_in (N_in,), scores_out (N_out,))``,
-    higher meaning more likely OOD (see :func:`~scalabl_pyro.evaluation.metrics.ood_scores`).
-    Both histograms of a panel share ``bins`` equal-width bins over the pooled
-    range and are normalised to densities, so sets of different sizes compare;
-    the AUROC (percent) is in the panel title.
-    """
-    _check_results(scores, "scores")
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ScalaBLError(f"bins is {bins!r}; pass a positive integer such as 30")
-    n_bins = int(bins)
-    items = []
-    for name, pair in scores.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ScalaBLError(
-                f"scores[{name!r}] is not a (scores_in, scores_out) pair; pass "
-                "{method_name: (scores_in, scores_out)}"
-            )
-        try:
-            s_in = check_scores(pair[0], name="scores_in")
-            s_out = check_scores(pair[1], name="scores_out")
-        except ScalaBLError as exc:
-            raise ScalaBLError(f"scores[{name!r}]: {exc}") from exc
-        items.append((str(name), s_in, s_out))
-
-    k = len(items)
-    fig = Figure(figsize=(3.8 * k + 0.4, 3.4), layout="constrained")
-    axes = fig.subplots(1, k, squeeze=False)[0]
-    for ax, (name, s_in, s_out) in zip(axes, items):
-        lo = min(s_in.min(), s_out.min())
-        hi = max(s_in.max(), s_out.max())
-        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, n_bins + 1)
-        kw = {"bins": edges, "density": True, "histtype": "stepfilled", "alpha": 0.45}
-        ax.hist(s_in, color=_IN_COLOR, label=f"in-distribution (n={len(s_in)})", **kw)
-        ax.hist(s_out, color=_OUT_COLOR, label=f"OOD (n={len(s_out)})", **kw)
-        ax.set_title(f"{name}\nAUROC {ood_auroc(s_in, s_out) * 100:.1f}%", fontsize=10)
-        ax.set_xlabel(score_name)
-        ax.legend(fontsize=7, frameon=False)
-    axes[0].set_ylabel("density")
-    return _finish(fig, title, path)
-
-
-def ood_auroc_plot(
-    aurocs: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
-    path: str | Path | None = None,
-    *,
-    title: str | None = None,
-) -> Figure:
-    """OOD-detection AUROC with its interval, one panel per OOD set, grouped by method.
-
-    ``aurocs`` maps an OOD set to ``{method: {score: (auroc, low, high)}}``, e.g.
-    ``{"mmlu_college_physics": {"MLE + TS": {"max p": (0.61, 0.55, 0.67)}, ...}}``;
-    ``low``/``high`` bound the error bar (a bootstrap interval for one seed, mean ∓ std
-    for several). Within a method's group each score (max p, entropy, MI, ...) has its
-    own colour, the same in every panel, so a reader compares one method's scores and
-    one score across methods at a glance; the dashed line is chance (0.5).
-    """
-    _check_results(aurocs, "aurocs")
-    scores: list[str] = []
-    for ood_set, methods in aurocs.items():
-        if not isinstance(methods, Mapping) or not methods:
-            raise ScalaBLError(
-                f"aurocs[{ood_set!r}] is empty or not a mapping; pass "
-                "{ood_set: {method: {score: (auroc, low, high)}}}"
-            )
-        for method, by_score in methods.items():
-            if not isinstance(by_score, Mapping) or not by_score:
-                raise ScalaBLError(
-                    f"aurocs[{ood_set!r}][{method!r}] is empty or not a mapping; pass "
-                    "{score: (auroc, low, high)}"
-                )
-            for score, vals in by_score.items():
-                v = np.asarray(vals, dtype=float)
-                if v.shape != (3,) or not np.all(np.isfinite(v)):
-                    raise ScalaBLError(
-                        f"aurocs[{ood_set!r}][{method!r}][{score!r}] is {vals!r}; pass three "
-                        "finite numbers (auroc, low, high)"
-                    )
-                if not (v[1] <= v[0] <= v[2]) or v[1] < 0 or v[2] > 1:
-                    raise ScalaBLError(
-                        f"aurocs[{ood_set!r}][{method!r}][{score!r}] is {vals!r}; need "
-                        "0 <= low <= auroc <= high <= 1"
-                    )
-                if score not in scores:
-                    scores.append(str(score))
-    colors = dict(zip(scores, _colors(len(scores))))
-    k = len(aurocs)
-    n_methods = max(len(m) for m in aurocs.values())
-    fig = Figure(figsize=(max(3.2, 0.9 * n_methods + 1.2) * k, 3.8), layout="constrained")
-    axes = fig.subplots(1, k, squeeze=False, sharey=True)[0]
-    width = 0.8 / len(scores)
-    for ax, (ood_set, methods) in zip(axes, aurocs.items()):
-        for i, by_score in enumerate(methods.values()):
-            for j, score in enumerate(scores):
-                if score not in by_score:
-                    continue
-                auc, lo, hi = (float(x) for x in by_score[score])
-                x = i - 0.4 + width * (j + 0.5)
-                ax.bar(x, auc, width=width * 0.9, color=colors[score], alpha=0.8)
-                ax.errorbar(x, auc, yerr=[[auc - lo], [hi - auc]], color="black", lw=1, capsize=2)
-        ax.axhline(0.5, color="gray", ls="--", lw=1)
-        ax.set_xticks(range(len(methods)), list(methods), rotation=20, ha="right", fontsize=8)
-        ax.set_title(str(ood_set), fontsize=10)
-        ax.set_ylim(0, 1)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("AUROC (OOD vs in-distribution)")
-    fig.legend(
-        [Patch(color=colors[s], alpha=0.8) for s in scores],
-        scores,
-        loc="outside right upper",
-        fontsize=8,
-        frameon=False,
-    )
-    return _finish(fig, title, path)
+    return finish(fig, title, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -456,7 +313,7 @@ def training_curves(
     is overfitting. One more panel per name in ``val_metrics`` that some run
     recorded (missing names are skipped), sharing the step axis.
     """
-    _check_results(histories, "histories")
+    check_results(histories, "histories")
     if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)) or smooth < 1:
         raise ScalaBLError(f"smooth is {smooth!r}; pass a window of at least 1 step")
     runs = [(str(name), _history_dict(str(name), h)) for name, h in histories.items()]
@@ -467,7 +324,7 @@ def training_curves(
     ]
     fig = Figure(figsize=(4.6 * (1 + len(extra)) + 0.4, 3.8), layout="constrained")
     axes = fig.subplots(1, 1 + len(extra), squeeze=False, sharex=True)[0]
-    for color, (name, h) in zip(_colors(len(runs)), runs):
+    for color, (name, h) in zip(palette(len(runs)), runs):
         steps = np.array([r["step"] for r in h["steps"]], dtype=float)
         nll = np.array([r["nll"] for r in h["steps"]], dtype=float)
         if smooth > 1 and len(nll):
@@ -506,17 +363,4 @@ def training_curves(
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    return _finish(fig, title, path)
-
-
-def _save_atomic(fig: Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    Readers never see a half-written image, and the temp file is removed if
-    rendering fails.
-    """
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("png", "pdf", "svg"):
-        fmt = "png"
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format=fmt, dpi=150, metadata=image_metadata(fmt))
+    return finish(fig, title, path)
