@@ -43,8 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.experiments.benchmark import _bma_log_probs, _temperature_scaled, load_cell
-from scalabl_pyro.experiments.benchmark.cells import cell_path
+from scalabl_pyro.experiments.benchmark import _bma_log_probs, row_arrays
 from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict
 from scalabl_pyro.utils.atomic import write_text_atomic
 
@@ -148,20 +147,17 @@ def per_question(root: Path, spec: str, task: str, seeds: list[int]) -> dict | N
     one-line error when the seeds' cells do not report the same questions.
     """
     nll, right, labels = [], [], None
-    trained = spec.removesuffix("+ts")
     for seed in seeds:
-        path = cell_path(root, trained, task, seed)
-        if not path.is_file():
+        got = row_arrays(root, spec, task, seed)
+        if got is None:
             return None
-        _, arrays = load_cell(path)
-        if spec.endswith("+ts"):
-            arrays, _ = _temperature_scaled(arrays)
+        arrays = got[1]
         lp = _bma_log_probs(arrays[f"report/{task}/slp"].astype(np.float64))
         y = np.asarray(arrays[f"report/{task}/labels"])
         if labels is not None and not np.array_equal(labels, y):
             raise ScalaBLError(
-                f"{path.name} reports other questions than seed {seeds[0]}; paired gaps need "
-                "one test split (the same data_seed and eval_limit) across seeds"
+                f"{spec} at seed {seed} reports other questions than seed {seeds[0]}; paired "
+                "gaps need one test split (the same data_seed and eval_limit) across seeds"
             )
         labels = y
         nll.append(-lp[np.arange(len(y)), y])

@@ -23,23 +23,11 @@ from matplotlib.figure import Figure
 from scalabl_pyro.cli.benchmark import split_specs
 from scalabl_pyro.evaluation.metrics import uncertainty_decomposition
 from scalabl_pyro.evaluation.plots import reliability_diagram, risk_coverage_plot, training_curves
-from scalabl_pyro.experiments.benchmark import (
-    _bma_log_probs,
-    _temperature_scaled,
-    cell_path,
-    load_cell,
-)
+from scalabl_pyro.experiments.benchmark import _bma_log_probs, row_arrays
 
 
 def _cell(root: Path, spec: str, task: str, seed: int):
-    trained = spec[:-3] if spec.endswith("+ts") else spec
-    path = cell_path(root, trained, task, seed)
-    if not path.is_file():
-        return None
-    meta, arrays = load_cell(path)
-    if spec.endswith("+ts"):
-        arrays, _ = _temperature_scaled(arrays)
-    return meta, arrays
+    return row_arrays(root, spec, task, seed)
 
 
 def _history(meta: dict) -> dict:

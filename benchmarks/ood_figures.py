@@ -22,7 +22,7 @@ import numpy as np
 
 from scalabl_pyro.evaluation.metrics import ood_scores
 from scalabl_pyro.evaluation.plots import ood_auroc_plot, ood_histogram
-from scalabl_pyro.experiments.benchmark import _temperature_scaled, cell_path, load_cell
+from scalabl_pyro.experiments.benchmark import row_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the protocol's methods in the order drawn, with the names a reader sees
@@ -70,11 +70,10 @@ def auroc_intervals(summary: list[dict]) -> dict[str, dict[str, dict[str, tuple]
 
 def recipe_mi(root: Path, in_task: str = "openbookqa", seed: int = 0) -> dict:
     """``{set: (MI in-distribution, MI on the set)}`` of the recipe's seed-``seed`` cell."""
-    path = cell_path(root, RECIPE[: -len("+ts")], in_task, seed)
-    if not path.is_file():
+    got = row_arrays(root, RECIPE, in_task, seed)
+    if got is None:
         return {}
-    _, arrays = load_cell(path)
-    arrays, _ = _temperature_scaled(arrays)
+    arrays = got[1]
 
     def mi(name: str) -> np.ndarray:
         return ood_scores(np.exp(arrays[f"report/{name}/slp"]))["mutual_information"]

@@ -87,6 +87,7 @@ from scalabl_pyro.experiments.benchmark.tables import (
     markdown_table,
     ood_columns,
     ood_markdown_table,
+    row_arrays,
     summarise,
     write_table,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "parse_method",
     "rebuild_table",
     "run_benchmark",
+    "row_arrays",
     "run_cell",
     "SETTINGS_FILE",
     "split_metrics",

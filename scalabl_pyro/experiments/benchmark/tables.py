@@ -45,6 +45,23 @@ OOD_SCORE_NAMES = ("max_prob", "entropy", "mutual_information")
 OOD_BOOT, OOD_LEVEL, OOD_BOOT_SEED = 1000, 0.95, 0
 
 
+def row_arrays(root: Path, spec: str, task: str, seed: int) -> tuple[dict, dict] | None:
+    """The saved cell behind one table row: ``(meta, arrays)``, or None when not run.
+
+    ``spec`` is the row's method as the table names it; a ``+ts`` row's arrays are
+    the cell's draws tempered by the T fitted on its selection split, as in the table.
+    """
+    from scalabl_pyro.experiments.benchmark.cells import cell_path, load_cell
+
+    path = cell_path(root, spec.removesuffix("+ts"), task, seed)
+    if not path.is_file():
+        return None
+    meta, arrays = load_cell(path)
+    if spec.endswith("+ts"):
+        arrays, _ = _temperature_scaled(arrays)
+    return meta, arrays
+
+
 def ood_columns(slp_in: np.ndarray, slp_out: np.ndarray) -> dict[str, float | str]:
     """AUROC and FPR95 of each OOD score, with bootstrap bounds, and the best score's name.
 
