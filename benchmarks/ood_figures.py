@@ -22,7 +22,7 @@ import numpy as np
 
 from scalabl_pyro.evaluation.metrics import ood_scores
 from scalabl_pyro.evaluation.plots import ood_auroc_plot, ood_histogram
-from scalabl_pyro.experiments.benchmark import row_arrays
+from scalabl_pyro.experiments.benchmark import OOD_TRAIN, row_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the protocol's methods in the order drawn, with the names a reader sees
@@ -68,7 +68,7 @@ def auroc_intervals(summary: list[dict]) -> dict[str, dict[str, dict[str, tuple]
     return out
 
 
-def recipe_mi(root: Path, in_task: str = "openbookqa", seed: int = 0) -> dict:
+def recipe_mi(root: Path, in_task: str = OOD_TRAIN, seed: int = 0) -> dict:
     """``{set: (MI in-distribution, MI on the set)}`` of the recipe's seed-``seed`` cell."""
     got = row_arrays(root, RECIPE, in_task, seed)
     if got is None:

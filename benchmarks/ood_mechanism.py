@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scalabl_pyro.evaluation.metrics import ood_scores
-from scalabl_pyro.experiments.benchmark import cell_path, load_cell
+from scalabl_pyro.experiments.benchmark import OOD_SHIFTED, OOD_TRAIN, cell_path, load_cell
 from scalabl_pyro.utils.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,8 @@ METHODS = {
     "scalabl[normalization=mean,init_scale=0.4]": "ScalaBL",
     "blob[normalization=mean]": "BLoB",
 }
-IN_TASK = "openbookqa"
-SETS = ("openbookqa", "arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_college_physics")
+IN_TASK = OOD_TRAIN
+SETS = (OOD_TRAIN, *OOD_SHIFTED)
 
 
 def score_geometry(slp: np.ndarray) -> dict[str, float]:
