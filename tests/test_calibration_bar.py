@@ -206,7 +206,8 @@ def test_far_ood_bar_compares_the_recipes_best_score_with_mle_ts_max_p(tmp_path)
     assert chem["recipe_score"] == "mutual_information" and chem["verdict"] == "meets the bar"
     assert phys["recipe_score"] == "entropy" and phys["verdict"] == "misses (AUROC -0.040)"
     text = bar.ood_markdown(bar.ood_bar(tmp_path))
-    assert "| mmlu_college_chemistry | 3/3 | mutual_information | 0.700 | 0.650 |" in text
+    assert "| mmlu_college_chemistry | 3/3 | mutual_information | 0.700 | 0.650 | – |" in text
+    assert chem["near_score"] is None  # no near-OOD rows: nothing chosen a priori
 
 
 def test_far_ood_bar_is_pending_without_its_rows_or_seeds(tmp_path):

@@ -182,3 +182,13 @@ def test_a_one_record_json_becomes_a_two_column_table(rt, results):
     table = rt.load_table("benchmarks/results/r.json", options)
     assert table.header == ["measured", "value"]
     assert table.rows == [["max diff", "1.2e-04 nats"], ["agreement", "9/10 of 3"]]
+
+
+def test_a_region_whose_options_are_not_yaml_fails_in_one_line(rt):
+    body = "benchmarks/results/x.md\ncolumns: [a, gap [95 % CI]]"
+    with pytest.raises(ValueError, match="not YAML.*quote a name") as e:
+        rt.parse_directive(body)
+    assert "\n" not in str(e.value)
+    assert rt.parse_directive('x.md\ncolumns: [a, "gap [95 % CI]"]')[1] == {
+        "columns": ["a", "gap [95 % CI]"]
+    }

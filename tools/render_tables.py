@@ -364,7 +364,14 @@ def caption(path: str, options: dict, record: dict | None = None) -> str:
 
 def parse_directive(body: str) -> tuple[str, dict]:
     first, _, rest = body.partition("\n")
-    options = yaml.safe_load(rest) if rest.strip() else {}
+    try:
+        options = yaml.safe_load(rest) if rest.strip() else {}
+    except yaml.YAMLError as e:
+        where = str(e).replace("\n", " ")
+        raise ValueError(
+            f"the options of the table region for {first.strip()!r} are not YAML ({where}); "
+            'quote a name that holds [ ] : or \' (e.g. "paired gap [95 % CI]")'
+        ) from None
     return first.strip(), options or {}
 
 
@@ -517,4 +524,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (KeyError, ValueError) as e:  # a bad region or result file: one line, exit 2
+        print(f"render_tables: {e.args[0] if e.args else e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -37,10 +37,12 @@ from typing import Any
 import numpy as np
 
 # OOD detection metrics live in evaluation/ood.py; re-exported here
+from scalabl_pyro.evaluation.ood import AUROCDifference as AUROCDifference
 from scalabl_pyro.evaluation.ood import OODDetectionCI as OODDetectionCI
 from scalabl_pyro.evaluation.ood import OODMetrics as OODMetrics
 from scalabl_pyro.evaluation.ood import ood_aupr as ood_aupr
 from scalabl_pyro.evaluation.ood import ood_auroc as ood_auroc
+from scalabl_pyro.evaluation.ood import ood_auroc_difference_ci as ood_auroc_difference_ci
 from scalabl_pyro.evaluation.ood import ood_detection as ood_detection
 from scalabl_pyro.evaluation.ood import ood_detection_ci as ood_detection_ci
 from scalabl_pyro.evaluation.ood import ood_fpr_at_tpr as ood_fpr_at_tpr

@@ -69,6 +69,7 @@ from scalabl_pyro.experiments.benchmark.runner import (
 from scalabl_pyro.experiments.benchmark.spec import (
     FAR_OOD,
     METHODS,
+    NEAR_OOD,
     OOD_SHIFTED,
     OOD_TRAIN,
     BenchmarkConfig,
@@ -94,7 +95,7 @@ from scalabl_pyro.experiments.benchmark.tables import (
 from scalabl_pyro.experiments.benchmark.tables import (
     _temperature_scaled as _temperature_scaled,
 )
-from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict
+from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict, near_ood_choice
 
 __all__ = [
     "BenchmarkConfig",
@@ -106,7 +107,9 @@ __all__ = [
     "cell_rows",
     "extra_parameters",
     "FAR_OOD",
+    "NEAR_OOD",
     "far_ood_verdict",
+    "near_ood_choice",
     "load_cell",
     "machine",
     "markdown_table",

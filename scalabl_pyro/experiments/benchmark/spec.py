@@ -33,6 +33,9 @@ OOD_SHIFTED = ("arc_challenge", "arc_easy", "mmlu_college_chemistry", "mmlu_coll
 #: The far-OOD sets among :data:`OOD_SHIFTED` (ARC-Challenge and ARC-Easy are near OOD).
 FAR_OOD = ("mmlu_college_chemistry", "mmlu_college_physics")
 
+#: The near-OOD sets: the shifted sets that are not far OOD.
+NEAR_OOD = tuple(s for s in OOD_SHIFTED if s not in FAR_OOD)
+
 
 _SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<args>[^\]]*)\])?(?P<ts>\+ts)?$")
 
