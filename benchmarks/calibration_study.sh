@@ -24,7 +24,8 @@
 #   G  the prior scale of s (0.3, 0.5, 2 beside the default 1) for ScalaBL on the four
 #      in-distribution data sets, seed 0, chosen on validation (posterior_location.py)
 #   T  rebuild every table from the finished cells, training nothing, then the bar
-#      (calibration_bar.py), where the posterior sits (posterior_location.py) and the OOD
+#      (calibration_bar.py), how sure each fitted temperature is (temperature_noise.py),
+#      where the posterior sits (posterior_location.py) and the OOD
 #      protocol's mechanism table and figures (ood_mechanism.py, ood_figures.py)
 #   F  the figures of docs/calibration.md, from the cells
 set -euo pipefail
@@ -128,6 +129,7 @@ case "$phase" in
        python benchmarks/ood_figures.py
      fi
      python benchmarks/calibration_bar.py
+     python benchmarks/temperature_noise.py
      python benchmarks/posterior_location.py ;;
   F) python benchmarks/calibration_figures.py --root "$OUT/arc_easy" --task arc_easy --tag _mean \
        --out docs/img/calibration \

@@ -274,6 +274,64 @@ def fit_bma_temperature(
 
 
 @dataclass(frozen=True)
+class TemperatureInterval:
+    """A fitted temperature with a percentile-bootstrap interval over the fitting questions.
+
+    ``temperature`` is the fit on the data as given; ``low`` and ``high`` bound
+    the central ``level`` fraction of ``samples``, the fits on ``n_boot``
+    resamples of the questions (with replacement). A wide interval says the
+    split is too small to pin ``T`` down: on a model near chance, 100 questions
+    can leave it anywhere from sharpening to flattening.
+    """
+
+    temperature: float
+    low: float
+    high: float
+    level: float
+    samples: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``samples`` as a list)."""
+        return {**asdict(self), "samples": [float(t) for t in self.samples]}
+
+
+def bootstrap_temperature(
+    sample_log_probs: Any,
+    labels: Any,
+    *,
+    n_boot: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    t_min: float = T_MIN,
+    t_max: float = T_MAX,
+) -> TemperatureInterval:
+    """How sure is the fitted ``T``? :func:`fit_bma_temperature` on resampled questions.
+
+    ``sample_log_probs`` is (S, N, C) (or (N, C): one draw), ``labels`` (N,).
+    Replicate ``b`` refits ``T`` on the questions ``rng.integers(0, N, N)`` of a
+    ``numpy.random.default_rng(seed)``, drawn one replicate after another;
+    deterministic given ``seed``.
+    """
+    z = _check_draws(sample_log_probs)
+    y = check_labels(labels, z.shape[1], z.shape[2])
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ScalaBLError(f"n_boot is {n_boot!r}; pass a positive number of resamples, e.g. 200")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ScalaBLError(f"level is {level!r}; pass a coverage in (0, 1) such as 0.95")
+    t = fit_bma_temperature(z, y, t_min=t_min, t_max=t_max)
+    rng = np.random.default_rng(seed)
+    n = z.shape[1]
+    samples = np.empty(int(n_boot))
+    for b in range(int(n_boot)):
+        idx = rng.integers(0, n, n)
+        samples[b] = fit_bma_temperature(z[:, idx], y[idx], t_min=t_min, t_max=t_max)
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    return TemperatureInterval(
+        temperature=float(t), low=float(lo), high=float(hi), level=float(level), samples=samples
+    )
+
+
+@dataclass(frozen=True)
 class TemperatureScaler:
     """A fitted temperature and the held-out NLL before and after, for the record.
 
