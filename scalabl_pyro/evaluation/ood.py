@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.validation import check_scores, to_numpy
+from scalabl_pyro.evaluation.validation import check_bootstrap, check_scores, read_float_array
 
 
 @dataclass(frozen=True)
@@ -178,15 +178,6 @@ class OODDetectionCI:
         return dataclasses.asdict(self)
 
 
-def _check_boot(n_boot: int, level: float, seed: int) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ScalaBLError(f"n_boot is {n_boot!r}; pass a positive number of resamples, e.g. 1000")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ScalaBLError(f"level is {level!r}; pass a coverage in (0, 1) such as 0.95")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ScalaBLError(f"seed is {seed!r}; pass a non-negative integer")
-
-
 def _resample_counts(keys: np.ndarray, n_values: int, n_boot: int, rng: Any) -> np.ndarray:
     """``(n_boot, n_values)``: how often each distinct value occurs in each resample of ``keys``."""
     n = keys.shape[0]
@@ -232,7 +223,7 @@ def ood_detection_ci(
     """
     s_in, s_out = _check_in_out(scores_in, scores_out)
     tpr = _check_level(tpr_level)
-    _check_boot(n_boot, level, seed)
+    check_bootstrap(n_boot, level, seed)
     values, keys = np.unique(np.concatenate([s_in, s_out]), return_inverse=True)
     keys = keys.reshape(-1)
     k_in, k_out, n_values = keys[: s_in.shape[0]], keys[s_in.shape[0] :], values.shape[0]
@@ -295,21 +286,19 @@ class AUROCDifference:
 
 def _check_rows(scores: Any, name: str) -> np.ndarray:
     """``scores`` as a finite ``(R, N)`` array: one row per run on the same examples."""
-    try:
-        x = to_numpy(scores, floating=True)
-    except (TypeError, ValueError) as exc:
-        raise ScalaBLError(
-            f"{name} could not be read as a numeric array ({exc}); pass (N,) or (R, N) scores"
-        ) from exc
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2 or x.shape[1] == 0 or x.shape[0] == 0:
-        raise ScalaBLError(
-            f"{name} has shape {x.shape}; pass (N,) scores or (R, N) scores, one row per run"
-        )
+    x = read_float_array(
+        scores,
+        name,
+        ndim=(1, 2),
+        what="(N,) or (R, N) scores",
+        shape_hint="(N,) scores or (R, N) scores, one row per run",
+    )
+    x = x[None, :] if x.ndim == 1 else x
+    if 0 in x.shape:
+        raise ScalaBLError(f"{name} is empty (shape {x.shape}); pass at least one example")
     for row in x:
         check_scores(row, name=name)
-    return x.astype(np.float64)
+    return x
 
 
 def _pair_wins(s_in: np.ndarray, s_out: np.ndarray) -> np.ndarray:
@@ -352,7 +341,7 @@ def ood_auroc_difference_ci(
             "a detector's in-distribution and OOD scores have different numbers of rows; "
             "pass one row per run for both"
         )
-    _check_boot(n_boot, level, seed)
+    check_bootstrap(n_boot, level, seed)
     w = _pair_wins(in_a, out_a) - _pair_wins(in_b, out_b)
     rng = np.random.default_rng(int(seed))
     chunk = max(1, min(int(n_boot), 4_000_000 // max(n_in, n_out)))

@@ -36,17 +36,29 @@ def to_numpy(x: Any, *, floating: bool) -> np.ndarray:
     return arr.astype(np.float64) if floating else arr
 
 
-def read_float_array(x: Any, name: str, *, ndim: int, what: str, shape_hint: str) -> np.ndarray:
-    """``x`` as a float64 array of ``ndim`` dimensions, or one clear error naming ``name``."""
+def read_float_array(
+    x: Any, name: str, *, ndim: int | tuple[int, ...], what: str, shape_hint: str
+) -> np.ndarray:
+    """``x`` as a float64 array of ``ndim`` dimensions (or one of several), else one clear error."""
     try:
         arr = to_numpy(x, floating=True)
     except (TypeError, ValueError) as exc:
         raise ScalaBLError(
             f"{name} could not be read as a numeric array ({exc}); pass {what}"
         ) from exc
-    if arr.ndim != ndim:
+    if arr.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         raise ScalaBLError(f"{name} has shape {arr.shape}; pass {shape_hint}")
     return arr
+
+
+def check_bootstrap(n_boot: Any, level: Any, seed: Any) -> None:
+    """One clear error unless ``n_boot`` is a positive int, ``level`` in (0, 1), ``seed`` >= 0."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ScalaBLError(f"n_boot is {n_boot!r}; pass a positive number of resamples, e.g. 1000")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ScalaBLError(f"level is {level!r}; pass a coverage in (0, 1) such as 0.95")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ScalaBLError(f"seed is {seed!r}; pass a non-negative integer")
 
 
 def check_probs(probs: Any, *, name: str = "probs") -> np.ndarray:

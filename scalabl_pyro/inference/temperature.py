@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from scalabl_pyro.errors import ScalaBLError
-from scalabl_pyro.evaluation.validation import check_labels, read_float_array
+from scalabl_pyro.evaluation.validation import check_bootstrap, check_labels, read_float_array
 
 #: Default search range for ``T``; it must contain 1.
 T_MIN: float = 0.01
@@ -314,10 +314,7 @@ def bootstrap_temperature(
     """
     z = _check_draws(sample_log_probs)
     y = check_labels(labels, z.shape[1], z.shape[2])
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ScalaBLError(f"n_boot is {n_boot!r}; pass a positive number of resamples, e.g. 200")
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
-        raise ScalaBLError(f"level is {level!r}; pass a coverage in (0, 1) such as 0.95")
+    check_bootstrap(n_boot, level, seed)
     t = fit_bma_temperature(z, y, t_min=t_min, t_max=t_max)
     rng = np.random.default_rng(seed)
     n = z.shape[1]
