@@ -205,12 +205,19 @@ def collect(study: Path = STUDY) -> list[dict]:
 
 def _ood_scores(root: Path, spec: str, name: str, score: str, seeds: list[int]) -> tuple | None:
     """``(in-distribution, shifted)`` scores, one row per seed (None if a cell is missing)."""
-    rows_in, rows_out = [], []
+    rows_in, rows_out, labels = [], [], None
     for seed in seeds:
         got = row_arrays(root, spec, OOD_TRAIN, seed)
         if got is None or f"report/{name}/slp" not in got[1]:
             return None
         arrays = got[1]
+        y = (arrays[f"report/{OOD_TRAIN}/labels"], arrays[f"report/{name}/labels"])
+        if labels is not None and not all(map(np.array_equal, labels, y)):
+            raise ScalaBLError(
+                f"{spec} at seed {seed} reports other questions than seed {seeds[0]}; the "
+                "paired OOD gap needs the same questions (data_seed, eval_limit) at every seed"
+            )
+        labels = y
         rows_in.append(ood_scores(np.exp(arrays[f"report/{OOD_TRAIN}/slp"]))[score])
         rows_out.append(ood_scores(np.exp(arrays[f"report/{name}/slp"]))[score])
     return np.stack(rows_in), np.stack(rows_out)
@@ -341,8 +348,12 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     study, out = study_paths(__doc__.splitlines()[0], STUDY, argv)
-    rows = collect(study)
-    ood = ood_bar(study)
+    try:
+        rows = collect(study)
+        ood = ood_bar(study)
+    except ScalaBLError as e:  # cells that cannot be paired: one line, nothing written
+        print(f"calibration_bar: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     rule = {
         "recipe": RECIPE,
         "mle": list(MLE),

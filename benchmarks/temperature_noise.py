@@ -151,6 +151,13 @@ def markdown(rows: list[dict], gaps: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     study, out = study_paths(__doc__.splitlines()[0], STUDY, argv)
+    if not (study / "bar.json").is_file():
+        print(
+            f"temperature_noise: {study / 'bar.json'} does not exist; run "
+            "benchmarks/calibration_bar.py first (it names each data set's MLE + TS)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     rows, gaps = collect(study)
     meta = {"n_boot": N_BOOT, "level": 0.95, "recipe": RECIPE, "split": "selection (fit), test"}
     write_text_atomic(

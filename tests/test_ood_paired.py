@@ -136,25 +136,25 @@ def _log_probs(rng: np.random.Generator, s: int, n: int, sharp: float) -> np.nda
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
-def _fake_cell(path: Path, s: int, seed: int) -> None:
-    rng = np.random.default_rng(10 * seed + s)
+def _fake_cell(path: Path, s: int, seed: int, questions: int = 99) -> None:
+    """One seed's cell: its own draws, on the questions (labels) that ``questions`` picks."""
+    rng, qs = np.random.default_rng(10 * seed + s), np.random.default_rng(questions)
     arrays = {
         "selection/slp": _log_probs(rng, s, 20, 2.0),
-        "selection/labels": rng.integers(0, 4, 20),
+        "selection/labels": qs.integers(0, 4, 20),
         "report/openbookqa/slp": _log_probs(rng, s, 30, 2.0),
-        "report/openbookqa/labels": rng.integers(0, 4, 30),
+        "report/openbookqa/labels": qs.integers(0, 4, 30),
     }
     for name in OOD_SHIFTED:  # flatter on the shifted sets, so detection is above chance
         arrays[f"report/{name}/slp"] = _log_probs(rng, s, 25, 1.0)
-        arrays[f"report/{name}/labels"] = rng.integers(0, 4, 25)
+        arrays[f"report/{name}/labels"] = qs.integers(0, 4, 25)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_arrays(path.with_suffix(".npz"), arrays)
     meta = {"task": "openbookqa", "seed": seed, "extra_parameters": 1, "train_seconds": 1.0}
     path.write_text(json.dumps(meta | {"predict_seconds": {}, "metrics": {}}))
 
 
-def test_the_far_ood_bar_shows_the_paired_gaps_of_its_cells(tmp_path):
-    bar = _bar()
+def _fake_ood_folder(tmp_path: Path, bar, questions_of_seed_1: int = 99) -> dict:
     cfg = BenchmarkConfig(
         methods=[bar.OOD_BASELINE, bar.RECIPE],
         seeds=[0, 1],
@@ -163,9 +163,28 @@ def test_the_far_ood_bar_shows_the_paired_gaps_of_its_cells(tmp_path):
     )
     for spec in cfg.specs:
         for seed in cfg.seeds:
-            _fake_cell(cell_path(tmp_path / "ood", spec.trained, "openbookqa", seed), 3, seed)
+            path = cell_path(tmp_path / "ood", spec.trained, "openbookqa", seed)
+            _fake_cell(path, 3, seed, questions_of_seed_1 if seed == 1 else 99)
     table = build_table(cfg)
     (tmp_path / "ood" / "table.json").write_text(json.dumps(table))
+    return table
+
+
+def test_seeds_on_other_questions_cannot_be_paired(tmp_path, capsys):
+    bar = _bar()
+    _fake_ood_folder(tmp_path, bar, questions_of_seed_1=7)
+    with pytest.raises(ScalaBLError, match="reports other questions than seed 0"):
+        bar.ood_bar(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        bar.main(["--study", str(tmp_path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "bar.md").exists()  # nothing half-written
+
+
+def test_the_far_ood_bar_shows_the_paired_gaps_of_its_cells(tmp_path):
+    bar = _bar()
+    table = _fake_ood_folder(tmp_path, bar)
     got = bar.ood_bar(tmp_path)
     assert got["paired_seeds"] == [0, 1]
     assert got["near_score"] == near_ood_choice(table["summary"], bar.RECIPE)

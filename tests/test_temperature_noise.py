@@ -122,3 +122,12 @@ def test_the_committed_table_agrees_with_the_bar():
         # the bar's paired NLL gap is the same mean over seeds and questions
         assert g["gap"] == pytest.approx(judged["nll_gap"], abs=1e-9)
         assert g["seeds"] == judged["recipe_seeds"]
+
+
+def test_without_the_bar_it_says_what_to_run(tmp_path, capsys):
+    noise = _script()
+    with pytest.raises(SystemExit) as e:
+        noise.main(["--study", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "bar.json does not exist" in err and err.count("\n") == 1
