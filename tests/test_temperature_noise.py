@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from scalabl_pyro.errors import ScalaBLError
+from scalabl_pyro.experiments.benchmark import split_metrics
 from scalabl_pyro.experiments.benchmark.tables import _temperature_scaled
 from scalabl_pyro.inference.temperature import (
     bma_log_probs,
@@ -106,6 +107,7 @@ def test_the_tables_nll_at_the_fitted_t_is_the_benchmarks_ts_nll():
     assert got["nll_oracle"] <= got["nll"] + 1e-12  # the test-fitted T is best on test
     assert got["t_oracle"] == fit_bma_temperature(test, y_test)
     assert got["nll_low"] <= got["nll_high"]
+    assert got["ece"] == pytest.approx(split_metrics(tempered["report/x/slp"], y_test)["ece"])
 
 
 def test_the_committed_table_agrees_with_the_bar():
@@ -121,6 +123,8 @@ def test_the_committed_table_agrees_with_the_bar():
         judged = bar[g["folder"]]
         # the bar's paired NLL gap is the same mean over seeds and questions
         assert g["gap"] == pytest.approx(judged["nll_gap"], abs=1e-9)
+        # and its ECE gap is the difference of the bar's two mean ECEs
+        assert g["ece_gap"] == pytest.approx(judged["recipe_ece"] - judged["mle_ts_ece"], abs=1e-9)
         assert g["seeds"] == judged["recipe_seeds"]
 
 
