@@ -25,6 +25,7 @@
 #      in-distribution data sets, seed 0, chosen on validation (posterior_location.py)
 #   T  rebuild every table from the finished cells, training nothing, then the bar
 #      (calibration_bar.py), how sure each fitted temperature is (temperature_noise.py),
+#      whether the two-way tasks beat always giving the frequent answer (majority_baseline.py),
 #      where the posterior sits (posterior_location.py) and the OOD
 #      protocol's mechanism table and figures (ood_mechanism.py, ood_figures.py)
 #   F  the figures of docs/calibration.md, from the cells
@@ -130,6 +131,7 @@ case "$phase" in
      fi
      python benchmarks/calibration_bar.py
      python benchmarks/temperature_noise.py
+     python benchmarks/majority_baseline.py
      python benchmarks/posterior_location.py ;;
   F) python benchmarks/calibration_figures.py --root "$OUT/arc_easy" --task arc_easy --tag _mean \
        --out docs/img/calibration \

@@ -135,3 +135,39 @@ def test_without_the_bar_it_says_what_to_run(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "bar.json does not exist" in err and err.count("\n") == 1
+
+
+def test_majority_baseline_counts_the_frequent_answer(tmp_path):
+    """Known answer: labels 1,1,1,0 (majority 1, rate 0.75); the model answers 1,0,1,0."""
+    import json
+
+    from scalabl_pyro.experiments.benchmark.cells import _save_arrays, cell_path
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "majority_baseline", ROOT / "benchmarks" / "majority_baseline.py"
+    )
+    mb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mb)
+    method = mb.METHODS[-1]
+    lp = np.log(np.array([[[0.2, 0.8], [0.7, 0.3], [0.1, 0.9], [0.6, 0.4]]]))
+    y = np.array([1, 1, 1, 0])
+    path = cell_path(tmp_path / "boolq", method, "boolq", 0)
+    path.parent.mkdir(parents=True)
+    arrays = {"selection/slp": lp, "selection/labels": y}
+    _save_arrays(
+        path.with_suffix(".npz"), arrays | {"report/boolq/slp": lp, "report/boolq/labels": y}
+    )
+    meta = {"task": "boolq", "seed": 0, "extra_parameters": 1, "train_seconds": 1.0}
+    path.write_text(json.dumps(meta | {"predict_seconds": {}, "metrics": {}}))
+    table = {"rows": [{"method": method, "task": "boolq", "seed": 0}]}
+    (tmp_path / "boolq" / "table.json").write_text(json.dumps(table))
+    rows = mb.collect(tmp_path, ["boolq"])
+    assert [r["split"] for r in rows] == ["validation", "test"]
+    for r in rows:
+        assert (r["majority_class"], r["majority_rate"]) == (1, 0.75)
+        assert (r["says_majority"], r["acc"]) == (0.5, 0.75)
+    assert "| BoolQ | test | 0.750 |" in mb.markdown(rows)
+    with pytest.raises(SystemExit) as e:
+        mb.main(["--study", str(tmp_path), "--folders", "nothing"])
+    assert e.value.code == 2
