@@ -48,7 +48,11 @@ import numpy as np
 from scalabl_pyro.errors import ScalaBLError
 from scalabl_pyro.evaluation.metrics import ood_auroc_difference_ci, ood_scores
 from scalabl_pyro.experiments.benchmark import OOD_TRAIN, _bma_log_probs, row_arrays
-from scalabl_pyro.experiments.benchmark.verdict import far_ood_verdict, near_ood_choice
+from scalabl_pyro.experiments.benchmark.verdict import (
+    _summary_row,
+    far_ood_verdict,
+    near_ood_choice,
+)
 from scalabl_pyro.utils.atomic import write_text_atomic
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -268,7 +272,7 @@ def ood_bar(study: Path = STUDY) -> dict | None:
             if got < OOD_SEEDS
             else ("meets the bar" if v["passed"] else f"misses (AUROC {v['margin']:+.3f})")
         )
-        rec = next(r for r in summary if r["method"] == RECIPE and r["eval"] == name)
+        rec = _summary_row(summary, RECIPE, name)
         v["near_score"], v["near_auroc"] = near, rec.get(f"auroc_{near}")
         if seeds:
             v["gap_best"] = paired_auroc_gap(study / "ood", name, v["recipe_score"], seeds)

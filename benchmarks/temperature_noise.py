@@ -31,7 +31,7 @@ import numpy as np
 
 from scalabl_pyro.experiments.benchmark import row_arrays, split_metrics
 from scalabl_pyro.inference.temperature import (
-    bma_log_probs,
+    _bma_nll,
     bootstrap_temperature,
     fit_bma_temperature,
     tempered_draws,
@@ -45,18 +45,12 @@ from calibration_bar import FOLDERS, RECIPE, STUDY  # noqa: E402
 N_BOOT = 200
 
 
-def test_nll(slp: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean NLL of the average of the draws, each tempered by ``temperature``."""
-    lp = bma_log_probs(tempered_draws(slp, temperature))
-    return float(-np.mean(lp[np.arange(labels.shape[0]), labels]))
-
-
 def cell_noise(arrays: dict[str, np.ndarray], task: str, seed: int = 0) -> dict:
     """The fitted T, its bootstrap interval, and the test NLL at it, over it and at the oracle T."""
     sel, y_sel = arrays["selection/slp"].astype(np.float64), arrays["selection/labels"]
     test, y_test = arrays[f"report/{task}/slp"].astype(np.float64), arrays[f"report/{task}/labels"]
     boot = bootstrap_temperature(sel, y_sel, n_boot=N_BOOT, seed=seed)
-    over = np.array([test_nll(test, y_test, t) for t in boot.samples])
+    over = np.array([_bma_nll(test, y_test, t) for t in boot.samples])
     oracle = fit_bma_temperature(test, y_test)
     at_fit = split_metrics(tempered_draws(test, boot.temperature), y_test)
     at_oracle = split_metrics(tempered_draws(test, oracle), y_test)
@@ -64,11 +58,11 @@ def cell_noise(arrays: dict[str, np.ndarray], task: str, seed: int = 0) -> dict:
         "t": boot.temperature,
         "t_low": boot.low,
         "t_high": boot.high,
-        "nll": test_nll(test, y_test, boot.temperature),
+        "nll": _bma_nll(test, y_test, boot.temperature),
         "nll_low": float(np.quantile(over, 0.025)),
         "nll_high": float(np.quantile(over, 0.975)),
         "t_oracle": oracle,
-        "nll_oracle": test_nll(test, y_test, oracle),
+        "nll_oracle": _bma_nll(test, y_test, oracle),
         "ece": at_fit["ece"],
         "ece_oracle": at_oracle["ece"],
     }
