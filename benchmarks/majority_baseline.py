@@ -9,7 +9,7 @@ each split (validation questions = ``selection``, test = the report split), from
   always giving it);
 - per method and seed: how often the BMA's answer is that class, and its accuracy.
 
-    python benchmarks/majority_baseline.py [--folders boolq winogrande_s]
+    python benchmarks/majority_baseline.py [--folders boolq winogrande_s winogrande_s_256]
 
 writes ``benchmarks/results/calibration/majority_baseline.{json,md}``.
 """
@@ -51,6 +51,7 @@ def collect(study: Path, folders: list[str]) -> list[dict]:
         if not path.is_file():
             continue
         table = json.loads(path.read_text(encoding="utf-8"))
+        train_questions = table.get("settings", {}).get("train_limit")
         for spec in METHODS:
             runs = sorted({(r["task"], r["seed"]) for r in table["rows"] if r["method"] == spec})
             for task, seed in runs:
@@ -65,6 +66,7 @@ def collect(study: Path, folders: list[str]) -> list[dict]:
                         {
                             "data set": FOLDERS.get(folder, (folder,))[0],
                             "folder": folder,
+                            "train_questions": train_questions,
                             "split": split,
                             "method": spec,
                             "seed": seed,
@@ -78,8 +80,11 @@ def collect(study: Path, folders: list[str]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """Per data set, split and method: the seeds' ranges of 'says the majority' and accuracy."""
-    head = "| data set | split | always the majority answer | method | seeds | says it | ACC |"
-    lines = [head, "|" + "---|" * 7]
+    head = (
+        "| data set | train questions | split | always the majority answer | method | seeds "
+        "| says it | ACC |"
+    )
+    lines = [head, "|" + "---|" * 8]
     keys = dict.fromkeys((r["folder"], r["split"], r["method"]) for r in rows)
     for folder, split, method in keys:
         sel = [r for r in rows if (r["folder"], r["split"], r["method"]) == (folder, split, method)]
@@ -90,7 +95,8 @@ def markdown(rows: list[dict]) -> str:
             return f"{min(v):.3f}" if min(v) == max(v) else f"{min(v):.3f}–{max(v):.3f}"
 
         lines.append(
-            f"| {sel[0]['data set']} | {split} | {span([r['majority_rate'] for r in sel])} | "
+            f"| {sel[0]['data set']} | {sel[0]['train_questions'] or '?'} | {split} | "
+            f"{span([r['majority_rate'] for r in sel])} | "
             f"{method} | {len(sel)} | {span(says)} | {span(acc)} |"
         )
     return "\n".join(lines) + "\n"
@@ -99,7 +105,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study", type=Path, default=STUDY)
-    p.add_argument("--folders", nargs="+", default=["winogrande_s", "boolq"])
+    p.add_argument("--folders", nargs="+", default=["winogrande_s", "boolq", "winogrande_s_256"])
     args = p.parse_args(argv)
     rows = collect(args.study, args.folders)
     if not rows:

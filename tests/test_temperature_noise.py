@@ -160,14 +160,17 @@ def test_majority_baseline_counts_the_frequent_answer(tmp_path):
     )
     meta = {"task": "boolq", "seed": 0, "extra_parameters": 1, "train_seconds": 1.0}
     path.write_text(json.dumps(meta | {"predict_seconds": {}, "metrics": {}}))
-    table = {"rows": [{"method": method, "task": "boolq", "seed": 0}]}
+    table = {
+        "settings": {"train_limit": 64},
+        "rows": [{"method": method, "task": "boolq", "seed": 0}],
+    }
     (tmp_path / "boolq" / "table.json").write_text(json.dumps(table))
     rows = mb.collect(tmp_path, ["boolq"])
     assert [r["split"] for r in rows] == ["validation", "test"]
     for r in rows:
         assert (r["majority_class"], r["majority_rate"]) == (1, 0.75)
         assert (r["says_majority"], r["acc"]) == (0.5, 0.75)
-    assert "| BoolQ | test | 0.750 |" in mb.markdown(rows)
+    assert "| BoolQ | 64 | test | 0.750 |" in mb.markdown(rows)
     with pytest.raises(SystemExit) as e:
         mb.main(["--study", str(tmp_path), "--folders", "nothing"])
     assert e.value.code == 2
