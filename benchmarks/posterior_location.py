@@ -38,11 +38,14 @@ DEFAULT = "scalabl[normalization=mean,init_scale=0.4]"
 #: the prior scales of phase G (1.0, the default, is DEFAULT itself)
 GRID = (0.3, 0.5, 2.0)
 MLE_TS = ("mle[normalization=sum]+ts", "mle[normalization=mean]+ts")
+#: folder -> (data set, task); ``<task>_256`` is the 256-question regime (phase L)
 FOLDERS = {
-    "arc_easy": "ARC-Easy",
-    "openbookqa": "OpenBookQA",
-    "winogrande_s": "WinoGrande-S",
-    "boolq": "BoolQ",
+    "arc_easy": ("ARC-Easy", "arc_easy"),
+    "openbookqa": ("OpenBookQA", "openbookqa"),
+    "winogrande_s": ("WinoGrande-S", "winogrande_s"),
+    "boolq": ("BoolQ", "boolq"),
+    "arc_easy_256": ("ARC-Easy", "arc_easy"),
+    "winogrande_s_256": ("WinoGrande-S", "winogrande_s"),
 }
 
 
@@ -127,16 +130,17 @@ def prior_scale_choice(folder: Path, task: str) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """Two tables: where the posterior sits, and the prior-scale choice."""
     head = (
-        "| data set | seeds | σ | σ / σ_p | mean \\|μ\\| | σ / \\|μ\\| | MI | flip rate "
-        "| questions with a flip |"
+        "| data set | train questions | seeds | σ | σ / σ_p | mean \\|μ\\| | σ / \\|μ\\| | MI "
+        "| flip rate | questions with a flip |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         loc = r["location"]
         if loc is None:
             continue
         lines.append(
-            f"| {r['data set']} | {loc['seeds']} | {loc['sigma']:.3f} | "
+            f"| {r['data set']} | {r.get('train_questions') or '?'} | {loc['seeds']} | "
+            f"{loc['sigma']:.3f} | "
             f"{loc['sigma_over_prior']:.2f} | {loc['abs_mu']:.3f} | {loc['sigma_over_mu']:.2f} | "
             f"{loc['mutual_information']:.4f} | {loc['flip_rate'] * 100:.1f} % | "
             f"{loc['questions_with_a_flip'] * 100:.1f} % |"
@@ -169,16 +173,18 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     study, out = study_paths(__doc__.splitlines()[0], STUDY, argv)
     rows = []
-    for folder, name in FOLDERS.items():
+    for folder, (name, task) in FOLDERS.items():
         root = study / folder
         if not (root / "table.json").is_file():
             continue
+        settings = json.loads((root / "table.json").read_text(encoding="utf-8"))["settings"]
         rows.append(
             {
                 "data set": name,
                 "folder": folder,
-                "location": location(root, folder),
-                "prior_scale": prior_scale_choice(root, folder),
+                "train_questions": settings.get("train_limit"),
+                "location": location(root, task),
+                "prior_scale": prior_scale_choice(root, task),
             }
         )
     doc = {"default": DEFAULT, "grid": [1.0, *GRID], "rows": rows}

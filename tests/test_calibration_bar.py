@@ -61,6 +61,33 @@ def test_recipe_within_every_margin_meets_the_bar():
     assert got["epochs"] == 10 and got["train_questions"] == 64
 
 
+def test_a_gap_of_exactly_one_margin_is_inside_it():
+    """ARC-Easy at 256 questions: 375/600 right against 381/600 is exactly -1.0 point, which
+    the bar allows, though 0.625 - 0.635 < -0.01 in floating point."""
+    acc_recipe = np.mean([126 / 200, 124 / 200, 125 / 200])
+    acc_mle = np.mean([122 / 200, 127 / 200, 132 / 200])
+    assert acc_recipe - acc_mle < -0.01  # the float trap the bar must not fall into
+    t = _table(
+        (RECIPE, 3, acc_recipe, 0.10 + 0.02, 1.21),  # ECE exactly +2 pt, NLL exactly +0.01
+        (SUM, 3, acc_mle, 0.30, 2.0),
+        (SUM + "+ts", 3, acc_mle, 0.10, 1.20),
+        (MEAN, 3, 0.5, 0.2, 1.5),
+        (MEAN + "+ts", 3, 0.5, 0.09, 1.25),
+    )
+    got = bar.judge(t, 3)
+    assert got["acc_ok"] and got["ece_ok"] and got["nll_ok"]
+    assert got["verdict"] == "meets the bar"
+    worse = _table(
+        *[
+            (RECIPE, 3, acc_recipe - 0.005, 0.12, 1.21),
+            *[(m, 3, acc_mle, e, n) for m, e, n in ((SUM, 0.3, 2.0), (SUM + "+ts", 0.10, 1.20))],
+            (MEAN, 3, 0.5, 0.2, 1.5),
+            (MEAN + "+ts", 3, 0.5, 0.09, 1.25),
+        ]
+    )
+    assert bar.judge(worse, 3)["verdict"] == "misses ACC (-1.5 pt)"
+
+
 def test_the_baseline_is_the_mle_ts_with_the_lower_nll_and_gaps_are_named():
     t = _table(
         (RECIPE, 3, 0.55, 0.14, 1.30),
