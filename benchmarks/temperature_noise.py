@@ -93,6 +93,7 @@ def collect(study: Path) -> tuple[list[dict], list[dict]]:
                     {
                         "data set": judged["data set"],
                         "folder": folder,
+                        "train_questions": judged["train_questions"],
                         "seed": seed,
                         "model": model,
                         "spec": RECIPE if model == "recipe" else baseline,
@@ -121,13 +122,14 @@ def collect(study: Path) -> tuple[list[dict], list[dict]]:
 def markdown(rows: list[dict], gaps: list[dict]) -> str:
     """Two tables: per cell, then the gaps per data set."""
     head = (
-        "| data set | seed | model | T (selection) | T 95 % interval | test NLL | "
-        "test NLL over the interval | T fitted on test | test NLL at it |"
+        "| data set | train questions | seed | model | T (selection) | T 95 % interval | "
+        "test NLL | test NLL over the interval | T fitted on test | test NLL at it |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['data set']} | {r['seed']} | {r['model']} | {r['t']:.2f} | "
+            f"| {r['data set']} | {r['train_questions']} | {r['seed']} | {r['model']} | "
+            f"{r['t']:.2f} | "
             f"[{r['t_low']:.2f}, {r['t_high']:.2f}] | {r['nll']:.3f} | "
             f"[{r['nll_low']:.3f}, {r['nll_high']:.3f}] | {r['t_oracle']:.2f} | "
             f"{r['nll_oracle']:.3f} |"
