@@ -31,6 +31,7 @@ from scalabl_pyro.utils.atomic import write_text_atomic
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import study_paths  # noqa: E402
+from calibration_bar import FOLDERS as BAR_FOLDERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "benchmarks" / "results" / "calibration"
@@ -38,15 +39,8 @@ DEFAULT = "scalabl[normalization=mean,init_scale=0.4]"
 #: the prior scales of phase G (1.0, the default, is DEFAULT itself)
 GRID = (0.3, 0.5, 2.0)
 MLE_TS = ("mle[normalization=sum]+ts", "mle[normalization=mean]+ts")
-#: folder -> (data set, task); ``<task>_256`` is the 256-question regime (phase L)
-FOLDERS = {
-    "arc_easy": ("ARC-Easy", "arc_easy"),
-    "openbookqa": ("OpenBookQA", "openbookqa"),
-    "winogrande_s": ("WinoGrande-S", "winogrande_s"),
-    "boolq": ("BoolQ", "boolq"),
-    "arc_easy_256": ("ARC-Easy", "arc_easy"),
-    "winogrande_s_256": ("WinoGrande-S", "winogrande_s"),
-}
+#: folder -> (data set, task), from the bar's folders (``<task>_256``: the 256-question regime)
+FOLDERS = {f: (name, f.removesuffix("_256")) for f, (name, _seeds) in BAR_FOLDERS.items()}
 
 
 def grid_spec(scale: float) -> str:
