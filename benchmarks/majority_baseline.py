@@ -51,7 +51,7 @@ def collect(study: Path, folders: list[str]) -> list[dict]:
         if not path.is_file():
             continue
         table = json.loads(path.read_text(encoding="utf-8"))
-        train_questions = table.get("settings", {}).get("train_limit")
+        train_questions = table["settings"]["train_limit"]
         for spec in METHODS:
             runs = sorted({(r["task"], r["seed"]) for r in table["rows"] if r["method"] == spec})
             for task, seed in runs:
@@ -95,7 +95,7 @@ def markdown(rows: list[dict]) -> str:
             return f"{min(v):.3f}" if min(v) == max(v) else f"{min(v):.3f}–{max(v):.3f}"
 
         lines.append(
-            f"| {sel[0]['data set']} | {sel[0]['train_questions'] or '?'} | {split} | "
+            f"| {sel[0]['data set']} | {sel[0]['train_questions']} | {split} | "
             f"{span([r['majority_rate'] for r in sel])} | "
             f"{method} | {len(sel)} | {span(says)} | {span(acc)} |"
         )

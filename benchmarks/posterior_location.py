@@ -133,7 +133,7 @@ def markdown(rows: list[dict]) -> str:
         if loc is None:
             continue
         lines.append(
-            f"| {r['data set']} | {r.get('train_questions') or '?'} | {loc['seeds']} | "
+            f"| {r['data set']} | {r['train_questions']} | {loc['seeds']} | "
             f"{loc['sigma']:.3f} | "
             f"{loc['sigma_over_prior']:.2f} | {loc['abs_mu']:.3f} | {loc['sigma_over_mu']:.2f} | "
             f"{loc['mutual_information']:.4f} | {loc['flip_rate'] * 100:.1f} % | "
@@ -171,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         root = study / folder
         if not (root / "table.json").is_file():
             continue
-        settings = json.loads((root / "table.json").read_text(encoding="utf-8"))["settings"]
+        table = json.loads((root / "table.json").read_text(encoding="utf-8"))
         rows.append(
             {
                 "data set": name,
                 "folder": folder,
-                "train_questions": settings.get("train_limit"),
+                "train_questions": table["settings"]["train_limit"],
                 "location": location(root, task),
                 "prior_scale": prior_scale_choice(root, task),
             }

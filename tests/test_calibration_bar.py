@@ -78,12 +78,11 @@ def test_a_gap_of_exactly_one_margin_is_inside_it():
     assert got["acc_ok"] and got["ece_ok"] and got["nll_ok"]
     assert got["verdict"] == "meets the bar"
     worse = _table(
-        *[
-            (RECIPE, 3, acc_recipe - 0.005, 0.12, 1.21),
-            *[(m, 3, acc_mle, e, n) for m, e, n in ((SUM, 0.3, 2.0), (SUM + "+ts", 0.10, 1.20))],
-            (MEAN, 3, 0.5, 0.2, 1.5),
-            (MEAN + "+ts", 3, 0.5, 0.09, 1.25),
-        ]
+        (RECIPE, 3, acc_recipe - 0.005, 0.12, 1.21),
+        (SUM, 3, acc_mle, 0.30, 2.0),
+        (SUM + "+ts", 3, acc_mle, 0.10, 1.20),
+        (MEAN, 3, 0.5, 0.2, 1.5),
+        (MEAN + "+ts", 3, 0.5, 0.09, 1.25),
     )
     assert bar.judge(worse, 3)["verdict"] == "misses ACC (-1.5 pt)"
 
